@@ -1,0 +1,143 @@
+"""Reconstruct validation, in-distribution and OOD images from several start points and
+measure MSE and LPIPS between each image and each reconstruction.
+
+    python reconstruct.py --output_dir=${output_root} --model_name=fashionmnist \
+        --validation_ids=${data_root}/data_splits/FashionMNIST_val.csv \
+        --in_ids=${data_root}/data_splits/FashionMNIST_test.csv \
+        --out_ids=${data_root}/data_splits/MNIST_test.csv,${data_root}/data_splits/FashionMNIST_vflip_test.csv \
+        --is_grayscale=1 --num_inference_steps=100 --inference_skip_factor=16 --run_val=1 --run_in=1 --run_out=1
+
+The model and schedule are rebuilt from the checkpoint. Writes OUTPUT_DIR/MODEL_NAME/ood/
+results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD CSV's stem without
+"_test", e.g. MNIST, FashionMNIST_vflip), one row per (image, start t).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from src.checkpoint import find_model_file, load_model
+from src.cli import binary_int, non_negative_int, pick_device, positive_int, run_main
+from src.config import check_channels
+from src.data import DataError, load_split, resolve_split
+from src.diffusion import PLMSSampler
+from src.files import save_csv_atomic
+from src.metrics import LPIPSMetric
+from src.reconstruction import measure_split
+from src.training import PRECISIONS, autocast, resolve_precision
+
+logger = logging.getLogger("ddpm_ood")
+METRICS = ("mse", "lpips")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
+    parser.add_argument("--model_name", required=True, help="Run name (OUTPUT_DIR/MODEL_NAME/ holds the model).")
+    parser.add_argument("--validation_ids", help="Split CSV of in-distribution validation images (z-score fit).")
+    parser.add_argument("--in_ids", help="Split CSV of in-distribution test images.")
+    parser.add_argument("--out_ids", default="",
+                        help="Comma-separated split CSVs of OOD images; a _vflip/_hflip suffix flips the base split.")
+    parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB.")
+    parser.add_argument("--config_diffusion_file", type=Path, default=None,
+                        help="Accepted for compatibility; the model and schedule come from the checkpoint.")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=100,
+                        help="PLMS grid size S: points 1, 1+T//S, ... Default 100 (t = 1, 11, ..., 991).")
+    parser.add_argument("--inference_skip_factor", type=positive_int, default=16,
+                        help="Start points are grid[::skip]; 16 on 100 steps gives 7 (t = 1, 161, ..., 961).")
+    parser.add_argument("--run_val", type=binary_int, default=1, help="1: reconstruct the validation set.")
+    parser.add_argument("--run_in", type=binary_int, default=1, help="1: reconstruct the in-distribution test set.")
+    parser.add_argument("--run_out", type=binary_int, default=1, help="1: reconstruct the OOD sets.")
+    parser.add_argument("--first_n_val", type=non_negative_int, default=None, help="Only the first N validation images.")
+    parser.add_argument("--first_n", type=non_negative_int, default=None, help="Only the first N images of in/OOD sets.")
+    parser.add_argument("--eval_checkpoint", default=None,
+                        help="Model file to use (default: MODEL_NAME/best_model.pth, else final_model.pth, else checkpoint.pth).")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="Images per batch (each run from every start).")
+    parser.add_argument("--metrics", default="mse,lpips",
+                        help="Comma-separated metrics: mse, lpips. 'mse' alone skips LPIPS (no AlexNet weights needed).")
+    parser.add_argument("--lpips_weights", type=Path, default=None,
+                        help="torchvision AlexNet weights file (alexnet-owt-7be5be79.pth); default: the torch hub cache.")
+    parser.add_argument("--lpips_pad", type=non_negative_int, default=2,
+                        help="Zero padding on each side for images under 32x32 before LPIPS (28 -> 32). Default 2.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the start noise of each (image, t). Default 0.")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Autocast precision of the UNet.")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="Advance all start points of a batch together (default); --no-fused runs them one by one.")
+    parser.add_argument("--num_workers", type=int, default=4, help="Threads reading image files. Default 4.")
+    parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
+    return parser.parse_args(argv)
+
+
+def parse_metrics(text: str) -> list[str]:
+    metrics = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or "mse" not in metrics:
+        raise DataError(f"--metrics {text!r}: choose 'mse' or 'mse,lpips' (unknown: {unknown}).")
+    return metrics
+
+
+def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
+    """(results name, split CSV, first_n) for every set to reconstruct, checked before any work."""
+    sets = []
+    if args.run_val:
+        sets.append(("val", args.validation_ids, args.first_n_val))
+    if args.run_in:
+        sets.append(("in", args.in_ids, args.first_n))
+    if args.run_out:
+        sets += [(resolve_split(p).name, p, args.first_n) for p in args.out_ids.split(",") if p.strip()]
+    for name, path, _ in sets:
+        if not path:
+            flag = {"val": "--validation_ids", "in": "--in_ids"}.get(name, "--out_ids")
+            raise DataError(f"{flag} is required when that set is run (or pass --run_{name}=0).")
+        resolve_split(path)  # fails now, naming the file, rather than after hours of work
+    names = [name for name, _, _ in sets]
+    clashes = {n for n in names if names.count(n) > 1}
+    if clashes:
+        raise DataError(f"Two sets would write the same results file: {sorted(clashes)}. Rename one split CSV.")
+    return sets
+
+
+def main(args: argparse.Namespace) -> dict[str, Path]:
+    device = pick_device(args.device)
+    metrics = parse_metrics(args.metrics)
+    sets = planned_sets(args)
+    run_dir = args.output_dir / args.model_name
+    out_dir = run_dir / "ood"
+
+    logger.info("loading model...")
+    model_file = find_model_file(run_dir, args.eval_checkpoint)
+    model, schedule, config, info = load_model(model_file, device)
+    check_channels(config, bool(args.is_grayscale), str(model_file))
+    logger.info("model %s (epoch %s); the config stored in it is used", model_file, info.get("epoch"))
+    lpips_metric = LPIPSMetric(args.lpips_weights, pad=args.lpips_pad).to(device) if "lpips" in metrics else None
+
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(args.num_inference_steps)
+    start_indices = sampler.start_indices(args.inference_skip_factor)
+    n_evals = int(sum(j + 2 for j in start_indices))  # j + 1 steps, plus the first-step corrector
+    logger.info("%d reconstructions per image from t = %s; %d model evaluations per image",
+                len(start_indices), sampler.grid[start_indices].tolist(), n_evals)
+    precision = resolve_precision(args.precision, device)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            return model(x, t).float()
+
+    written = {}
+    for name, path, first_n in sets:
+        image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers)
+        frame = measure_split(model_fn, schedule, sampler, image_set.images, image_set.filenames, name, start_indices,
+                              args.batch_size, args.seed, device, lpips_metric, fused=args.fused)
+        written[name] = out_dir / f"results_{name}.csv"
+        save_csv_atomic(written[name], frame)
+        logger.info("wrote %s (%d images x %d starts)", written[name], len(image_set), len(start_indices))
+    return written
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args)

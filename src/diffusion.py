@@ -1,0 +1,261 @@
+"""The DDPM noise schedule and the PLMS sampler used to reconstruct images.
+
+Conventions follow latent-diffusion, the code the paper was built on:
+
+- T = 1000 training timesteps t = 0..T-1; ``alphas_cumprod[t]`` is the signal level *after*
+  step t, so even t = 0 adds a little noise.
+- The "linear" schedule is linear in sqrt(beta):
+  ``betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2``.
+- The model predicts the noise eps (eps-parameterisation).
+
+The schedule is held in float64 (as improved-diffusion does) and cast when used.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "plain_linear")
+
+
+def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """Return the float64 betas of a named schedule.
+
+    ``linear`` is latent-diffusion's (and the paper's) schedule, linear in sqrt(beta);
+    ``scaled_linear`` is the diffusers name for the same thing; ``plain_linear`` is the
+    original DDPM schedule, linear in beta.
+    """
+    if schedule in ("linear", "scaled_linear"):
+        return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
+    if schedule == "plain_linear":
+        return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+    raise ValueError(f"Unknown beta_schedule {schedule!r}; choose one of {BETA_SCHEDULES}.")
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N, 1, 1, ...) matching ``like``'s rank, dtype and device."""
+    values = values.to(device=like.device, dtype=like.dtype)
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class DDPMSchedule:
+    """Forward process q(x_t | x_0) and the training target.
+
+    ``add_noise(x0, noise, t) = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * noise``
+    (Ho et al. 2020, eq. 4).
+    """
+
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        beta_start: float = 0.0015,
+        beta_end: float = 0.0195,
+    ):
+        self.num_timesteps = int(num_timesteps)
+        self.betas = make_betas(beta_schedule, self.num_timesteps, beta_start, beta_end)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = np.cumprod(self.alphas)
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        # Cached on the device of first use, so indexing by a device tensor of timesteps
+        # needs no host round trip.
+        self._device_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._device_tables:
+            self._device_tables[device] = (
+                torch.from_numpy(self.sqrt_alphas_cumprod).to(device),
+                torch.from_numpy(self.sqrt_one_minus_alphas_cumprod).to(device),
+            )
+        return self._device_tables[device]
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) with the given noise; ``timesteps`` has shape (N,)."""
+        sqrt_ab, sqrt_1m_ab = self._tables(x0.device)
+        timesteps = timesteps.to(x0.device).long()
+        return _broadcast(sqrt_ab[timesteps], x0) * x0 + _broadcast(sqrt_1m_ab[timesteps], x0) * noise
+
+    def training_loss(
+        self, model: ModelFn, x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The "simple" L2 loss of Ho et al.: mean of (eps - eps_theta(x_t, t))^2."""
+        x_t = self.add_noise(x0, noise, timesteps)
+        eps = model(x_t, timesteps)
+        return torch.mean((eps.float() - noise.float()) ** 2)
+
+
+def plms_grid(num_inference_steps: int, num_timesteps: int = 1000) -> np.ndarray:
+    """latent-diffusion's "uniform" grid, ascending: c = T // S; 0, c, 2c, ... plus one.
+
+    >>> plms_grid(100)[:3].tolist(), plms_grid(100)[-1]
+    ([1, 11, 21], 991)
+    """
+    if not 1 <= num_inference_steps <= num_timesteps:
+        raise ValueError(
+            f"num_inference_steps must be between 1 and {num_timesteps}, got {num_inference_steps}."
+        )
+    step = num_timesteps // num_inference_steps
+    return np.arange(0, num_timesteps, step, dtype=np.int64) + 1
+
+
+# Adams-Bashforth weights on (e_t, e_{t-1}, e_{t-2}, e_{t-3}), indexed by how many earlier
+# model outputs the trajectory has (capped at 3). Row 0 is the first step, which instead uses
+# the pseudo improved Euler average (e_t + e_next) / 2 (Liu et al. 2022, PNDM, eq. 12).
+ADAMS_BASHFORTH = np.array(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [3 / 2, -1 / 2, 0.0, 0.0],
+        [23 / 12, -16 / 12, 5 / 12, 0.0],
+        [55 / 24, -59 / 24, 37 / 24, -9 / 24],
+    ],
+    dtype=np.float64,
+)
+
+
+class PLMSOutput(NamedTuple):
+    prev_sample: torch.Tensor
+    eps_history: list[torch.Tensor]  # newest first, at most 3 entries
+
+
+class PLMSSampler:
+    """PLMS (pseudo linear multistep) sampling, as in latent-diffusion's ``PLMSSampler``.
+
+    The sampler holds only the schedule and the grid. The eps history of a trajectory is
+    owned by the caller's loop and passed in and out of :meth:`step`, so two trajectories can
+    never share one by accident (the bug in later upstream versions of this method).
+
+    Typical loop for one trajectory starting at grid index ``k0``::
+
+        sampler.set_timesteps(100)
+        history = []
+        for t in sampler.trajectory(k0):
+            eps = model(x, t)
+            x, history = sampler.step(eps, t, x, history, model)
+    """
+
+    def __init__(self, schedule: DDPMSchedule):
+        self.schedule = schedule
+        self.grid: np.ndarray | None = None
+        self._tables: tuple[torch.Tensor, ...] = ()
+        self._tables_key: tuple | None = None
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self.grid = plms_grid(num_inference_steps, self.schedule.num_timesteps)
+        ac = self.schedule.alphas_cumprod
+        # DDIM step at grid index k goes from alpha(grid[k]) to alpha(grid[k-1]) and, below
+        # the first grid point, to alphas_cumprod[0] (not to 1), as latent-diffusion does.
+        self.alphas = ac[self.grid]
+        self.alphas_prev = np.concatenate([[ac[0]], ac[self.grid[:-1]]])
+        self._index_of = {int(t): k for k, t in enumerate(self.grid)}
+        self._tables_key = None
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """The grid in sampling order (descending), as diffusers exposes it."""
+        self._check_ready()
+        return self.grid[::-1].copy()
+
+    def _check_ready(self) -> None:
+        if self.grid is None:
+            raise RuntimeError("Call set_timesteps(num_inference_steps) before sampling.")
+
+    def index_of(self, timestep: int) -> int:
+        self._check_ready()
+        try:
+            return self._index_of[int(timestep)]
+        except KeyError:
+            raise ValueError(
+                f"Timestep {timestep} is not on the PLMS grid {self.grid[:3].tolist()}...; "
+                "start points must be grid points."
+            ) from None
+
+    def start_indices(self, skip_factor: int) -> np.ndarray:
+        """Grid indices of the reconstruction start points: ``grid[::skip_factor]``."""
+        self._check_ready()
+        if not 1 <= skip_factor <= len(self.grid):
+            raise ValueError(
+                f"inference_skip_factor must be between 1 and the number of grid points "
+                f"({len(self.grid)}), got {skip_factor}."
+            )
+        return np.arange(0, len(self.grid), skip_factor)
+
+    def trajectory(self, start_index: int) -> list[int]:
+        """Timesteps visited from grid index ``start_index`` down to the first grid point."""
+        self._check_ready()
+        return [int(t) for t in self.grid[start_index::-1]]
+
+    def next_timestep(self, timestep: int) -> int:
+        """The point the first-step predictor is evaluated at: the next lower grid point, or
+        the timestep itself on the last step of a trajectory."""
+        k = self.index_of(timestep)
+        return int(self.grid[max(k - 1, 0)])
+
+    def ddim_step(self, eps: torch.Tensor, grid_index: torch.Tensor | int, sample: torch.Tensor) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) update from grid[k] to grid[k-1] (Song et al. 2021, eq. 12):
+
+        x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+        x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps
+
+        ``grid_index`` is an int, or a tensor of shape (N,) giving each sample its own index.
+        """
+        sqrt_a, sqrt_1m_a, sqrt_a_prev, sqrt_1m_a_prev = (
+            _broadcast(table[grid_index].reshape(-1), sample) for table in self.device_tables(sample.device)
+        )
+        pred_x0 = (sample - sqrt_1m_a * eps) / sqrt_a
+        return sqrt_a_prev * pred_x0 + sqrt_1m_a_prev * eps
+
+    def device_tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """float64 tables over the grid on ``device``: sqrt(a), sqrt(1-a), sqrt(a_prev), sqrt(1-a_prev).
+
+        Indexing a device table with a device tensor (or an int) needs no host synchronisation.
+        """
+        self._check_ready()
+        key = (str(device), len(self.grid))
+        if self._tables_key != key:
+            self._tables = tuple(
+                torch.from_numpy(np.ascontiguousarray(v)).to(device)
+                for v in (
+                    np.sqrt(self.alphas),
+                    np.sqrt(1.0 - self.alphas),
+                    np.sqrt(self.alphas_prev),
+                    np.sqrt(1.0 - self.alphas_prev),
+                )
+            )
+            self._tables_key = key
+        return self._tables
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eps_history: Sequence[torch.Tensor],
+        model: ModelFn | None = None,
+    ) -> PLMSOutput:
+        """One PLMS step from grid point ``timestep`` to the one below it.
+
+        ``eps_history`` holds this trajectory's earlier raw model outputs, newest first. With an
+        empty history this is the trajectory's first step, a pseudo improved Euler step that
+        evaluates ``model`` once more at the predicted sample and the next grid point.
+        Returns the new sample and the history to pass to the next step.
+        """
+        k = self.index_of(timestep)
+        n_prev = min(len(eps_history), 3)
+        if n_prev == 0:
+            if model is None:
+                raise ValueError("The first PLMS step of a trajectory needs `model` for its corrector.")
+            x_pred = self.ddim_step(model_output, k, sample)
+            t_next = torch.full((sample.shape[0],), self.next_timestep(timestep), device=sample.device)
+            eps_prime = (model_output + model(x_pred, t_next)) / 2
+        else:
+            w = ADAMS_BASHFORTH[n_prev]
+            eps_prime = w[0] * model_output
+            for weight, past in zip(w[1:], eps_history[:n_prev]):
+                eps_prime = eps_prime + weight * past
+        prev_sample = self.ddim_step(eps_prime, k, sample)
+        return PLMSOutput(prev_sample, [model_output, *eps_history[:2]])

@@ -1,0 +1,147 @@
+"""Multi-start reconstruction: noise each image to several start points t, denoise each back
+to t = 0 with PLMS, and return every reconstruction.
+
+Two implementations with the same result (to float32 rounding):
+
+- :func:`reconstruct_sequential`: one trajectory at a time, each its own loop of batch-B model
+  calls with its own eps history. The plain reference, kept for tests and benchmarks.
+- :func:`reconstruct_fused`: all trajectories of a batch advance together. At grid index k
+  every trajectory that has started sits at the same timestep ``grid[k]``, so one model call
+  covers all of them (up to B x K images); the trajectories starting at k add one extra call,
+  the first-step corrector. Each trajectory keeps its own eps history (rows of one tensor).
+
+The start noise of each (image, start t) comes from a generator seeded by (seed, image id, t),
+so results do not depend on batch size, on the implementation, or on how work is split.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def noise_seed(seed: int, image_id: int, timestep: int) -> int:
+    """A 64-bit generator seed for one (image, start t), well mixed by numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, image_id, timestep]).generate_state(1, dtype=np.uint64)[0])
+
+
+def start_noise(image_shape: Sequence[int], seed: int, image_ids: Sequence[int], timesteps: Sequence[int]) -> torch.Tensor:
+    """Gaussian noise of shape (B, K, *image_shape) for B images and K start timesteps (on CPU)."""
+    noise = torch.empty(len(image_ids), len(timesteps), *image_shape)
+    generator = torch.Generator()
+    for b, image_id in enumerate(image_ids):
+        for k, t in enumerate(timesteps):
+            generator.manual_seed(noise_seed(seed, int(image_id), int(t)))
+            noise[b, k] = torch.randn(tuple(image_shape), generator=generator)
+    return noise
+
+
+def _noised_starts(schedule: DDPMSchedule, sampler: PLMSSampler, x0: torch.Tensor,
+                   start_indices: Sequence[int], noise: torch.Tensor) -> list[torch.Tensor]:
+    """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps for each start (one (B, C, H, W) tensor each)."""
+    out = []
+    for s, j in enumerate(start_indices):
+        t = torch.full((x0.shape[0],), int(sampler.grid[j]), device=x0.device)
+        out.append(schedule.add_noise(x0, noise[:, s].to(x0.device), t))
+    return out
+
+
+@torch.no_grad()
+def reconstruct_sequential(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, x0: torch.Tensor,
+                           start_indices: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+    """Reconstruct (B, C, H, W) images from each start; returns (B, K, C, H, W), not clamped."""
+    out = torch.empty(x0.shape[0], len(start_indices), *x0.shape[1:], device=x0.device)
+    for s, (j, x) in enumerate(zip(start_indices, _noised_starts(schedule, sampler, x0, start_indices, noise))):
+        history: list[torch.Tensor] = []  # this trajectory's own eps history
+        for t in sampler.trajectory(int(j)):
+            eps = model(x, torch.full((x.shape[0],), t, device=x.device))
+            x, history = sampler.step(eps, t, x, history, model)
+        out[:, s] = x
+    return out
+
+
+@torch.no_grad()
+def reconstruct_fused(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, x0: torch.Tensor,
+                      start_indices: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+    """Same result as :func:`reconstruct_sequential`, advancing all trajectories together."""
+    batch, n_starts = x0.shape[0], len(start_indices)
+    device = x0.device
+    # Rows are grouped by start, latest start first, so the trajectories running at grid
+    # index k are always a prefix of the rows: start s runs while k <= start_indices[s].
+    order = np.argsort(-np.asarray(start_indices), kind="stable")
+    starts_desc = np.asarray(start_indices)[order]
+    starts = _noised_starts(schedule, sampler, x0, start_indices, noise)
+    x = torch.cat([starts[s] for s in order])  # (K*B, C, H, W)
+    history = torch.zeros(3, *x.shape, device=device, dtype=x.dtype)  # newest first, per row
+
+    # Adams-Bashforth weights for every (grid index, start): row min(j - k, 3) of the table;
+    # computed up front so the loop below never copies from the host.
+    k_max = int(starts_desc[0])
+    n_prev = np.clip(starts_desc[None, :] - np.arange(k_max + 1)[:, None], 0, 3)  # (k_max+1, K)
+    weights = torch.from_numpy(ADAMS_BASHFORTH[n_prev]).to(device=device, dtype=x.dtype)  # (k_max+1, K, 4)
+    timesteps = torch.from_numpy(sampler.grid).to(device)
+    n_active_at = np.searchsorted(-starts_desc, -np.arange(k_max + 1), side="right")  # starts with j >= k
+
+    for k in range(k_max, -1, -1):
+        rows = int(n_active_at[k]) * batch
+        x_k = x[:rows]
+        eps = model(x_k, timesteps[k].expand(rows))
+        w = weights[k, : rows // batch].repeat_interleave(batch, dim=0)[:, :, None, None, None]  # (rows, 4, 1, 1, 1)
+        eps_prime = w[:, 0] * eps + w[:, 1] * history[0, :rows] + w[:, 2] * history[1, :rows] + w[:, 3] * history[2, :rows]
+        if starts_desc[rows // batch - 1] == k:
+            # The newest trajectories take their first step: pseudo improved Euler.
+            new = slice(rows - batch, rows)
+            x_pred = sampler.ddim_step(eps[new], k, x_k[new])
+            eps_next = model(x_pred, timesteps[max(k - 1, 0)].expand(batch))
+            eps_prime[new] = (eps[new] + eps_next) / 2
+        x[:rows] = sampler.ddim_step(eps_prime, k, x_k)
+        history[2, :rows] = history[1, :rows]
+        history[1, :rows] = history[0, :rows]
+        history[0, :rows] = eps
+    inverse = np.argsort(order)
+    return x.reshape(n_starts, batch, *x0.shape[1:])[inverse].transpose(0, 1)  # (B, K, C, H, W)
+
+
+def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
+                  filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
+                  seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
+                  progress: bool = True) -> "pd.DataFrame":
+    """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
+
+    Returns one row per (image, start t) with the results-file columns.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from src.metrics import mse_per_image
+
+    reconstruct = reconstruct_fused if fused else reconstruct_sequential
+    timesteps = [int(sampler.grid[j]) for j in start_indices]
+    n_starts = len(timesteps)
+    columns: dict[str, list] = {"mse": [], "perceptual_difference": []}
+    for first in tqdm(range(0, len(images), batch_size), desc=f"reconstructing {split_type}", disable=not progress):
+        x0 = images[first:first + batch_size].to(device)
+        ids = list(range(first, first + len(x0)))
+        noise = start_noise(x0.shape[1:], seed, ids, timesteps)
+        recon = reconstruct(model, schedule, sampler, x0, start_indices, noise).clamp(0, 1)  # (B, K, C, H, W)
+        inputs = x0[:, None].expand_as(recon).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
+        recon = recon.reshape(-1, *x0.shape[1:])
+        columns["mse"].append(mse_per_image(inputs, recon).cpu())
+        if lpips_metric is not None:
+            columns["perceptual_difference"].append(lpips_metric(inputs, recon).cpu())
+    n_images = len(images)
+    mse = torch.cat(columns["mse"]).numpy()
+    lpips_values = torch.cat(columns["perceptual_difference"]).numpy() if lpips_metric is not None else np.full(len(mse), np.nan)
+    return pd.DataFrame({
+        "filename": np.repeat(np.asarray(filenames, dtype=object), n_starts),
+        "image_index": np.repeat(np.arange(n_images), n_starts),
+        "type": split_type,
+        "t": np.tile(timesteps, n_images),
+        "mse": mse,
+        "perceptual_difference": lpips_values,
+    })

@@ -1,0 +1,215 @@
+"""The DDPM training loop: Adam on the simple L2 loss, periodic validation, checkpoints.
+
+Everything a resumed run needs is in ``checkpoint.pth``; the data order of epoch e is a
+permutation drawn from a generator seeded by (seed, e), so a run resumed at an epoch
+boundary sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from src.checkpoint import CheckpointError, read_file, save_model_file
+from src.diffusion import DDPMSchedule, PLMSSampler
+from src.files import save_torch_atomic
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainSettings:
+    n_epochs: int
+    batch_size: int
+    lr: float
+    eval_freq: int = 10
+    checkpoint_every: int = 1
+    seed: int = 0
+    ema_decay: float = 0.0  # 0 turns EMA off (the paper did not use it)
+    precision: str = "auto"
+    num_sample_images: int = 16
+    sample_steps: int = 50
+    max_minutes: float | None = None  # stop (after a checkpoint) once this much time has passed
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 autocast with a GradScaler on CUDA (as the paper's code), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_images, generator=generator)
+
+
+@torch.no_grad()
+def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_size: int, device, precision: str) -> float:
+    """Mean L2 loss over the validation set with fixed timesteps and noise, comparable across epochs."""
+    generator = torch.Generator().manual_seed(1234)
+    total, count = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        x0 = images[start:start + batch_size].to(device)
+        t = torch.randint(0, schedule.num_timesteps, (len(x0),), generator=generator).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        with autocast(precision, device):
+            loss = schedule.training_loss(model, x0, t, noise)
+        total += loss.item() * len(x0)
+        count += len(x0)
+    return total / count
+
+
+@torch.no_grad()
+def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, seed: int) -> torch.Tensor:
+    """Draw images from pure noise with PLMS (for TensorBoard)."""
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(n_steps)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    history: list[torch.Tensor] = []
+    for t in sampler.trajectory(len(sampler.grid) - 1):
+        eps = model(x, torch.full((shape[0],), t, device=device))
+        x, history = sampler.step(eps, t, x, history, model)
+    return x.clamp(0, 1)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
+          settings: TrainSettings, run_dir: Path, config: dict, device: torch.device) -> dict:
+    """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
+    precision = resolve_precision(settings.precision, device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    ema = copy.deepcopy(model).requires_grad_(False) if settings.ema_decay > 0 else None
+
+    start_epoch, step, best_val = 0, 0, math.inf
+    checkpoint_path = run_dir / "checkpoint.pth"
+    if checkpoint_path.exists():
+        state = read_file(checkpoint_path)
+        if state.get("kind") != "checkpoint":
+            raise CheckpointError(f"{checkpoint_path} is not a training checkpoint; move it away to start afresh.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema_model") is not None:
+            ema.load_state_dict(state["ema_model"])
+        set_rng_state(state["rng"])
+        start_epoch, step, best_val = state["epoch"], state["step"], state["best_val_loss"]
+        logger.info("Resuming from %s at epoch %d (step %d).", checkpoint_path, start_epoch, step)
+    else:
+        torch.manual_seed(settings.seed)
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step)
+    scoring_model = ema if ema is not None else model
+    n_train = len(train_images)
+    steps_per_epoch = math.ceil(n_train / settings.batch_size)
+    started = time.monotonic()
+    epoch = start_epoch
+    val_loss = None
+    for epoch in range(start_epoch, settings.n_epochs):
+        model.train()
+        order = epoch_order(n_train, settings.seed, epoch)
+        progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}", leave=False)
+        running = torch.zeros((), device=device)
+        for i in progress:
+            x0 = train_images[order[i * settings.batch_size:(i + 1) * settings.batch_size]].to(device, non_blocking=True)
+            t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=device)
+            noise = torch.randn_like(x0)
+            with autocast(precision, device):
+                loss = schedule.training_loss(model, x0, t, noise)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), model.parameters()):
+                        p_ema.lerp_(p, 1 - settings.ema_decay)
+            running += loss.detach()
+            step += 1
+        train_loss = (running / steps_per_epoch).item()
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(
+                f"Training loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is "
+                f"{checkpoint_path}. Lower the learning rate or use --precision fp32/bf16."
+            )
+        writer.add_scalar("train/loss", train_loss, step)
+        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+        logger.info("epoch %d/%d: train loss %.5f", epoch + 1, settings.n_epochs, train_loss)
+
+        last_epoch = epoch + 1 == settings.n_epochs
+        out_of_time = settings.max_minutes is not None and (time.monotonic() - started) / 60 >= settings.max_minutes
+        if (epoch + 1) % settings.eval_freq == 0 or last_epoch or out_of_time:
+            scoring_model.eval()
+            val_loss = validation_loss(scoring_model, schedule, val_images, settings.batch_size, device, precision)
+            writer.add_scalar("val/loss", val_loss, step)
+            logger.info("epoch %d: validation loss %.5f (best %.5f)", epoch + 1, val_loss, best_val)
+            if settings.num_sample_images:
+                shape = (settings.num_sample_images, *train_images.shape[1:])
+                samples = sample_images(scoring_model, schedule, shape, settings.sample_steps, device, settings.seed)
+                writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), step)
+            if val_loss < best_val:
+                best_val = val_loss
+                save_model_file(run_dir / "best_model.pth", scoring_model.state_dict(), config, epoch + 1, val_loss,
+                                ema is not None)
+        if (epoch + 1) % settings.checkpoint_every == 0 or last_epoch or out_of_time:
+            save_torch_atomic(checkpoint_path, {
+                "kind": "checkpoint", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "ema_model": ema.state_dict() if ema is not None else None,
+                "epoch": epoch + 1, "step": step, "best_val_loss": best_val, "config": config, "rng": rng_state(),
+            })
+        if out_of_time and not last_epoch:
+            logger.info("Stopping after epoch %d: --max_minutes=%s reached.", epoch + 1, settings.max_minutes)
+            break
+    writer.close()
+    completed = epoch + 1 if settings.n_epochs > start_epoch else start_epoch
+    save_model_file(run_dir / "final_model.pth", scoring_model.state_dict(), config, completed, val_loss, ema is not None)
+    return {"epochs": completed, "steps": step, "best_val_loss": best_val}
+
