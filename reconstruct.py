@@ -49,6 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="PLMS grid size S: points 1, 1+T//S, ... Default 100 (t = 1, 11, ..., 991).")
     parser.add_argument("--inference_skip_factor", type=positive_int, default=16,
                         help="Start points are grid[::skip]; 16 on 100 steps gives 7 (t = 1, 161, ..., 961).")
+    parser.add_argument("--max_start_t", type=positive_int, default=None,
+                        help="Keep only start points t < MAX_START_T (low starts are cheap and carry much of the "
+                             "signal; the paper used all). Default: all.")
     parser.add_argument("--run_val", type=binary_int, default=1, help="1: reconstruct the validation set.")
     parser.add_argument("--run_in", type=binary_int, default=1, help="1: reconstruct the in-distribution test set.")
     parser.add_argument("--run_out", type=binary_int, default=1, help="1: reconstruct the OOD sets.")
@@ -119,6 +122,10 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(args.num_inference_steps)
     start_indices = sampler.start_indices(args.inference_skip_factor)
+    if args.max_start_t is not None:
+        start_indices = start_indices[sampler.grid[start_indices] < args.max_start_t]
+        if len(start_indices) == 0:
+            raise DataError(f"--max_start_t={args.max_start_t} leaves no start point; the first is t={sampler.grid[0]}.")
     n_evals = int(sum(j + 2 for j in start_indices))  # j + 1 steps, plus the first-step corrector
     logger.info("%d reconstructions per image from t = %s; %d model evaluations per image",
                 len(start_indices), sampler.grid[start_indices].tolist(), n_evals)

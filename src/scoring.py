@@ -60,7 +60,7 @@ def fit_validation_stats(val: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def score_frame(frame: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], source: str = "results") -> pd.Series:
     """OOD score per image: mean over t of the sum of the chosen metrics' z-scores."""
-    unknown_t = sorted(set(frame["t"].unique()) - set(stats.index))
+    unknown_t = sorted(int(t) for t in set(frame["t"].unique()) - set(stats.index))
     if unknown_t:
         raise ScoringError(
             f"{source} has start points t={unknown_t} that the validation results lack; "

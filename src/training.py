@@ -168,9 +168,12 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
             scaler.step(optimizer)
             scaler.update()
             if ema is not None:
+                # Warm-up: early on, average over the steps taken so far rather than leaving
+                # most of the weight on the random initialisation.
+                decay = min(settings.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
                     for p_ema, p in zip(ema.parameters(), model.parameters()):
-                        p_ema.lerp_(p, 1 - settings.ema_decay)
+                        p_ema.lerp_(p, 1 - decay)
             running += loss.detach()
             step += 1
         train_loss = (running / steps_per_epoch).item()

@@ -1,0 +1,27 @@
+# Quick start:  make demo   (the whole pipeline on the embedded data, CPU, ~15 minutes)
+#               make test   (the test suite)
+# Both create the virtual environment .venv and install the pinned requirements first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	PYTHON=$(BIN)/python bash scripts/demo.sh
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf demo_output

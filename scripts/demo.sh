@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The whole method on the embedded FashionMNIST subset, on a CPU, in minutes:
+# FashionMNIST is in-distribution; Digits (scikit-learn's digits, an offline MNIST stand-in)
+# and flipped FashionMNIST are out-of-distribution. Run through `make demo`.
+# Every setting can be overridden from the environment, e.g. DEMO_TRAIN_MINUTES=20 make demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${DEMO_OUTPUT:-demo_output}
+data_root=$OUT/data
+output_root=$OUT/models
+TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-7}
+STEPS=${DEMO_STEPS:-50}
+SKIP=${DEMO_SKIP:-2}
+MAX_START_T=${DEMO_MAX_START_T:-400}
+N_EVAL=${DEMO_N_EVAL:-300}
+MODEL=${DEMO_MODEL:-fashionmnist_demo}
+
+echo "== 1/4 datasets: the embedded FashionMNIST subset and Digits =="
+$PYTHON get_datasets.py --data_root="$data_root" --datasets FashionMNIST Digits \
+  --source_dir FashionMNIST=data/fashion_mnist_subset
+
+echo "== 2/4 training a small DDPM for ${TRAIN_MINUTES} minutes =="
+$PYTHON train.py \
+  --output_dir="$output_root" \
+  --model_name="$MODEL" \
+  --training_ids="$data_root/data_splits/FashionMNIST_train.csv" \
+  --validation_ids="$data_root/data_splits/FashionMNIST_val.csv" \
+  --is_grayscale=1 \
+  --config_diffusion_file=src/configs/diffusion/diffusion_demo.yaml \
+  --n_epochs=${DEMO_EPOCHS:-1000} --max_minutes="$TRAIN_MINUTES" \
+  --batch_size=${DEMO_BATCH:-64} --eval_freq=1000 --ema_decay=${DEMO_EMA:-0.999} --num_sample_images=16
+
+# LPIPS needs torchvision's AlexNet weights; offline and not cached, score with MSE only.
+if $PYTHON -c "from src.metrics import find_alexnet_weights; find_alexnet_weights(allow_download=True)" 2>/dev/null; then
+  METRICS=mse,lpips
+else
+  METRICS=mse
+  echo "NOTE: LPIPS is unavailable (AlexNet weights neither cached nor downloadable); scoring with MSE only."
+fi
+
+echo "== 3/4 reconstructing from several start points (${METRICS}) =="
+$PYTHON reconstruct.py \
+  --output_dir="$output_root" \
+  --model_name="$MODEL" \
+  --validation_ids="$data_root/data_splits/FashionMNIST_val.csv" \
+  --in_ids="$data_root/data_splits/FashionMNIST_test.csv" \
+  --out_ids="$data_root/data_splits/Digits_test.csv,$data_root/data_splits/FashionMNIST_vflip_test.csv,$data_root/data_splits/FashionMNIST_hflip_test.csv" \
+  --is_grayscale=1 \
+  --num_inference_steps="$STEPS" \
+  --inference_skip_factor="$SKIP" \
+  --max_start_t="$MAX_START_T" \
+  --first_n_val="$N_EVAL" --first_n="$N_EVAL" \
+  --metrics="$METRICS" \
+  --run_val=1 --run_in=1 --run_out=1
+
+echo "== 4/4 OOD detection =="
+$PYTHON ood_detection.py --output_dir="$output_root" --model_name="$MODEL"

@@ -1,0 +1,77 @@
+"""Shared fixtures: small synthetic data sets, the tiny model config, a random AlexNet file."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TINY_CONFIG = ROOT / "src" / "configs" / "diffusion" / "diffusion_tiny.yaml"
+
+
+def write_split(path: Path, files: list[Path]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"filename": [str(f) for f in files]}).to_csv(path, index=False)
+    return path
+
+
+def make_images(folder: Path, prefix: str, n: int, seed: int, kind: str = "blobs", shape=(28, 28)) -> list[Path]:
+    """Write n uint8 .npy images: 'blobs' (bright centre) or 'stripes' (vertical bars)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    files = []
+    for i in range(n):
+        if kind == "blobs":
+            r = rng.uniform(4, 9)
+            image = 255 * np.exp(-((yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2) / (2 * r * r))
+        else:
+            image = 255.0 * ((xx // rng.integers(2, 5)) % 2)
+        image = np.clip(image + rng.normal(0, 8, shape), 0, 255).astype(np.uint8)
+        files.append(folder / f"{prefix}_{i}.npy")
+        np.save(files[-1], image)
+    return files
+
+
+@pytest.fixture
+def synthetic_splits(tmp_path: Path) -> dict[str, Path]:
+    """train / val / test CSVs of 'blob' images (in-distribution) and a 'stripes' OOD test CSV."""
+    splits = tmp_path / "data_splits"
+    return {
+        "train": write_split(splits / "Blobs_train.csv", make_images(tmp_path / "blobs_train", "b", 24, 0)),
+        "val": write_split(splits / "Blobs_val.csv", make_images(tmp_path / "blobs_val", "b", 8, 1)),
+        "test": write_split(splits / "Blobs_test.csv", make_images(tmp_path / "blobs_test", "b", 6, 2)),
+        "ood": write_split(splits / "Stripes_test.csv", make_images(tmp_path / "stripes", "s", 6, 3, "stripes")),
+    }
+
+
+@pytest.fixture
+def random_alexnet_home(tmp_path: Path, monkeypatch) -> Path:
+    """A TORCH_HOME whose hub cache holds a *randomly initialised* AlexNet under torchvision's
+    file name: the LPIPS loading path is real, the distances are not meaningful."""
+    import torchvision
+
+    home = tmp_path / "torch_home"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), checkpoints / "alexnet-owt-7be5be79.pth")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def no_alexnet(tmp_path: Path, monkeypatch) -> None:
+    """An empty torch hub cache and a download that fails, as on an offline machine."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)

@@ -1,0 +1,80 @@
+"""Offline dataset import on generated raw files, re-run safety, and the Digits stand-in."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import get_datasets
+from src.datasets_download import DownloadError, digits_images, read_idx, write_idx
+
+
+def make_idx_source(folder, n_train=40, n_test=10, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 255, (n_train, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 255, (n_test, 28, 28), dtype=np.uint8)
+    write_idx(folder / "train-images-idx3-ubyte.gz", train)  # as torchvision and Debian ship them
+    write_idx(folder / "t10k-images-idx3-ubyte", test)  # uncompressed works too
+    return train, test
+
+
+def test_idx_round_trip_and_truncation(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+    (tmp_path / "b").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
+    with pytest.raises(DownloadError, match="truncated"):
+        read_idx(tmp_path / "b")
+    (tmp_path / "c").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DownloadError, match="magic"):
+        read_idx(tmp_path / "c")
+
+
+def test_offline_import_writes_npy_files_and_splits(tmp_path):
+    train, test = make_idx_source(tmp_path / "src")
+    root = tmp_path / "data"
+    get_datasets.main(get_datasets.parse_args(
+        ["--data_root", str(root), "--datasets", "FashionMNIST", "--source_dir", f"FashionMNIST={tmp_path / 'src'}"]))
+    files = {s: pd.read_csv(root / "data_splits" / f"FashionMNIST_{s}.csv")["filename"] for s in ("train", "val", "test")}
+    assert (len(files["train"]), len(files["val"]), len(files["test"])) == (38, 2, 10)  # val = 5% of 40
+    assert not set(files["train"]) & set(files["val"])
+    np.testing.assert_array_equal(np.load(root / "FashionMNIST/numpy/test/FashionMNIST_3.npy"), test[3])
+    first = np.load(files["val"][0])
+    index = int(files["val"][0].rsplit("_", 1)[1].split(".")[0])
+    np.testing.assert_array_equal(first, train[index])
+
+
+def test_rerun_converts_nothing_twice_and_redoes_interrupted_splits(tmp_path):
+    make_idx_source(tmp_path / "src" / "MNIST")
+    root = tmp_path / "data"
+    args = get_datasets.parse_args(["--data_root", str(root), "--datasets", "MNIST", "--source_dir", str(tmp_path / "src")])
+    get_datasets.main(args)
+    marker = root / "MNIST/numpy/train/MNIST_0.npy"
+    before = marker.stat().st_mtime_ns
+    # An interrupted conversion of the test split leaves only a .partial folder.
+    (root / "MNIST/numpy/test").rename(root / "MNIST/numpy/test.partial")
+    (root / "MNIST/numpy/test.partial/MNIST_5.npy").unlink()
+    get_datasets.main(args)
+    assert marker.stat().st_mtime_ns == before
+    assert len(list((root / "MNIST/numpy/test").glob("*.npy"))) == 10
+    assert not (root / "MNIST/numpy/test.partial").exists()
+
+
+def test_shared_source_dir_does_not_mix_mnist_and_fashionmnist(tmp_path):
+    make_idx_source(tmp_path / "src")  # files at the top level: whose are they?
+    with pytest.raises(DownloadError, match="No MNIST IDX files"):
+        get_datasets.main(get_datasets.parse_args(
+            ["--data_root", str(tmp_path / "d"), "--datasets", "MNIST", "FashionMNIST", "--source_dir", str(tmp_path / "src")]))
+
+
+def test_download_celeba_accepts_the_seed_spellings():
+    for text, value in [("False", False), ("0", False), ("true", True), ("1", True)]:
+        assert get_datasets.parse_args(["--data_root", "x", f"--download_celeba={text}"]).download_celeba is value
+
+
+def test_digits_are_mnist_like():
+    train, test = digits_images()
+    assert len(train) + len(test) == 1797 and train.shape[1:] == (28, 28) and train.dtype == np.uint8
+    assert train[:, :4].max() == 0 and train[:, 24:].max() == 0  # a black 4-pixel frame, like MNIST
+    assert train.max() == 255

@@ -1,0 +1,97 @@
+"""The fused multi-start loop equals the one-trajectory-at-a-time loop; noise is batch-independent."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CONFIG
+from src.config import build_schedule, build_unet, load_config
+from src.diffusion import PLMSSampler
+from src.reconstruction import measure_split, noise_seed, reconstruct_fused, reconstruct_sequential, start_noise
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    cfg = load_config(TINY_CONFIG)
+    torch.manual_seed(0)
+    model = build_unet(cfg).eval()
+    # The UNet's last layers start at zero (eps = 0); give them weights so the test has teeth.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0 and p.dim() > 1:
+                p.normal_(0, 0.05)
+    return model, build_schedule(cfg)
+
+
+@pytest.mark.parametrize("n_steps,skip,batch", [(20, 1, 1), (20, 3, 4), (20, 7, 3), (20, 20, 2), (10, 4, 5)])
+def test_fused_equals_sequential(tiny_model, n_steps, skip, batch):
+    model, schedule = tiny_model
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(n_steps)
+    starts = sampler.start_indices(skip)
+    x0 = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    noise = start_noise((1, 28, 28), 0, range(batch), sampler.grid[starts])
+    sequential = reconstruct_sequential(model, schedule, sampler, x0, starts, noise)
+    fused = reconstruct_fused(model, schedule, sampler, x0, starts, noise)
+    assert fused.shape == (batch, len(starts), 1, 28, 28)
+    assert sequential.std() > 0.05  # a real signal, not all zeros
+    torch.testing.assert_close(fused, sequential, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_handles_unsorted_starts(tiny_model):
+    model, schedule = tiny_model
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(10)
+    x0 = torch.rand(2, 1, 28, 28)
+    starts = np.array([5, 0, 9, 2])
+    noise = start_noise((1, 28, 28), 3, [0, 1], sampler.grid[starts])
+    torch.testing.assert_close(
+        reconstruct_fused(model, schedule, sampler, x0, starts, noise),
+        reconstruct_sequential(model, schedule, sampler, x0, starts, noise), atol=1e-4, rtol=1e-4)
+
+
+def test_model_evaluations_per_image_match_the_paper():
+    """100 PLMS steps, skip 16: 7 trajectories of j + 1 steps plus one corrector each = 350."""
+    from src.diffusion import DDPMSchedule
+
+    schedule = DDPMSchedule()
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(100)
+    starts = sampler.start_indices(16)
+    for reconstruct in (reconstruct_sequential, reconstruct_fused):
+        evaluated = []
+        model = lambda x, t: evaluated.append(len(x)) or torch.zeros_like(x)
+        reconstruct(model, schedule, sampler, torch.zeros(3, 1, 2, 2), starts, torch.zeros(3, len(starts), 1, 2, 2))
+        assert sum(evaluated) == 350 * 3
+    assert len(evaluated) == 97 + 7  # fused: one call per grid point up to t = 961, one corrector per start
+
+
+def test_noise_depends_only_on_seed_image_and_t():
+    batch = start_noise((1, 4, 4), 7, [10, 11, 12], [1, 161])
+    alone = start_noise((1, 4, 4), 7, [11], [161])
+    torch.testing.assert_close(batch[1, 1], alone[0, 0], rtol=0, atol=0)
+    assert not torch.equal(batch[0, 0], batch[0, 1]) and not torch.equal(batch[0, 0], batch[1, 0])
+    assert noise_seed(0, 1, 2) != noise_seed(0, 2, 1) != noise_seed(1, 1, 2)
+    assert not torch.equal(start_noise((4,), 8, [10], [1]), start_noise((4,), 7, [10], [1]))
+
+
+def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_model):
+    model, schedule = tiny_model
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(10)
+    starts = sampler.start_indices(3)
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    names = [f"img{i}" for i in range(5)]
+    run = lambda bs, fused: measure_split(model, schedule, sampler, images, names, "val", starts, bs, 0,
+                                          torch.device("cpu"), fused=fused, progress=False)
+    reference = run(5, True)
+    assert list(reference.columns) == ["filename", "image_index", "type", "t", "mse", "perceptual_difference"]
+    assert len(reference) == 5 * len(starts)
+    assert reference["t"].tolist()[:4] == [1, 301, 601, 901]
+    assert reference["filename"].tolist()[:5] == ["img0"] * 4 + ["img1"]
+    for other in (run(2, True), run(3, False)):
+        np.testing.assert_allclose(other["mse"], reference["mse"], rtol=1e-4, atol=1e-7)
+    # The error grows with the start t on average: more noise, worse reconstruction.
+    by_t = reference.groupby("t")["mse"].mean()
+    assert by_t.iloc[-1] > by_t.iloc[0]

@@ -1,0 +1,119 @@
+"""The four scripts end to end on synthetic images, the seed README's command lines, resume,
+and each script's error on a missing input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+import ood_detection
+import reconstruct
+import train
+from conftest import ROOT, TINY_CONFIG
+from src.metrics import LPIPSUnavailable
+
+
+def train_args(out, splits, epochs=2, *extra):
+    return train.parse_args([
+        f"--output_dir={out}", "--model_name=blobs", f"--training_ids={splits['train']}",
+        f"--validation_ids={splits['val']}", "--is_grayscale=1", f"--config_diffusion_file={TINY_CONFIG}",
+        f"--n_epochs={epochs}", "--batch_size=8", "--eval_freq=1", "--num_sample_images=4", "--sample_steps=3",
+        "--num_workers=0", *extra])
+
+
+def reconstruct_args(out, splits, *extra):
+    ood = f"{splits['ood']},{splits['test'].with_name('Blobs_vflip_test.csv')}"
+    return reconstruct.parse_args([
+        f"--output_dir={out}", "--model_name=blobs", f"--validation_ids={splits['val']}",
+        f"--in_ids={splits['test']}", f"--out_ids={ood}", "--is_grayscale=1",
+        f"--config_diffusion_file={TINY_CONFIG}", "--num_inference_steps=10", "--inference_skip_factor=3",
+        "--run_val=1", "--run_in=1", "--run_out=1", "--batch_size=4", *extra])
+
+
+def test_all_four_scripts_end_to_end(tmp_path, synthetic_splits, random_alexnet_home, capsys):
+    out = tmp_path / "models"
+    summary = train.main(train_args(out, synthetic_splits))
+    run = out / "blobs"
+    assert summary["epochs"] == 2
+    for name in ("config.yaml", "checkpoint.pth", "best_model.pth", "final_model.pth"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    stored = torch.load(run / "best_model.pth", weights_only=True)
+    assert stored["config"]["ldm"]["params"]["unet_config"]["params"]["model_channels"] == 8
+
+    written = reconstruct.main(reconstruct_args(out, synthetic_splits))
+    assert set(written) == {"val", "in", "Stripes", "Blobs_vflip"}
+    val = pd.read_csv(run / "ood" / "results_val.csv")
+    assert {"filename", "type", "t", "mse", "perceptual_difference"} <= set(val.columns)
+    assert len(val) == 8 * 4 and sorted(val["t"].unique()) == [1, 301, 601, 901]
+    assert val["perceptual_difference"].notna().all() and (val["mse"] >= 0).all()
+
+    table = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs"]))
+    printed = capsys.readouterr().out
+    assert "AUC for blobs vs Stripes: " in printed and "AUC for blobs vs Blobs_vflip: " in printed
+    assert set(table["score"]) == {"mse+lpips", "mse", "lpips"}
+    assert table["auroc"].between(0, 1).all() and (table["n_in"] == 6).all()
+    assert (run / "ood" / "summary_auroc.csv").is_file()
+    limited = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs", "--max_t=302"]))
+    assert len(limited) == len(table)
+
+
+def test_mse_only_run_needs_no_lpips_weights(tmp_path, synthetic_splits, no_alexnet, capsys):
+    out = tmp_path / "models"
+    train.main(train_args(out, synthetic_splits, 1))
+    with pytest.raises(LPIPSUnavailable):
+        reconstruct.main(reconstruct_args(out, synthetic_splits))
+    assert not (out / "blobs" / "ood").exists()  # failed before any work
+    reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse", "--max_start_t=400"))
+    val = pd.read_csv(out / "blobs" / "ood" / "results_val.csv")
+    assert sorted(val["t"].unique()) == [1, 301] and val["perceptual_difference"].isna().all()
+    table = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs"]))
+    assert set(table["score"]) == {"mse"}
+
+
+def test_rerun_resumes_and_equals_an_uninterrupted_run(tmp_path, synthetic_splits):
+    train.main(train_args(tmp_path / "a", synthetic_splits, 3))
+    train.main(train_args(tmp_path / "b", synthetic_splits, 1))
+    summary = train.main(train_args(tmp_path / "b", synthetic_splits, 3))  # same command, more epochs: resumes
+    assert summary["epochs"] == 3
+    a = torch.load(tmp_path / "a/blobs/checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "b/blobs/checkpoint.pth", weights_only=True)
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_seed_readme_command_lines_parse():
+    t = train.parse_args("--output_dir=o --model_name=fashionmnist --training_ids=d/FashionMNIST_train.csv "
+                         "--validation_ids=d/FashionMNIST_val.csv --is_grayscale=1 "
+                         "--config_diffusion_file=src/configs/diffusion/diffusion_grayscale.yaml --n_epochs=300".split())
+    assert t.n_epochs == 300 and t.is_grayscale == 1 and t.batch_size == 180
+    r = reconstruct.parse_args("--output_dir=o --model_name=fashionmnist --validation_ids=d/FashionMNIST_val.csv "
+                               "--in_ids=d/FashionMNIST_test.csv --out_ids=d/MNIST_test.csv,d/MNIST_vflip_test.csv,"
+                               "d/MNIST_hflip_test.csv --is_grayscale=1 "
+                               "--config_diffusion_file=src/configs/diffusion/diffusion_grayscale.yaml "
+                               "--num_inference_steps=100 --inference_skip_factor=16 --run_val=1 --run_in=1 "
+                               "--run_out=1".split())
+    assert r.inference_skip_factor == 16 and r.run_out == 1 and r.out_ids.count(",") == 2
+    o = ood_detection.parse_args(["--output_dir=o", "--model_name=fashionmnist"])
+    assert o.t_skip == 1 and o.max_t is None
+
+
+@pytest.mark.parametrize("script,args", [
+    ("train.py", ["--output_dir=OUT", "--model_name=m", "--training_ids=OUT/nope_train.csv",
+                  "--validation_ids=OUT/nope_val.csv"]),
+    ("reconstruct.py", ["--output_dir=OUT", "--model_name=m", "--validation_ids=OUT/nope_val.csv",
+                        "--in_ids=OUT/nope_test.csv", "--metrics=mse"]),
+    ("ood_detection.py", ["--output_dir=OUT", "--model_name=m"]),
+    ("get_datasets.py", ["--data_root=OUT/d", "--datasets", "MNIST", "--source_dir", "OUT/nope"]),
+])
+def test_missing_input_exits_2_and_names_the_file(tmp_path, script, args):
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "nope" in result.stderr or "results_val.csv" in result.stderr
+    assert "Traceback" not in result.stderr
