@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from src.checkpoint import find_model_file, load_model
@@ -52,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_start_t", type=positive_int, default=None,
                         help="Keep only start points t < MAX_START_T (low starts are cheap and carry much of the "
                              "signal; the paper used all). Default: all.")
+    parser.add_argument("--min_start_t", type=non_negative_int, default=None,
+                        help="Keep only start points t >= MIN_START_T (near t = 1 the error mostly measures how "
+                             "smooth an image is). Default: all.")
     parser.add_argument("--run_val", type=binary_int, default=1, help="1: reconstruct the validation set.")
     parser.add_argument("--run_in", type=binary_int, default=1, help="1: reconstruct the in-distribution test set.")
     parser.add_argument("--run_out", type=binary_int, default=1, help="1: reconstruct the OOD sets.")
@@ -122,10 +126,11 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(args.num_inference_steps)
     start_indices = sampler.start_indices(args.inference_skip_factor)
-    if args.max_start_t is not None:
-        start_indices = start_indices[sampler.grid[start_indices] < args.max_start_t]
-        if len(start_indices) == 0:
-            raise DataError(f"--max_start_t={args.max_start_t} leaves no start point; the first is t={sampler.grid[0]}.")
+    start_t = sampler.grid[start_indices]
+    keep = (start_t < (args.max_start_t or np.inf)) & (start_t >= (args.min_start_t or 0))
+    if not keep.any():
+        raise DataError(f"--min_start_t/--max_start_t leave none of the start points {start_t.tolist()}.")
+    start_indices = start_indices[keep]
     n_evals = int(sum(j + 2 for j in start_indices))  # j + 1 steps, plus the first-step corrector
     logger.info("%d reconstructions per image from t = %s; %d model evaluations per image",
                 len(start_indices), sampler.grid[start_indices].tolist(), n_evals)

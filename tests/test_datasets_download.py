@@ -73,8 +73,10 @@ def test_download_celeba_accepts_the_seed_spellings():
         assert get_datasets.parse_args(["--data_root", "x", f"--download_celeba={text}"]).download_celeba is value
 
 
-def test_digits_are_mnist_like():
+def test_digits_are_28x28_handwritten_digits():
     train, test = digits_images()
     assert len(train) + len(test) == 1797 and train.shape[1:] == (28, 28) and train.dtype == np.uint8
-    assert train[:, :4].max() == 0 and train[:, 24:].max() == 0  # a black 4-pixel frame, like MNIST
-    assert train.max() == 255
+    assert train.max() == 255 and 0.2 < train.mean() / 255 < 0.4  # bright strokes on a dark ground
+    # Bilinear upsampling of the 8x8 original: corners of a digit whose 8x8 corner is 0 stay 0.
+    from sklearn.datasets import load_digits
+    assert (load_digits().images[:, 0, 0] == 0).all() and (np.concatenate([train, test])[:, 0, 0] == 0).all()
