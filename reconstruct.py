@@ -23,7 +23,7 @@ import torch
 
 from src.checkpoint import find_model_file, load_model
 from src.cli import binary_int, non_negative_int, pick_device, positive_int, run_main
-from src.config import check_channels
+from src.config import check_channels, load_config, to_container
 from src.data import DataError, load_split, resolve_split
 from src.diffusion import PLMSSampler
 from src.files import save_csv_atomic
@@ -45,7 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Comma-separated split CSVs of OOD images; a _vflip/_hflip suffix flips the base split.")
     parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB.")
     parser.add_argument("--config_diffusion_file", type=Path, default=None,
-                        help="Accepted for compatibility; the model and schedule come from the checkpoint.")
+                        help="Optional: the model and schedule always come from the checkpoint; if this config "
+                             "describes a different model or schedule, a warning says so.")
     parser.add_argument("--num_inference_steps", type=positive_int, default=100,
                         help="PLMS grid size S: points 1, 1+T//S, ... Default 100 (t = 1, 11, ..., 991).")
     parser.add_argument("--inference_skip_factor", type=positive_int, default=16,
@@ -109,6 +110,16 @@ def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
     return sets
 
 
+def warn_if_config_differs(config_file: Path, stored: dict, model_file: Path) -> None:
+    """The checkpoint's config wins; say so when the config given on the command line disagrees."""
+    given = to_container(load_config(config_file)).get("ldm", {}).get("params", {})
+    stored_params = stored.get("ldm", {}).get("params", {})
+    differing = sorted(k for k in set(given) | set(stored_params) if given.get(k) != stored_params.get(k))
+    if differing:
+        logger.warning("%s differs from the config stored in %s (%s); using the stored one.",
+                       config_file, model_file, ", ".join(differing))
+
+
 def main(args: argparse.Namespace) -> dict[str, Path]:
     device = pick_device(args.device)
     metrics = parse_metrics(args.metrics)
@@ -121,6 +132,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     model, schedule, config, info = load_model(model_file, device)
     check_channels(config, bool(args.is_grayscale), str(model_file))
     logger.info("model %s (epoch %s); the config stored in it is used", model_file, info.get("epoch"))
+    if args.config_diffusion_file is not None:
+        warn_if_config_differs(args.config_diffusion_file, config, model_file)
     lpips_metric = LPIPSMetric(args.lpips_weights, pad=args.lpips_pad).to(device) if "lpips" in metrics else None
 
     sampler = PLMSSampler(schedule)

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from omegaconf import OmegaConf
 
 from src.cli import binary_int, pick_device, positive_int, run_main
@@ -78,6 +79,7 @@ def main(args: argparse.Namespace) -> dict:
     val_set = load_split(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers)
 
     logger.info("creating model...")
+    torch.manual_seed(args.seed)  # the initial weights; a resumed run loads its own
     model, schedule = build_unet(cfg), build_schedule(cfg)
     logger.info("UNet with %.2fM parameters on %s", sum(p.numel() for p in model.parameters()) / 1e6, device)
 

@@ -100,7 +100,9 @@ def plms_grid(num_inference_steps: int, num_timesteps: int = 1000) -> np.ndarray
             f"num_inference_steps must be between 1 and {num_timesteps}, got {num_inference_steps}."
         )
     step = num_timesteps // num_inference_steps
-    return np.arange(0, num_timesteps, step, dtype=np.int64) + 1
+    grid = np.arange(0, num_timesteps, step, dtype=np.int64) + 1
+    # When S does not divide T the last point can land on T itself (S = 3: 1000): drop it.
+    return grid[grid < num_timesteps]
 
 
 # Adams-Bashforth weights on (e_t, e_{t-1}, e_{t-2}, e_{t-3}), indexed by how many earlier

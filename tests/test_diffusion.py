@@ -46,6 +46,7 @@ def test_plms_grid_literal():
     assert plms_grid(100)[-1] == 991 and len(plms_grid(100)) == 100
     assert plms_grid(50).tolist() == list(range(1, 1000, 20))
     assert plms_grid(1).tolist() == [1]
+    assert plms_grid(3).tolist() == [1, 334, 667]  # 1000 would be past the last timestep
     with pytest.raises(ValueError):
         plms_grid(0)
 

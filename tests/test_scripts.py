@@ -117,3 +117,14 @@ def test_missing_input_exits_2_and_names_the_file(tmp_path, script, args):
     assert result.returncode == 2, result.stderr
     assert "nope" in result.stderr or "results_val.csv" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_config_flag_that_disagrees_with_the_checkpoint_is_reported(caplog):
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG))
+    with caplog.at_level("WARNING", logger="ddpm_ood"):
+        reconstruct.warn_if_config_differs(TINY_CONFIG, stored, "m.pth")
+        assert not caplog.records
+        reconstruct.warn_if_config_differs(TINY_CONFIG.with_name("diffusion_grayscale.yaml"), stored, "m.pth")
+    assert "unet_config" in caplog.text and "using the stored one" in caplog.text
