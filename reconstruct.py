@@ -28,7 +28,7 @@ from src.data import DataError, load_split, resolve_split
 from src.diffusion import PLMSSampler
 from src.files import save_csv_atomic
 from src.metrics import LPIPSMetric
-from src.reconstruction import measure_split
+from src.reconstruction import in_chunks, measure_split
 from src.training import PRECISIONS, autocast, resolve_precision
 
 logger = logging.getLogger("ddpm_ood")
@@ -74,6 +74,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the start noise of each (image, t). Default 0.")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Autocast precision of the UNet.")
+    parser.add_argument("--max_model_batch", type=non_negative_int, default=None,
+                        help="Split each UNet call into chunks of at most this many images; 0: never. Default: "
+                             "the batch size on CPU (large calls outgrow the caches), no limit on CUDA.")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the UNet (pays off on GPUs for long runs).")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
+                        help="Run the UNet in channels_last memory format (faster convolutions on some GPUs).")
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="Advance all start points of a batch together (default); --no-fused runs them one by one.")
     parser.add_argument("--num_workers", type=int, default=4, help="Threads reading image files. Default 4.")
@@ -149,9 +156,17 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 len(start_indices), sampler.grid[start_indices].tolist(), n_evals)
     precision = resolve_precision(args.precision, device)
 
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = torch.compile(model) if args.compile else model
+
+    def unet(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device):
-            return model(x, t).float()
+            return net(x.contiguous(memory_format=memory_format), t).float()
+
+    max_batch = args.max_model_batch if args.max_model_batch is not None else (
+        args.batch_size if device.type == "cpu" else 0)
+    model_fn = in_chunks(unet, max_batch)
 
     written = {}
     for name, path, first_n in sets:

@@ -51,6 +51,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: fp16 autocast + GradScaler on CUDA as the paper did, fp32 on CPU.")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the UNet for training (pays off on GPUs).")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
+                        help="Train in channels_last memory format (faster convolutions on some GPUs).")
     parser.add_argument("--ema_decay", type=float, default=0.0,
                         help="EMA of the weights used for validation and scoring; 0 (default, as the paper) is off.")
     parser.add_argument("--num_sample_images", type=int, default=16,
@@ -88,7 +92,8 @@ def main(args: argparse.Namespace) -> dict:
         n_epochs=args.n_epochs, batch_size=args.batch_size, lr=args.lr or float(cfg.ldm.base_lr),
         eval_freq=args.eval_freq, checkpoint_every=args.checkpoint_every, seed=args.seed,
         ema_decay=args.ema_decay, precision=args.precision, num_sample_images=args.num_sample_images,
-        sample_steps=args.sample_steps, max_minutes=args.max_minutes,
+        sample_steps=args.sample_steps, max_minutes=args.max_minutes, compile=args.compile,
+        channels_last=args.channels_last,
     )
     summary = train(model, schedule, train_set.images, val_set.images, settings, run_dir, to_container(cfg), device)
     logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"], summary["best_val_loss"], run_dir)

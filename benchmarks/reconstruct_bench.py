@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
 from src.diffusion import PLMSSampler  # noqa: E402
-from src.reconstruction import measure_split  # noqa: E402
+from src.reconstruction import in_chunks, measure_split  # noqa: E402
 from src.training import autocast  # noqa: E402
 
 SETTINGS = {
@@ -42,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet.")
     parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--max_model_batch", type=int, default=-1,
+                        help="Split UNet calls into chunks of this many images (0: never; default: the batch size on CPU).")
     parser.add_argument("--repeats", type=int, default=2, help="Timed repetitions (after one warm-up).")
     parser.add_argument("--skip_sequential", action="store_true", help="Only time the fused path.")
     parser.add_argument("--flops", action="store_true", help="Count FLOPs and report FLOP/s.")
@@ -70,19 +72,23 @@ def main(args):
     starts = sampler.start_indices(skip)
     calls: list[tuple[int, int]] = []
 
-    def model_fn(x, t):
+    def unet_call(x, t):
         calls.append((x.shape[0], int(t.shape[0])))
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(args.precision, device):
             return net(x, t).float()
 
+    max_batch = (batch if device.type == "cpu" else 0) if args.max_model_batch < 0 else args.max_model_batch
+    model_fn = in_chunks(unet_call, max_batch)
+
     images = torch.rand(batch, channels, size, size)
     names = [str(i) for i in range(batch)]
     evals_per_image = sum(int(j) + 2 for j in starts)
     print(f"setting {args.setting}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter UNet, "
           f"{size}x{size}x{channels}, {steps} steps, skip {skip} ({len(starts)} starts, {evals_per_image} evals/image), "
-          f"batch {batch}, {device}, {args.precision}{' + compile' if args.compile else ''}")
+          f"batch {batch}, {device}, {args.precision}{' + compile' if args.compile else ''}, "
+          f"UNet calls of at most {max_batch or 'any number of'} images")
 
     def run(fused):
         measure_split(model_fn, schedule, sampler, images, names, "bench", starts, batch, 0, device,
@@ -110,12 +116,12 @@ def main(args):
     timesteps = {n: torch.full((n,), 500, device=device) for n in set(shapes)}
     with torch.no_grad():
         for n in set(shapes):
-            model_fn(inputs[n], timesteps[n])
+            unet_call(inputs[n], timesteps[n])
         sync(device)
         start = time.perf_counter()
         for _ in range(args.repeats):
             for n in shapes:
-                model_fn(inputs[n], timesteps[n])
+                unet_call(inputs[n], timesteps[n])
         sync(device)
     bare = (time.perf_counter() - start) / args.repeats
     print(f"bare UNet calls: {bare:.3f} s/batch; efficiency ratio (bare / full fused path): {bare / results[True][0]:.3f}")

@@ -25,6 +25,23 @@ from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def in_chunks(model: ModelFn, max_batch: int | None) -> ModelFn:
+    """Call ``model`` on at most ``max_batch`` images at a time (None: no limit).
+
+    On a CPU, per-image UNet throughput falls once a batch outgrows the caches, so the fused
+    loop's large calls are split; on a GPU large calls are what make it fast.
+    """
+    if not max_batch:
+        return model
+
+    def chunked(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= max_batch:
+            return model(x, t)
+        return torch.cat([model(xc, tc) for xc, tc in zip(x.split(max_batch), t.split(max_batch))])
+
+    return chunked
+
+
 def noise_seed(seed: int, image_id: int, timestep: int) -> int:
     """A 64-bit generator seed for one (image, start t), well mixed by numpy's SeedSequence."""
     return int(np.random.SeedSequence([seed, image_id, timestep]).generate_state(1, dtype=np.uint64)[0])

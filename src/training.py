@@ -43,6 +43,12 @@ class TrainSettings:
     num_sample_images: int = 16
     sample_steps: int = 50
     max_minutes: float | None = None  # stop (after a checkpoint) once this much time has passed
+    compile: bool = False
+    channels_last: bool = False
+
+
+# Training sets up to this size are copied to the GPU once, so batches never wait on the host.
+MAX_DEVICE_DATA_BYTES = 8 * 2**30
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,6 +69,13 @@ def autocast(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_batch(images: torch.Tensor, order: torch.Tensor, index: int, batch_size: int, device: torch.device,
+                memory_format=torch.contiguous_format) -> torch.Tensor:
+    """Batch ``index`` of an epoch: (B, C, H, W) on ``device`` (a slice of in-memory data)."""
+    rows = order[index * batch_size:(index + 1) * batch_size].to(images.device)
+    return images[rows].to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
 
 def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -122,7 +135,11 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
           settings: TrainSettings, run_dir: Path, config: dict, device: torch.device) -> dict:
     """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
     precision = resolve_precision(settings.precision, device)
-    model.to(device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    net = torch.compile(model) if settings.compile else model  # shares model's parameters
+    if device.type == "cuda" and train_images.numel() * train_images.element_size() <= MAX_DEVICE_DATA_BYTES:
+        train_images = train_images.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = copy.deepcopy(model).requires_grad_(False) if settings.ema_decay > 0 else None
@@ -158,11 +175,11 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
         progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}", leave=False)
         running = torch.zeros((), device=device)
         for i in progress:
-            x0 = train_images[order[i * settings.batch_size:(i + 1) * settings.batch_size]].to(device, non_blocking=True)
+            x0 = train_batch(train_images, order, i, settings.batch_size, device, memory_format)
             t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=device)
             noise = torch.randn_like(x0)
             with autocast(precision, device):
-                loss = schedule.training_loss(model, x0, t, noise)
+                loss = schedule.training_loss(net, x0, t, noise)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

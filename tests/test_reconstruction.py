@@ -95,3 +95,21 @@ def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_mode
     # The error grows with the start t on average: more noise, worse reconstruction.
     by_t = reference.groupby("t")["mse"].mean()
     assert by_t.iloc[-1] > by_t.iloc[0]
+
+
+def test_chunked_unet_calls_give_the_same_reconstructions(tiny_model):
+    from src.reconstruction import in_chunks
+
+    model, schedule = tiny_model
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(10)
+    starts = sampler.start_indices(2)
+    x0 = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    noise = start_noise((1, 28, 28), 0, range(4), sampler.grid[starts])
+    calls = []
+    counted = lambda x, t: calls.append(len(x)) or model(x, t)
+    chunked = reconstruct_fused(in_chunks(counted, 3), schedule, sampler, x0, starts, noise)
+    assert max(calls) == 3
+    torch.testing.assert_close(chunked, reconstruct_sequential(model, schedule, sampler, x0, starts, noise),
+                               atol=1e-4, rtol=1e-4)
+    assert in_chunks(model, None) is model and in_chunks(model, 0) is model

@@ -70,6 +70,11 @@ def test_mse_only_run_needs_no_lpips_weights(tmp_path, synthetic_splits, no_alex
     reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse", "--max_start_t=400"))
     val = pd.read_csv(out / "blobs" / "ood" / "results_val.csv")
     assert sorted(val["t"].unique()) == [1, 301] and val["perceptual_difference"].isna().all()
+    # Sequential, chunked and channels_last runs give the same numbers.
+    reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse", "--max_start_t=400", "--no-fused",
+                                      "--max_model_batch=3", "--channels_last", "--run_in=0", "--run_out=0"))
+    again = pd.read_csv(out / "blobs" / "ood" / "results_val.csv")
+    pd.testing.assert_series_equal(again["mse"], val["mse"], rtol=1e-4, atol=1e-7)
     table = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs"]))
     assert set(table["score"]) == {"mse"}
 

@@ -1,0 +1,102 @@
+"""Training throughput and the share of step time spent waiting for data.
+
+    python benchmarks/train_bench.py                       # the CPU setting (demo model)
+    python benchmarks/train_bench.py --setting paper --device cuda --precision bf16 --compile
+
+Runs the training step of src/training.py (batch from the in-memory data set, forward,
+L2 loss, backward, Adam) on random images and prints images/s and the data wait share:
+time spent producing batches / total step time (the device is synchronised around the
+batch fetch, so the share is an upper bound). With --flops, FLOP/s achieved (the counted
+forward + backward FLOPs per image) and its share of --peak_tflops.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
+from src.training import MAX_DEVICE_DATA_BYTES, autocast, epoch_order, train_batch  # noqa: E402
+
+SETTINGS = {
+    # name: (config, image size, channels, batch)
+    "cpu": ("diffusion_demo.yaml", 28, 1, 64),
+    "paper": ("diffusion_grayscale.yaml", 28, 1, 180),
+    "paper_colour": ("diffusion_colour.yaml", 32, 3, 180),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=SETTINGS, default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps (after 3 warm-up steps).")
+    parser.add_argument("--n_images", type=int, default=4000, help="Size of the random in-memory data set.")
+    parser.add_argument("--flops", action="store_true")
+    parser.add_argument("--peak_tflops", type=float, default=None)
+    return parser.parse_args(argv)
+
+
+def main(args):
+    config_name, size, channels, batch = SETTINGS[args.setting]
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cfg = load_config(CONFIG_DIR / config_name)
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = build_unet(cfg).to(device, memory_format=memory_format)
+    net = torch.compile(model) if args.compile else model
+    schedule = build_schedule(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-5)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    images = torch.rand(args.n_images, channels, size, size)
+    if device.type == "cuda" and images.numel() * 4 <= MAX_DEVICE_DATA_BYTES:
+        images = images.to(device)  # as training does
+    order = epoch_order(len(images), 0, 0)
+    print(f"setting {args.setting}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter UNet, "
+          f"{size}x{size}x{channels}, batch {batch}, {device}, {args.precision}{' + compile' if args.compile else ''}")
+
+    data_time = step_time = 0.0
+    n_batches = len(images) // batch
+    for step in range(args.steps + 3):
+        sync()
+        start = time.perf_counter()
+        x0 = train_batch(images, order, step % n_batches, batch, device, memory_format)
+        sync()
+        fetched = time.perf_counter()
+        t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=device)
+        with autocast(args.precision, device):
+            loss = schedule.training_loss(net, x0, t, torch.randn_like(x0))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sync()
+        if step >= 3:
+            data_time += fetched - start
+            step_time += time.perf_counter() - start
+    ips = args.steps * batch / step_time
+    print(f"training: {ips:.1f} images/s ({step_time / args.steps * 1000:.1f} ms/step); "
+          f"data wait {100 * data_time / step_time:.2f}% of step time")
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(torch.rand(1, channels, size, size, device=device), torch.full((1,), 500, device=device)).sum().backward()
+        flops = counter.get_total_flops()  # forward + backward of one image
+        achieved = flops * ips
+        share = f" = {100 * achieved / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops} TFLOP/s peak" if args.peak_tflops else ""
+        print(f"UNet forward+backward: {flops / 1e9:.2f} GFLOP/image; achieved {achieved / 1e12:.2f} TFLOP/s{share}")
+
+
+if __name__ == "__main__":
+    main(parse_args())
