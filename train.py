@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Validate (loss, samples, best model) every N epochs. Default 10.")
     parser.add_argument("--checkpoint_every", type=positive_int, default=1,
                         help="Write checkpoint.pth every N epochs. Default 1.")
+    parser.add_argument("--checkpoint_every_steps", type=int, default=0,
+                        help="Also write checkpoint.pth every N optimizer steps inside an epoch (0: off, default).")
     parser.add_argument("--num_workers", type=int, default=4,
                         help="Threads reading image files at start-up; the data then stays in memory. Default 4.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and noise. Default 0.")
@@ -93,7 +95,7 @@ def main(args: argparse.Namespace) -> dict:
         eval_freq=args.eval_freq, checkpoint_every=args.checkpoint_every, seed=args.seed,
         ema_decay=args.ema_decay, precision=args.precision, num_sample_images=args.num_sample_images,
         sample_steps=args.sample_steps, max_minutes=args.max_minutes, compile=args.compile,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
     )
     summary = train(model, schedule, train_set.images, val_set.images, settings, run_dir, to_container(cfg), device)
     logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"], summary["best_val_loss"], run_dir)

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from src.files import save_torch_atomic
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINT = "checkpoint.pth"
+PREVIOUS_CHECKPOINT = "checkpoint_prev.pth"
 
 
 @dataclass
@@ -45,6 +48,7 @@ class TrainSettings:
     max_minutes: float | None = None  # stop (after a checkpoint) once this much time has passed
     compile: bool = False
     channels_last: bool = False
+    checkpoint_every_steps: int = 0  # also checkpoint inside an epoch every N steps; 0: epoch ends only
 
 
 # Training sets up to this size are copied to the GPU once, so batches never wait on the host.
@@ -131,6 +135,59 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_resume_state(run_dir: Path) -> dict | None:
+    """The newest whole training checkpoint of a run, or None for a fresh run.
+
+    ``checkpoint.pth`` is tried first, then ``checkpoint_prev.pth`` (the one before it). A
+    damaged file is reported and skipped; if checkpoints exist but none is whole, training
+    stops rather than silently starting from scratch.
+    """
+    candidates = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT) if p.exists()]
+    problems = []
+    for path in candidates:
+        try:
+            state = read_file(path)
+            if state.get("kind") != "checkpoint":
+                raise CheckpointError(f"{path} is not a training checkpoint (kind {state.get('kind')!r}).")
+            if path.name == PREVIOUS_CHECKPOINT:
+                logger.warning("Resuming from the previous checkpoint %s.", path)
+            return state
+        except CheckpointError as err:
+            logger.warning("%s", err)
+            problems.append(str(path))
+    if problems:
+        raise CheckpointError(
+            f"No whole training checkpoint in {run_dir} ({', '.join(problems)} damaged). Move them away to "
+            "start training afresh, or restore a backup."
+        )
+    return None
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write checkpoint.pth atomically, keeping the one before as checkpoint_prev.pth."""
+    path = run_dir / CHECKPOINT
+    if path.exists():
+        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
+    save_torch_atomic(path, state)
+
+
+def check_finite(loss: torch.Tensor, parameters, epoch: int, step: int, run_dir: Path, check_grads: bool) -> None:
+    """Stop before the optimizer step if the loss (or, unless a GradScaler handles them, a gradient) is not finite."""
+    bad = not torch.isfinite(loss).item()
+    what = f"loss {loss.item()}"
+    if not bad and check_grads:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        bad, what = not torch.isfinite(norm).item(), "a gradient"
+    if bad:
+        last = run_dir / CHECKPOINT
+        raise NonFiniteLoss(
+            f"Non-finite {what} at epoch {epoch + 1}, step {step + 1}; nothing was updated or saved from it. "
+            f"The last good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, "
+            "use --precision fp32, or check the data, then re-run to resume."
+        )
+
+
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
           settings: TrainSettings, run_dir: Path, config: dict, device: torch.device) -> dict:
     """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
@@ -143,13 +200,12 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = copy.deepcopy(model).requires_grad_(False) if settings.ema_decay > 0 else None
+    n_train = len(train_images)
+    steps_per_epoch = math.ceil(n_train / settings.batch_size)
 
-    start_epoch, step, best_val = 0, 0, math.inf
-    checkpoint_path = run_dir / "checkpoint.pth"
-    if checkpoint_path.exists():
-        state = read_file(checkpoint_path)
-        if state.get("kind") != "checkpoint":
-            raise CheckpointError(f"{checkpoint_path} is not a training checkpoint; move it away to start afresh.")
+    start_epoch, start_batch, step, best_val, resumed_loss_sum = 0, 0, 0, math.inf, 0.0
+    state = load_resume_state(run_dir)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -157,24 +213,33 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
         if ema is not None and state.get("ema_model") is not None:
             ema.load_state_dict(state["ema_model"])
         set_rng_state(state["rng"])
-        start_epoch, step, best_val = state["epoch"], state["step"], state["best_val_loss"]
-        logger.info("Resuming from %s at epoch %d (step %d).", checkpoint_path, start_epoch, step)
+        start_epoch, start_batch, step = state["epoch"], state.get("batch_in_epoch", 0), state["step"]
+        best_val, resumed_loss_sum = state["best_val_loss"], state.get("epoch_loss_sum", 0.0)
+        logger.info("Resuming at epoch %d, batch %d (step %d).", start_epoch + 1, start_batch, step)
     else:
         torch.manual_seed(settings.seed)
 
+    def checkpoint_state(epoch: int, batch_in_epoch: int, loss_sum: float, order: torch.Tensor) -> dict:
+        return {
+            "kind": "checkpoint", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "ema_model": ema.state_dict() if ema is not None else None,
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_loss_sum": loss_sum,
+            "data_order": order.cpu(), "best_val_loss": best_val, "config": config, "rng": rng_state(),
+        }
+
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step)
     scoring_model = ema if ema is not None else model
-    n_train = len(train_images)
-    steps_per_epoch = math.ceil(n_train / settings.batch_size)
     started = time.monotonic()
     epoch = start_epoch
     val_loss = None
     for epoch in range(start_epoch, settings.n_epochs):
         model.train()
         order = epoch_order(n_train, settings.seed, epoch)
-        progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}", leave=False)
-        running = torch.zeros((), device=device)
-        for i in progress:
+        first = start_batch if epoch == start_epoch else 0
+        loss_sum = torch.tensor(resumed_loss_sum if epoch == start_epoch else 0.0, device=device)
+        for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",
+                      initial=first, total=steps_per_epoch, leave=False):
             x0 = train_batch(train_images, order, i, settings.batch_size, device, memory_format)
             t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=device)
             noise = torch.randn_like(x0)
@@ -182,6 +247,8 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
                 loss = schedule.training_loss(net, x0, t, noise)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            # With fp16 the GradScaler skips steps with inf/NaN gradients by design.
+            check_finite(loss, model.parameters(), epoch, step, run_dir, check_grads=not scaler.is_enabled())
             scaler.step(optimizer)
             scaler.update()
             if ema is not None:
@@ -191,14 +258,12 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
                 with torch.no_grad():
                     for p_ema, p in zip(ema.parameters(), model.parameters()):
                         p_ema.lerp_(p, 1 - decay)
-            running += loss.detach()
+            loss_sum += loss.detach()
             step += 1
-        train_loss = (running / steps_per_epoch).item()
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(
-                f"Training loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is "
-                f"{checkpoint_path}. Lower the learning rate or use --precision fp32/bf16."
-            )
+            if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 \
+                    and i + 1 < steps_per_epoch:
+                save_checkpoint(run_dir, checkpoint_state(epoch, i + 1, loss_sum.item(), order))
+        train_loss = loss_sum.item() / steps_per_epoch
         writer.add_scalar("train/loss", train_loss, step)
         writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         logger.info("epoch %d/%d: train loss %.5f", epoch + 1, settings.n_epochs, train_loss)
@@ -219,12 +284,7 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
                 save_model_file(run_dir / "best_model.pth", scoring_model.state_dict(), config, epoch + 1, val_loss,
                                 ema is not None)
         if (epoch + 1) % settings.checkpoint_every == 0 or last_epoch or out_of_time:
-            save_torch_atomic(checkpoint_path, {
-                "kind": "checkpoint", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "ema_model": ema.state_dict() if ema is not None else None,
-                "epoch": epoch + 1, "step": step, "best_val_loss": best_val, "config": config, "rng": rng_state(),
-            })
+            save_checkpoint(run_dir, checkpoint_state(epoch + 1, 0, 0.0, order))
         if out_of_time and not last_epoch:
             logger.info("Stopping after epoch %d: --max_minutes=%s reached.", epoch + 1, settings.max_minutes)
             break
@@ -232,4 +292,3 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     completed = epoch + 1 if settings.n_epochs > start_epoch else start_epoch
     save_model_file(run_dir / "final_model.pth", scoring_model.state_dict(), config, completed, val_loss, ema is not None)
     return {"epochs": completed, "steps": step, "best_val_loss": best_val}
-
