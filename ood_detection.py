@@ -44,7 +44,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     if not ood_files:
         raise ScoringError(f"No OOD results (results_<Name>.csv) in {ood_dir}. Run reconstruct.py with --run_out=1.")
 
-    val = select_t(read_results(ood_dir / "results_val.csv"), args.max_t, args.t_skip)
+    val_all = read_results(ood_dir / "results_val.csv")
+    val = select_t(val_all, args.max_t, args.t_skip)
     if val.empty:
         raise ScoringError(f"No validation start points left with --max_t={args.max_t}.")
     metrics = available_metrics(val)
@@ -56,9 +57,14 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
 
     def scores_of(path: Path, chosen: list[str]):
         frame = read_results(path)
+        unknown = sorted(int(t) for t in set(frame["t"]) - set(val_all["t"]))
+        missing = sorted(int(t) for t in set(kept_t) - set(frame["t"]))
+        if unknown or missing:
+            problem = (f"has start points t={unknown} that the validation results lack" if unknown
+                       else f"lacks start points t={missing} that the validation results have")
+            raise ScoringError(f"{path} {problem}. Reconstruct all sets with the same --num_inference_steps, "
+                               "--inference_skip_factor and start-point limits.")
         frame = frame[frame["t"].isin(kept_t)]
-        if frame.empty:
-            raise ScoringError(f"{path} has no rows at the start points {kept_t} of the validation results.")
         missing = [m for m in chosen if m not in available_metrics(frame)]
         if missing:
             raise ScoringError(f"{path} lacks {missing} values that the validation results have; re-run reconstruct.py.")

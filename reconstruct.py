@@ -14,6 +14,7 @@ results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD CSV's stem
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,7 @@ from src.cli import binary_int, non_negative_int, pick_device, positive_int, run
 from src.config import check_channels, load_config, to_container
 from src.data import DataError, load_split, resolve_split
 from src.diffusion import PLMSSampler
-from src.files import save_csv_atomic
+from src.results_store import ResultsStore
 from src.metrics import LPIPSMetric
 from src.reconstruction import in_chunks, measure_split
 from src.training import PRECISIONS, autocast, resolve_precision
@@ -84,6 +85,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="Advance all start points of a batch together (default); --no-fused runs them one by one.")
     parser.add_argument("--num_workers", type=int, default=4, help="Threads reading image files. Default 4.")
+    parser.add_argument("--chunk_size", type=positive_int, default=512,
+                        help="Images per committed chunk: a killed run re-run with the same command redoes at "
+                             "most one chunk per set. Default 512.")
+    parser.add_argument("--restart", action=argparse.BooleanOptionalAction, default=False,
+                        help="Discard results (finished or partial) made with other settings instead of stopping.")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     return parser.parse_args(argv)
 
@@ -144,8 +150,12 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     lpips_metric = LPIPSMetric(args.lpips_weights, pad=args.lpips_pad).to(device) if "lpips" in metrics else None
 
     sampler = PLMSSampler(schedule)
-    sampler.set_timesteps(args.num_inference_steps)
-    start_indices = sampler.start_indices(args.inference_skip_factor)
+    try:
+        sampler.set_timesteps(args.num_inference_steps)
+        start_indices = sampler.start_indices(args.inference_skip_factor)
+    except ValueError as err:
+        raise DataError(f"{err} (--num_inference_steps={args.num_inference_steps}, "
+                        f"--inference_skip_factor={args.inference_skip_factor})") from err
     start_t = sampler.grid[start_indices]
     keep = (start_t < (args.max_start_t or np.inf)) & (start_t >= (args.min_start_t or 0))
     if not keep.any():
@@ -168,14 +178,31 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         args.batch_size if device.type == "cpu" else 0)
     model_fn = in_chunks(unet, max_batch)
 
+    common = {
+        "model_file": str(model_file.resolve()), "model_file_bytes": model_file.stat().st_size,
+        "model_file_mtime_ns": model_file.stat().st_mtime_ns, "num_inference_steps": args.num_inference_steps,
+        "start_t": sampler.grid[start_indices].tolist(), "metrics": metrics, "lpips_pad": args.lpips_pad,
+        "seed": args.seed, "precision": precision, "is_grayscale": int(args.is_grayscale),
+        "chunk_size": args.chunk_size,
+    }
     written = {}
     for name, path, first_n in sets:
         image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers)
-        frame = measure_split(model_fn, schedule, sampler, image_set.images, image_set.filenames, name, start_indices,
-                              args.batch_size, args.seed, device, lpips_metric, fused=args.fused)
-        written[name] = out_dir / f"results_{name}.csv"
-        save_csv_atomic(written[name], frame)
-        logger.info("wrote %s (%d images x %d starts)", written[name], len(image_set), len(start_indices))
+        settings = {**common, "split": str(Path(path).resolve()), "first_n": first_n, "n_images": len(image_set),
+                    "files_digest": hashlib.sha256("\n".join(image_set.filenames).encode()).hexdigest()}
+        store = ResultsStore(out_dir, name, settings, restart=args.restart)
+        written[name] = store.final
+        if store.is_complete():
+            logger.info("%s is complete for these settings; skipping", store.final)
+            continue
+
+        def compute(start: int, stop: int):
+            return measure_split(model_fn, schedule, sampler, image_set.images[start:stop],
+                                 image_set.filenames[start:stop], name, start_indices, args.batch_size, args.seed,
+                                 device, lpips_metric, fused=args.fused, index_offset=start)
+
+        store.run(len(image_set), args.chunk_size, compute)
+        logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
     return written
 
 

@@ -12,13 +12,14 @@ from src.checkpoint import CheckpointError
 from src.config import ConfigError
 from src.data import DataError
 from src.datasets_download import DownloadError
+from src.files import WriteError
 from src.metrics import LPIPSUnavailable
 from src.scoring import ScoringError
 from src.training import NonFiniteLoss
 
 # Errors that mean "bad input": reported as one clear line, no traceback, exit status 2.
 USER_ERRORS = (DataError, ConfigError, CheckpointError, DownloadError, LPIPSUnavailable, ScoringError, NonFiniteLoss,
-               PermissionError)
+               WriteError, PermissionError)
 logger = logging.getLogger("ddpm_ood")
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from src.files import save_csv_atomic
+from src.files import WriteError, save_csv_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,16 @@ def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Ite
     partial = final.with_name(f"{split}.partial")
     if partial.exists():
         shutil.rmtree(partial)  # left by an interrupted run: start this split again
-    partial.mkdir(parents=True)
-    for i, image in enumerate(tqdm(load(), total=count, desc=f"{name} {split}", leave=False)):
-        np.save(partial / f"{name}_{i}.npy", np.ascontiguousarray(image, dtype=np.uint8))
-    os.replace(partial, final)
+    try:
+        partial.mkdir(parents=True)
+        for i, image in enumerate(tqdm(load(), total=count, desc=f"{name} {split}", leave=False)):
+            np.save(partial / f"{name}_{i}.npy", np.ascontiguousarray(image, dtype=np.uint8))
+        os.replace(partial, final)
+    except OSError as err:
+        raise WriteError(
+            f"Could not write {name} {split} images to {partial}: {err.strerror or err}. Free some disk space "
+            "or check permissions, then re-run (finished splits are kept)."
+        ) from err
     logger.info("%s %s: converted to %s", name, split, final)
     return final
 

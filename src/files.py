@@ -18,12 +18,25 @@ import pandas as pd
 import torch
 
 
+class WriteError(RuntimeError):
+    """An output could not be written (permissions, full disk); any earlier version is untouched."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds.
+
+    On failure the temporary file is removed and the previous ``path`` (if any) stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise WriteError(
+            f"Cannot write {path}: {err.strerror or err}. Check that {path.parent} is writable, or choose "
+            "another output folder."
+        ) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -31,6 +44,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise WriteError(
+            f"Could not write {path}: {err.strerror or err}. Free some disk space or check the folder, then "
+            "re-run; the previous version of the file, if any, is untouched."
+        ) from err
     finally:
         if tmp.exists():
             tmp.unlink()

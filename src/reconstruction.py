@@ -127,10 +127,11 @@ def reconstruct_fused(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampl
 def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
-                  progress: bool = True) -> "pd.DataFrame":
+                  progress: bool = True, index_offset: int = 0) -> "pd.DataFrame":
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
 
-    Returns one row per (image, start t) with the results-file columns.
+    ``images[i]`` is image ``index_offset + i`` of its split: that index seeds its noise and
+    fills the ``image_index`` column. Returns one row per (image, start t).
     """
     import pandas as pd
     from tqdm import tqdm
@@ -143,7 +144,7 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     columns: dict[str, list] = {"mse": [], "perceptual_difference": []}
     for first in tqdm(range(0, len(images), batch_size), desc=f"reconstructing {split_type}", disable=not progress):
         x0 = images[first:first + batch_size].to(device)
-        ids = list(range(first, first + len(x0)))
+        ids = list(range(index_offset + first, index_offset + first + len(x0)))
         noise = start_noise(x0.shape[1:], seed, ids, timesteps)
         recon = reconstruct(model, schedule, sampler, x0, start_indices, noise).clamp(0, 1)  # (B, K, C, H, W)
         inputs = x0[:, None].expand_as(recon).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
@@ -156,7 +157,7 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     lpips_values = torch.cat(columns["perceptual_difference"]).numpy() if lpips_metric is not None else np.full(len(mse), np.nan)
     return pd.DataFrame({
         "filename": np.repeat(np.asarray(filenames, dtype=object), n_starts),
-        "image_index": np.repeat(np.arange(n_images), n_starts),
+        "image_index": np.repeat(np.arange(index_offset, index_offset + n_images), n_starts),
         "type": split_type,
         "t": np.tile(timesteps, n_images),
         "mse": mse,

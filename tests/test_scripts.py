@@ -13,6 +13,7 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG
+from src.data import DataError
 from src.metrics import LPIPSUnavailable
 
 
@@ -71,6 +72,7 @@ def test_mse_only_run_needs_no_lpips_weights(tmp_path, synthetic_splits, no_alex
     val = pd.read_csv(out / "blobs" / "ood" / "results_val.csv")
     assert sorted(val["t"].unique()) == [1, 301] and val["perceptual_difference"].isna().all()
     # Sequential, chunked and channels_last runs give the same numbers.
+    (out / "blobs" / "ood" / "results_val.csv").unlink()
     reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse", "--max_start_t=400", "--no-fused",
                                       "--max_model_batch=3", "--channels_last", "--run_in=0", "--run_out=0"))
     again = pd.read_csv(out / "blobs" / "ood" / "results_val.csv")
@@ -133,3 +135,48 @@ def test_a_config_flag_that_disagrees_with_the_checkpoint_is_reported(caplog):
         assert not caplog.records
         reconstruct.warn_if_config_differs(TINY_CONFIG.with_name("diffusion_grayscale.yaml"), stored, "m.pth")
     assert "unet_config" in caplog.text and "using the stored one" in caplog.text
+
+
+def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synthetic_splits, monkeypatch):
+    out = tmp_path / "models"
+    train.main(train_args(out, synthetic_splits, 1))
+    extra = ["--metrics=mse", "--chunk_size=3", "--run_in=0", "--run_out=0"]
+    reconstruct.main(reconstruct_args(tmp_path / "clean", synthetic_splits, *extra,
+                                      f"--eval_checkpoint={out / 'blobs' / 'best_model.pth'}"))
+    clean = (tmp_path / "clean" / "blobs" / "ood" / "results_val.csv").read_bytes()
+
+    real = reconstruct.measure_split
+    calls = {"n": 0}
+
+    def dies_on_third_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconstruct, "measure_split", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct.main(reconstruct_args(out, synthetic_splits, *extra))
+    partial = out / "blobs" / "ood" / ".partial" / "val"
+    assert sorted(p.name for p in partial.glob("chunk_*.csv")) == ["chunk_00000.csv", "chunk_00001.csv"]
+    assert not (out / "blobs" / "ood" / "results_val.csv").exists()
+
+    calls["n"] = -100  # no more failures; count what is recomputed
+    reconstruct.main(reconstruct_args(out, synthetic_splits, *extra))
+    assert calls["n"] == -99  # only the last of the three chunks (8 images, 3 a chunk) was computed
+    assert (out / "blobs" / "ood" / "results_val.csv").read_bytes() == clean
+    assert not partial.exists()
+
+
+def test_changed_settings_are_refused_unless_restarting(tmp_path, synthetic_splits):
+    out = tmp_path / "models"
+    train.main(train_args(out, synthetic_splits, 1))
+    extra = ["--metrics=mse", "--run_in=0", "--run_out=0"]
+    reconstruct.main(reconstruct_args(out, synthetic_splits, *extra))
+    results = out / "blobs" / "ood" / "results_val.csv"
+    before = results.read_bytes()
+    with pytest.raises(DataError, match="seed.*--restart"):
+        reconstruct.main(reconstruct_args(out, synthetic_splits, *extra, "--seed=1"))
+    assert results.read_bytes() == before  # earlier good output untouched
+    reconstruct.main(reconstruct_args(out, synthetic_splits, *extra, "--seed=1", "--restart"))
+    assert results.read_bytes() != before

@@ -1,0 +1,88 @@
+"""Resumable results files: reconstruction results are committed in chunks.
+
+For a results file ``ood/results_<name>.csv`` the work is split into chunks of images; each
+finished chunk is written atomically to ``ood/.partial/<name>/chunk_<k>.csv`` next to a
+``settings.json`` describing how the numbers were made. A re-run with the same settings
+skips finished chunks; when all are there they are joined into the results file (the same
+path for an interrupted and an uninterrupted run, so both give identical files), the
+settings are kept beside it as ``results_<name>.settings.json`` and the chunks removed.
+Results made with other settings are never mixed in: the run stops unless told to restart.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from src.data import DataError
+from src.files import save_csv_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class ResultsStore:
+    def __init__(self, out_dir: Path, name: str, settings: dict, restart: bool = False):
+        self.final = out_dir / f"results_{name}.csv"
+        self.settings_file = out_dir / f"results_{name}.settings.json"
+        self.partial = out_dir / ".partial" / name
+        self.settings = json.loads(json.dumps(settings))  # as it will read back
+        self.restart = restart
+
+    def is_complete(self) -> bool:
+        """True if the results file exists and was made with these settings; raises if with others."""
+        if not self.final.exists():
+            return False
+        stored = self._read_settings(self.settings_file)
+        if stored == self.settings:
+            return True
+        if self.restart:
+            self.final.unlink()
+            self.settings_file.unlink(missing_ok=True)
+            return False
+        raise DataError(self._mismatch(self.final, stored))
+
+    def run(self, n_images: int, chunk_size: int, compute: Callable[[int, int], pd.DataFrame]) -> Path:
+        """Compute chunks [start, stop) not already on disk, then write the results file."""
+        manifest = self.partial / "settings.json"
+        if self.partial.exists():
+            stored = self._read_settings(manifest)
+            if stored != self.settings:
+                if not self.restart:
+                    raise DataError(self._mismatch(self.partial, stored))
+                shutil.rmtree(self.partial)
+        if not self.partial.exists():
+            self.partial.mkdir(parents=True)
+            write_text_atomic(manifest, json.dumps(self.settings, indent=1, sort_keys=True))
+        chunks = []
+        for k, start in enumerate(range(0, n_images, chunk_size)):
+            chunk = self.partial / f"chunk_{k:05d}.csv"
+            if chunk.exists():
+                logger.info("%s: chunk %d already done", self.final.name, k)
+            else:
+                save_csv_atomic(chunk, compute(start, min(start + chunk_size, n_images)))
+            chunks.append(chunk)
+        frame = pd.concat([pd.read_csv(c) for c in chunks], ignore_index=True)
+        write_text_atomic(self.settings_file, json.dumps(self.settings, indent=1, sort_keys=True))
+        save_csv_atomic(self.final, frame)
+        shutil.rmtree(self.partial)
+        return self.final
+
+    @staticmethod
+    def _read_settings(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _mismatch(self, where: Path, stored: dict | None) -> str:
+        if stored is None:
+            detail = "with unknown settings"
+        else:
+            keys = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
+            detail = "with other settings (" + ", ".join(keys) + ")"
+        return (f"{where} was made {detail}. Pass --restart to discard it and start this set over, "
+                "or use another --output_dir/--model_name.")
