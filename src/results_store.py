@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 
 from src.data import DataError
-from src.files import save_csv_atomic, write_text_atomic
+from src.files import remove_stale_temporaries, save_csv_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class ResultsStore:
     def run(self, n_images: int, chunk_size: int, compute: Callable[[int, int], pd.DataFrame]) -> Path:
         """Compute chunks [start, stop) not already on disk, then write the results file."""
         manifest = self.partial / "settings.json"
+        for folder in (self.final.parent, self.partial):
+            if folder.exists():
+                remove_stale_temporaries(folder)  # left by a run that was killed mid-write
         if self.partial.exists():
             stored = self._read_settings(manifest)
             if stored != self.settings:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from src.checkpoint import CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
-from src.files import save_torch_atomic
+from src.files import remove_stale_temporaries, save_torch_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
 
     start_epoch, start_batch, step, best_val, resumed_loss_sum = 0, 0, 0, math.inf, 0.0
+    remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
     state = load_resume_state(run_dir)
     if state is not None:
         model.load_state_dict(state["model"])
