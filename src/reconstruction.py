@@ -18,9 +18,12 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm import tqdm
 
 from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
+from src.metrics import mse_per_image
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -127,17 +130,12 @@ def reconstruct_fused(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampl
 def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
-                  progress: bool = True, index_offset: int = 0) -> "pd.DataFrame":
+                  progress: bool = True, index_offset: int = 0) -> pd.DataFrame:
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
 
     ``images[i]`` is image ``index_offset + i`` of its split: that index seeds its noise and
     fills the ``image_index`` column. Returns one row per (image, start t).
     """
-    import pandas as pd
-    from tqdm import tqdm
-
-    from src.metrics import mse_per_image
-
     reconstruct = reconstruct_fused if fused else reconstruct_sequential
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     n_starts = len(timesteps)

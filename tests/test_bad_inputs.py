@@ -13,7 +13,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import ROOT, TINY_CONFIG, make_images, write_split
+from conftest import ROOT, TINY_CONFIG, write_split
 from src.checkpoint import CheckpointError, load_model
 from src.data import DataError, load_split
 from src.files import WriteError, save_csv_atomic, save_torch_atomic
