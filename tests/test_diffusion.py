@@ -222,3 +222,29 @@ def test_oracle_with_paper_schedule_ends_at_alphas_cumprod_0():
     ab0 = schedule.alphas_cumprod[0]
     expected = (ab0**0.5 * c[:, None] + (1 - ab0) ** 0.5 * noise).float()
     torch.testing.assert_close(out[:, 1:], expected[:, 1:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_steps", [50, 100])
+def test_sampling_gaussian_data_with_its_exact_eps_recovers_the_gaussian(n_steps):
+    """For data ~ N(mu, sigma^2) the exact eps is sqrt(1 - ab)(x - sqrt(ab) mu) / (ab sigma^2 + 1 - ab).
+    PLMS from the top of the grid must then land on N(sqrt(ab_0) mu, ab_0 sigma^2 + 1 - ab_0)."""
+    schedule = DDPMSchedule()
+    ab = torch.from_numpy(schedule.alphas_cumprod)
+    mu, sigma = 0.5, 0.2
+
+    def model(x, t):
+        a = ab[t.long()].reshape(-1, 1, 1, 1)
+        return ((1 - a).sqrt() * (x - a.sqrt() * mu) / (a * sigma**2 + 1 - a)).float()
+
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(n_steps)
+    top = len(sampler.grid) - 1
+    a_top = ab[sampler.grid[top]]
+    noise = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = (a_top.sqrt() * mu + (a_top * sigma**2 + 1 - a_top).sqrt() * noise).float()
+    history = []
+    for t in sampler.trajectory(top):
+        x, history = sampler.step(model(x, torch.full((len(x),), t)), t, x, history, model)
+    a0 = schedule.alphas_cumprod[0]
+    assert x.mean().item() == pytest.approx(a0**0.5 * mu, abs=0.01)
+    assert x.std().item() == pytest.approx((a0 * sigma**2 + 1 - a0) ** 0.5, abs=0.01)
