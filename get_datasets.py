@@ -1,4 +1,4 @@
-"""Download (or import from disk) the datasets and write the split CSVs.
+r"""Download (or import from disk) the datasets and write the split CSVs.
 
     python get_datasets.py --data_root=${data_root}
     python get_datasets.py --data_root=${data_root} --download_celeba=False

@@ -1,4 +1,4 @@
-"""Reconstruct validation, in-distribution and OOD images from several start points and
+r"""Reconstruct validation, in-distribution and OOD images from several start points and
 measure MSE and LPIPS between each image and each reconstruction.
 
     python reconstruct.py --output_dir=${output_root} --model_name=fashionmnist \
