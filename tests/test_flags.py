@@ -1,0 +1,54 @@
+"""Every training flag does something: each test shows a flag's effect."""
+from __future__ import annotations
+
+import torch
+
+import train
+from conftest import TINY_CONFIG
+
+
+def run(tmp_path, splits, name, *extra):
+    args = train.parse_args([
+        f"--output_dir={tmp_path}", f"--model_name={name}", f"--training_ids={splits['train']}",
+        f"--validation_ids={splits['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=3",
+        "--batch_size=8", "--num_sample_images=0", "--num_workers=0", *extra])
+    summary = train.main(args)
+    state = torch.load(tmp_path / name / "checkpoint.pth", weights_only=True)
+    return summary, state
+
+
+def weights(state):
+    return torch.cat([v.flatten().float() for v in state["model"].values()])
+
+
+def test_first_n_batch_size_and_max_minutes(tmp_path, synthetic_splits):
+    summary, _ = run(tmp_path, synthetic_splits, "a", "--first_n=16")
+    assert summary["steps"] == 3 * 2  # 16 images in batches of 8, three epochs
+    summary, _ = run(tmp_path, synthetic_splits, "b", "--max_minutes=0")
+    assert summary["epochs"] == 1  # stops after the first epoch
+
+
+def test_lr_seed_and_checkpoint_every(tmp_path, synthetic_splits):
+    _, frozen = run(tmp_path, synthetic_splits, "frozen", "--lr=1e-30")
+    torch.manual_seed(0)
+    from src.config import build_unet, load_config
+    initial = build_unet(load_config(TINY_CONFIG)).state_dict()
+    torch.testing.assert_close(weights(frozen), weights({"model": initial}), atol=1e-6, rtol=0)
+    _, seed0 = run(tmp_path, synthetic_splits, "s0")
+    _, seed1 = run(tmp_path, synthetic_splits, "s1", "--seed=1")
+    assert not torch.equal(weights(seed0), weights(seed1))
+    run(tmp_path, synthetic_splits, "every2", "--checkpoint_every=2")
+    previous = torch.load(tmp_path / "every2" / "checkpoint_prev.pth", weights_only=True)
+    assert previous["epoch"] == 2  # written at epoch 2, then at the last epoch (3)
+
+
+def test_ema_precision_and_channels_last(tmp_path, synthetic_splits):
+    _, plain = run(tmp_path, synthetic_splits, "plain")
+    _, ema = run(tmp_path, synthetic_splits, "ema", "--ema_decay=0.5")
+    assert plain["ema_model"] is None and ema["ema_model"] is not None
+    best = torch.load(tmp_path / "ema" / "final_model.pth", weights_only=True)
+    assert best["ema"] and weights({"model": best["model"]}).ne(weights(ema)).any()  # scoring uses the EMA
+    summary, _ = run(tmp_path, synthetic_splits, "bf16", "--precision=bf16")
+    assert summary["best_val_loss"] < 2
+    _, last = run(tmp_path, synthetic_splits, "cl", "--channels_last")
+    torch.testing.assert_close(weights(last), weights(plain), atol=1e-4, rtol=1e-3)
