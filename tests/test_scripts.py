@@ -180,3 +180,32 @@ def test_changed_settings_are_refused_unless_restarting(tmp_path, synthetic_spli
     assert results.read_bytes() == before  # earlier good output untouched
     reconstruct.main(reconstruct_args(out, synthetic_splits, *extra, "--seed=1", "--restart"))
     assert results.read_bytes() != before
+
+
+def test_seed_readme_pipeline_on_data_made_by_get_datasets(tmp_path, capsys):
+    """The seed README's commands, with only the model config and epochs made tiny, on data
+    that get_datasets.py made (from generated MNIST/FashionMNIST IDX files)."""
+    import get_datasets
+    from test_datasets_download import make_idx_source
+
+    make_idx_source(tmp_path / "raw" / "MNIST", seed=1)
+    make_idx_source(tmp_path / "raw" / "FashionMNIST", seed=2)
+    data_root, output_root = tmp_path / "data", tmp_path / "models"
+    get_datasets.main(get_datasets.parse_args(
+        [f"--data_root={data_root}", "--datasets", "MNIST", "FashionMNIST", "--source_dir", str(tmp_path / "raw")]))
+    splits = data_root / "data_splits"
+    train.main(train.parse_args([
+        f"--output_dir={output_root}", "--model_name=fashionmnist",
+        f"--training_ids={splits}/FashionMNIST_train.csv", f"--validation_ids={splits}/FashionMNIST_val.csv",
+        "--is_grayscale=1", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=1", "--num_sample_images=0"]))
+    reconstruct.main(reconstruct.parse_args([
+        f"--output_dir={output_root}", "--model_name=fashionmnist",
+        f"--validation_ids={splits}/FashionMNIST_val.csv", f"--in_ids={splits}/FashionMNIST_test.csv",
+        f"--out_ids={splits}/MNIST_test.csv,{splits}/MNIST_vflip_test.csv,{splits}/MNIST_hflip_test.csv",
+        "--is_grayscale=1", "--config_diffusion_file=src/configs/diffusion/diffusion_grayscale.yaml",
+        "--num_inference_steps=100", "--inference_skip_factor=64", "--run_val=1", "--run_in=1", "--run_out=1",
+        "--first_n=4", "--metrics=mse"]))
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={output_root}", "--model_name=fashionmnist"]))
+    printed = capsys.readouterr().out
+    for name in ("MNIST", "MNIST_vflip", "MNIST_hflip"):
+        assert f"AUC for fashionmnist vs {name}: " in printed
