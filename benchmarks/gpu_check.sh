@@ -5,8 +5,11 @@
 #
 #   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh      # dense bf16 peak: H100 SXM / H200 989
 #
-# The device image has torch but not omegaconf: put its wheels (omegaconf, antlr4-python3-runtime,
-# pyyaml if missing) in .whl/ and carry that folder; they are installed to /tmp/site below.
+# The device image has torch, torchvision, tensorboard and PyYAML but not omegaconf (a pure-Python
+# wheel that needs only PyYAML). Before the device call, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl omegaconf==2.4.0
+# then carry ".whl"; the wheel is installed to /tmp/site below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
