@@ -21,6 +21,8 @@ $PYTHON get_datasets.py --data_root="$data_root" --datasets FashionMNIST Digits 
   --source_dir FashionMNIST=data/fashion_mnist_subset
 
 echo "== 2/4 training a small DDPM for ${TRAIN_MINUTES} minutes =="
+# Each demo run trains afresh (train.py would otherwise resume the previous demo's model).
+rm -rf "$output_root/$MODEL"
 $PYTHON train.py \
   --output_dir="$output_root" \
   --model_name="$MODEL" \
