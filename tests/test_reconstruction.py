@@ -113,3 +113,25 @@ def test_chunked_unet_calls_give_the_same_reconstructions(tiny_model):
     torch.testing.assert_close(chunked, reconstruct_sequential(model, schedule, sampler, x0, starts, noise),
                                atol=1e-4, rtol=1e-4)
     assert in_chunks(model, None) is model and in_chunks(model, 0) is model
+
+
+def test_fused_loop_never_reads_device_values_on_the_host(tiny_model, monkeypatch):
+    """On a GPU each .item(), .cpu(), .tolist() or tensor truth test stalls the pipeline; the fused
+    sampler loop (model included) must not use any of them."""
+    model, schedule = tiny_model
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(10)
+    starts = sampler.start_indices(3)
+    x0 = torch.rand(2, 1, 28, 28)
+    noise = start_noise((1, 28, 28), 0, [0, 1], sampler.grid[starts])
+
+    def forbidden(name):
+        def fail(self, *args, **kwargs):
+            raise AssertionError(f"host synchronisation: Tensor.{name}")
+        return fail
+
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    out = reconstruct_fused(model, schedule, sampler, x0, starts, noise)
+    monkeypatch.undo()
+    assert out.shape == (2, len(starts), 1, 28, 28)
