@@ -23,7 +23,9 @@ from src.unet import UNet
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE_NAMES = ("best_model.pth", "final_model.pth", "checkpoint.pth")
+CHECKPOINT = "checkpoint.pth"
+PREVIOUS_CHECKPOINT = "checkpoint_prev.pth"
+MODEL_FILE_NAMES = ("best_model.pth", "final_model.pth", CHECKPOINT)
 
 
 class CheckpointError(ValueError):

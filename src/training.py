@@ -1,8 +1,9 @@
 """The DDPM training loop: Adam on the simple L2 loss, periodic validation, checkpoints.
 
-Everything a resumed run needs is in ``checkpoint.pth``; the data order of epoch e is a
-permutation drawn from a generator seeded by (seed, e), so a run resumed at an epoch
-boundary sees exactly the batches an uninterrupted run would.
+Everything a resumed run needs is in ``checkpoint.pth``: the data order of epoch e is a
+permutation drawn from a generator seeded by (seed, e), and a checkpoint written inside an
+epoch also carries that epoch's order and the batch to continue from, so a resumed run sees
+exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -22,15 +23,13 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from src.checkpoint import CheckpointError, read_file, save_model_file
+from src.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
 from src.files import remove_stale_temporaries, save_torch_atomic
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CHECKPOINT = "checkpoint.pth"
-PREVIOUS_CHECKPOINT = "checkpoint_prev.pth"
 
 
 @dataclass
@@ -173,8 +172,8 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 
 def check_finite(loss: torch.Tensor, parameters, epoch: int, step: int, run_dir: Path, check_grads: bool) -> None:
     """Stop before the optimizer step if the loss (or, unless a GradScaler handles them, a gradient) is not finite."""
-    bad = not torch.isfinite(loss).item()
-    what = f"loss {loss.item()}"
+    value = loss.item()  # one host synchronisation per step
+    bad, what = not math.isfinite(value), f"loss {value}"
     if not bad and check_grads:
         grads = [p.grad for p in parameters if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
@@ -204,6 +203,7 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
 
     start_epoch, start_batch, step, best_val, resumed_loss_sum = 0, 0, 0, math.inf, 0.0
+    resumed_order = None
     remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
     state = load_resume_state(run_dir)
     if state is not None:
@@ -215,6 +215,8 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
             ema.load_state_dict(state["ema_model"])
         set_rng_state(state["rng"])
         start_epoch, start_batch, step = state["epoch"], state.get("batch_in_epoch", 0), state["step"]
+        if start_batch:  # inside an epoch: continue with the order that epoch was using
+            resumed_order = state["data_order"]
         best_val, resumed_loss_sum = state["best_val_loss"], state.get("epoch_loss_sum", 0.0)
         logger.info("Resuming at epoch %d, batch %d (step %d).", start_epoch + 1, start_batch, step)
     else:
@@ -236,7 +238,8 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     val_loss = None
     for epoch in range(start_epoch, settings.n_epochs):
         model.train()
-        order = epoch_order(n_train, settings.seed, epoch)
+        resuming = epoch == start_epoch and resumed_order is not None
+        order = resumed_order if resuming else epoch_order(n_train, settings.seed, epoch)
         first = start_batch if epoch == start_epoch else 0
         loss_sum = torch.tensor(resumed_loss_sum if epoch == start_epoch else 0.0, device=device)
         for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",

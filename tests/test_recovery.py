@@ -104,3 +104,27 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, long_splits, 
     saved = torch.load(tmp_path / "m" / "checkpoint.pth", weights_only=True)
     assert saved["step"] == 15  # the last one before the NaN
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_resume_inside_an_epoch_uses_the_stored_data_order(tmp_path, long_splits, monkeypatch):
+    """The checkpoint's data order, not one derived again from the flags, drives the resumed epoch:
+    resuming with another --seed still finishes the epoch exactly as the original run would."""
+    from src.diffusion import DDPMSchedule
+
+    train.main(train.parse_args(command(tmp_path / "clean", long_splits, epochs=1, every_steps=2)))
+    real_loss = DDPMSchedule.training_loss
+    calls = {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(DDPMSchedule, "training_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2)))
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "resumed/m/checkpoint.pth", weights_only=True)["batch_in_epoch"] == 4
+    train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2) + ["--seed=1"]))
+    assert_same_training_state(tmp_path / "clean/m/checkpoint.pth", tmp_path / "resumed/m/checkpoint.pth")
