@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from src.checkpoint import find_model_file, load_model
 from src.cli import binary_int, non_negative_int, pick_device, positive_int, run_main
@@ -29,8 +28,8 @@ from src.data import DataError, load_split, resolve_split
 from src.diffusion import PLMSSampler
 from src.results_store import ResultsStore
 from src.metrics import LPIPSMetric
-from src.reconstruction import in_chunks, measure_split
-from src.training import PRECISIONS, autocast, resolve_precision
+from src.reconstruction import default_model_batch, in_chunks, measure_split, unet_caller
+from src.training import PRECISIONS, resolve_precision
 
 logger = logging.getLogger("ddpm_ood")
 METRICS = ("mse", "lpips")
@@ -109,13 +108,14 @@ def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
         sets.append(("val", args.validation_ids, args.first_n_val))
     if args.run_in:
         sets.append(("in", args.in_ids, args.first_n))
-    if args.run_out:
-        sets += [(resolve_split(p).name, p, args.first_n) for p in args.out_ids.split(",") if p.strip()]
     for name, path, _ in sets:
         if not path:
-            flag = {"val": "--validation_ids", "in": "--in_ids"}.get(name, "--out_ids")
-            raise DataError(f"{flag} is required when that set is run (or pass --run_{name}=0).")
+            raise DataError(f"--{'validation' if name == 'val' else name}_ids is required when that set is run "
+                            f"(or pass --run_{name}=0).")
         resolve_split(path)  # fails now, naming the file, rather than after hours of work
+    if args.run_out:
+        # resolve_split checks each OOD file (or its base, for _vflip/_hflip) as it names the set.
+        sets += [(resolve_split(p).name, p, args.first_n) for p in args.out_ids.split(",") if p.strip()]
     names = [name for name, _, _ in sets]
     clashes = {n for n in names if names.count(n) > 1}
     if clashes:
@@ -166,16 +166,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 len(start_indices), sampler.grid[start_indices].tolist(), n_evals)
     precision = resolve_precision(args.precision, device)
 
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    net = torch.compile(model) if args.compile else model
-
-    def unet(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with autocast(precision, device):
-            return net(x.contiguous(memory_format=memory_format), t).float()
-
-    max_batch = args.max_model_batch if args.max_model_batch is not None else (
-        args.batch_size if device.type == "cpu" else 0)
+    unet = unet_caller(model, device, precision, args.channels_last, args.compile)
+    max_batch = args.max_model_batch if args.max_model_batch is not None else default_model_batch(args.batch_size, device)
     model_fn = in_chunks(unet, max_batch)
 
     common = {

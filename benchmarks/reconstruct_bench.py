@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
 from src.diffusion import PLMSSampler  # noqa: E402
-from src.reconstruction import in_chunks, measure_split  # noqa: E402
-from src.training import autocast  # noqa: E402
+from src.reconstruction import default_model_batch, in_chunks, measure_split, unet_caller  # noqa: E402
 
 SETTINGS = {
     # name: (config, image size, channels, steps, skip, batch)
@@ -63,9 +62,7 @@ def main(args):
     cfg = load_config(CONFIG_DIR / config_name)
     torch.manual_seed(0)
     model = build_unet(cfg).to(device).eval()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if args.compile else model
+    unet = unet_caller(model, device, args.precision, args.channels_last, args.compile)
     schedule = build_schedule(cfg)
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(steps)
@@ -73,13 +70,10 @@ def main(args):
     calls: list[tuple[int, int]] = []
 
     def unet_call(x, t):
-        calls.append((x.shape[0], int(t.shape[0])))
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(args.precision, device):
-            return net(x, t).float()
+        calls.append(x.shape[0])
+        return unet(x, t)
 
-    max_batch = (batch if device.type == "cpu" else 0) if args.max_model_batch < 0 else args.max_model_batch
+    max_batch = default_model_batch(batch, device) if args.max_model_batch < 0 else args.max_model_batch
     model_fn = in_chunks(unet_call, max_batch)
 
     images = torch.rand(batch, channels, size, size)
@@ -111,7 +105,7 @@ def main(args):
         print(f"fused speed-up over sequential: {results[False][0] / results[True][0]:.2f}x")
 
     # Bare UNet calls with the fused path's batch shapes, timed in the same run.
-    shapes = [n for n, _ in results[True][1]]
+    shapes = results[True][1]
     inputs = {n: torch.rand(n, channels, size, size, device=device) for n in set(shapes)}
     timesteps = {n: torch.full((n,), 500, device=device) for n in set(shapes)}
     with torch.no_grad():

@@ -24,8 +24,29 @@ from tqdm import tqdm
 
 from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
 from src.metrics import mse_per_image
+from src.training import autocast
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def unet_caller(model: torch.nn.Module, device: torch.device, precision: str = "fp32", channels_last: bool = False,
+                compile_model: bool = False) -> ModelFn:
+    """``model`` as the sampler calls it: autocast to ``precision``, optional channels_last and
+    torch.compile, float32 output."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = torch.compile(model) if compile_model else model
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            return net(x.contiguous(memory_format=memory_format), t).float()
+
+    return call
+
+
+def default_model_batch(batch_size: int, device: torch.device) -> int:
+    """Largest UNet call: the batch size on CPU (large calls outgrow the caches), no limit (0) on GPU."""
+    return batch_size if device.type == "cpu" else 0
 
 
 def in_chunks(model: ModelFn, max_batch: int | None) -> ModelFn:

@@ -24,14 +24,21 @@ def tiny_model():
     return model, build_schedule(cfg)
 
 
-@pytest.mark.parametrize("n_steps,skip,batch", [(20, 1, 1), (20, 3, 4), (20, 7, 3), (20, 20, 2), (10, 4, 5)])
-def test_fused_equals_sequential(tiny_model, n_steps, skip, batch):
-    model, schedule = tiny_model
+def reconstruction_case(schedule, n_steps, skip, batch, seed):
+    """A sampler on an n_steps grid, its start points grid[::skip], `batch` random 28x28 images
+    and their start noise: the inputs every reconstruction test needs."""
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(n_steps)
     starts = sampler.start_indices(skip)
-    x0 = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    x0 = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
     noise = start_noise((1, 28, 28), 0, range(batch), sampler.grid[starts])
+    return sampler, starts, x0, noise
+
+
+@pytest.mark.parametrize("n_steps,skip,batch", [(20, 1, 1), (20, 3, 4), (20, 7, 3), (20, 20, 2), (10, 4, 5)])
+def test_fused_equals_sequential(tiny_model, n_steps, skip, batch):
+    model, schedule = tiny_model
+    sampler, starts, x0, noise = reconstruction_case(schedule, n_steps, skip, batch, seed=1)
     sequential = reconstruct_sequential(model, schedule, sampler, x0, starts, noise)
     fused = reconstruct_fused(model, schedule, sampler, x0, starts, noise)
     assert fused.shape == (batch, len(starts), 1, 28, 28)
@@ -101,11 +108,7 @@ def test_chunked_unet_calls_give_the_same_reconstructions(tiny_model):
     from src.reconstruction import in_chunks
 
     model, schedule = tiny_model
-    sampler = PLMSSampler(schedule)
-    sampler.set_timesteps(10)
-    starts = sampler.start_indices(2)
-    x0 = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    noise = start_noise((1, 28, 28), 0, range(4), sampler.grid[starts])
+    sampler, starts, x0, noise = reconstruction_case(schedule, 10, 2, 4, seed=5)
     calls = []
     counted = lambda x, t: calls.append(len(x)) or model(x, t)
     chunked = reconstruct_fused(in_chunks(counted, 3), schedule, sampler, x0, starts, noise)
@@ -119,11 +122,7 @@ def test_fused_loop_never_reads_device_values_on_the_host(tiny_model, monkeypatc
     """On a GPU each .item(), .cpu(), .tolist() or tensor truth test stalls the pipeline; the fused
     sampler loop (model included) must not use any of them."""
     model, schedule = tiny_model
-    sampler = PLMSSampler(schedule)
-    sampler.set_timesteps(10)
-    starts = sampler.start_indices(3)
-    x0 = torch.rand(2, 1, 28, 28)
-    noise = start_noise((1, 28, 28), 0, [0, 1], sampler.grid[starts])
+    sampler, starts, x0, noise = reconstruction_case(schedule, 10, 3, 2, seed=6)
 
     def forbidden(name):
         def fail(self, *args, **kwargs):
