@@ -75,9 +75,13 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, height * width))  # (B, 3C, L)
-        qkv = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, height * width)
-        q, k, v = qkv.permute(1, 0, 2, 4, 3).unbind(0)  # each (B, heads, L, C/heads)
+        tokens = self.norm(x).reshape(b, c, height * width).transpose(1, 2)  # (B, L, C)
+        # The 1x1 qkv convolution as a matmul on the tokens gives (B, L, 3C) with channels last:
+        # the fused attention kernels (flash, memory-efficient) need a unit stride along
+        # C/heads and fall back to the slow math kernel otherwise.
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # channel = (3, heads, C/heads)
+        qkv = qkv.reshape(b, height * width, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, C/heads)
         h = h.permute(0, 1, 3, 2).reshape(b, c, height * width)
         return x + self.proj_out(h).reshape(b, c, height, width)

@@ -59,6 +59,20 @@ def test_attention_matches_plain_softmax():
     torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_attention_inputs_suit_the_fused_kernels():
+    # The flash kernel refuses q, k, v whose last dimension is not contiguous (the check is
+    # the same on CUDA), leaving only the slow math kernel; the block must not hit that.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_heads=4, num_groups=32)
+    x = torch.randn(2, 64, 7, 7)
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = block(x)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_timestep_embedding_values():
     emb = timestep_embedding(torch.tensor([0, 1]), 4)
     # dim 4: frequencies 1 and 1e-2; [cos, cos, sin, sin]
