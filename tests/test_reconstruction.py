@@ -134,3 +134,25 @@ def test_fused_loop_never_reads_device_values_on_the_host(tiny_model, monkeypatc
     out = reconstruct_fused(model, schedule, sampler, x0, starts, noise)
     monkeypatch.undo()
     assert out.shape == (2, len(starts), 1, 28, 28)
+
+
+def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatch):
+    """The fused loop calls the UNet on B, 2B, ... images with expanded timesteps; torch.compile
+    must not recompile for each (a recompile of the paper's UNet costs about a minute, and past
+    dynamo's limit it silently runs uncompiled). Dynamo's eager backend keeps this test fast."""
+    import functools
+
+    import torch._dynamo
+    from src.reconstruction import unet_caller
+
+    model, schedule = tiny_model
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    caller = unet_caller(model, torch.device("cpu"), compile_model=True)
+    for batch in (3, 2):  # a full batch, then a smaller last one
+        sampler, starts, x0, noise = reconstruction_case(schedule, 10, 3, batch, seed=7)
+        fused = reconstruct_fused(caller, schedule, sampler, x0, starts, noise)
+        torch.testing.assert_close(fused, reconstruct_fused(model, schedule, sampler, x0, starts, noise),
+                                   atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
