@@ -1,32 +1,58 @@
 #!/usr/bin/env bash
-# One GPU check (~8 minutes on an H100/H200): training and reconstruction benchmarks at the
-# paper's model size (171M-parameter UNet, 28x28, batch 180 / 64, 100 PLMS steps, skip 16),
-# in fp32 eager and in bf16 + torch.compile, with FLOP/s as a share of the card's peak.
+# One GPU check (about 7 minutes on an H100/H200): training and reconstruction benchmarks at the
+# paper's model size (171M-parameter UNet, 28x28, training batch 180, reconstruction batch 64,
+# 100 PLMS steps, skip 16: 7 starts), in fp32 eager and in bf16 + torch.compile, with FLOP/s as
+# a share of the card's peak and a profile of the fast reconstruction path.
 #
-#   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh      # dense bf16 peak: H100 SXM / H200 989
+#   bash benchmarks/prepare_gpu_check.sh              # here: wheels the GPU image lacks -> .whl/
+#   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh      # there, carrying .whl (dense bf16 peak:
+#                                                     # H100 SXM and H200: 989)
+#   SMOKE=1 bash benchmarks/gpu_check.sh              # the same steps on the CPU with the demo
+#                                                     # model, in about two minutes: checks this script
 #
-# The device image has torch, torchvision, tensorboard and PyYAML but not omegaconf (a pure-Python
-# wheel that needs only PyYAML). Before the device call, here:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl omegaconf==2.4.0
-# then carry ".whl"; the wheel is installed to /tmp/site below.
+# PYTHON names the interpreter (default python3).
+#
+# The figures go to stdout and, where $OUT is set (the device tool), to $OUT/gpu_check.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-PEAK=${PEAK_TFLOPS:-989}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+PYTHON=${PYTHON:-python3}
+run_all() {
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  PEAK=${PEAK_TFLOPS:-989}
+  if [[ "${SMOKE:-0}" == 1 ]]; then
+    SETTING=(--setting cpu --device cpu); TRAIN_STEPS=(2 2); BATCHES=(4 4,8); RECON=(--steps 4 --skip 2)
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, '(smoke run on the CPU)')"
+  else
+    SETTING=(--setting paper); TRAIN_STEPS=(20 40); BATCHES=(64 64,256); RECON=()
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+  fi
+  LPIPS=()
+  if "$PYTHON" -c "import lpips" 2> /dev/null; then
+    LPIPS=(--lpips)
+  else
+    echo "lpips is not installed: reconstruction is scored with MSE only (bash benchmarks/prepare_gpu_check.sh)"
+  fi
+  COMMON=(--flops --peak_tflops "$PEAK")
 
-echo "== training, fp32 eager =="
-python3 benchmarks/train_bench.py --setting paper --precision fp32 --steps 20 --flops --peak_tflops "$PEAK"
-echo "== training, bf16 + compile =="
-python3 benchmarks/train_bench.py --setting paper --precision bf16 --compile --steps 40 --flops --peak_tflops "$PEAK"
-echo "== reconstruction, fp32 eager: fused vs sequential at batch 64, 7 starts =="
-python3 benchmarks/reconstruct_bench.py --setting paper --precision fp32 --repeats 1 --flops --peak_tflops "$PEAK"
-echo "== reconstruction, bf16 + compile (fused) =="
-python3 benchmarks/reconstruct_bench.py --setting paper --precision bf16 --compile --repeats 2 --skip_sequential \
-  --flops --peak_tflops "$PEAK"
+  echo "== training, fp32 eager =="
+  "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision fp32 --steps "${TRAIN_STEPS[0]}" "${COMMON[@]}"
+  echo "== training, bf16 + compile =="
+  "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision bf16 --compile --steps "${TRAIN_STEPS[1]}" "${COMMON[@]}"
+  echo "== reconstruction, fp32 eager: fused vs sequential =="
+  "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[0]}" \
+    --precision fp32 --repeats 1 "${COMMON[@]}"
+  echo "== reconstruction, bf16 + compile: fused, then a profile of the last batch size =="
+  "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[1]}" \
+    --precision bf16 --compile --repeats 1 --skip_sequential --profile "${COMMON[@]}"
+}
+
+if [[ -n "${OUT:-}" ]]; then
+  run_all 2>&1 | tee "$OUT/gpu_check.log"
+else
+  run_all
+fi

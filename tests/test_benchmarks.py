@@ -1,0 +1,56 @@
+"""The benchmark scripts run and print the figures they promise (the figures themselves are
+measured by hand, not asserted: this machine is shared and noisy)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import reconstruct_bench  # noqa: E402
+import train_bench  # noqa: E402
+
+FLOAT = r"([0-9.]+)"
+
+
+def test_reconstruct_bench_prints_every_figure(capsys):
+    reconstruct_bench.main(reconstruct_bench.parse_args(
+        ["--device", "cpu", "--batch_size", "2,3", "--steps", "4", "--skip", "2", "--repeats", "1", "--lpips",
+         "--flops", "--peak_tflops", "1", "--profile"]))
+    out = capsys.readouterr().out
+    assert "2 starts, 6 evals/image" in out and "MSE + LPIPS" in out
+    for batch in (2, 3):
+        assert f"-- batch {batch}," in out
+    assert len(re.findall(rf"fused speed-up over sequential: {FLOAT}x", out)) == 2
+    ratios = [float(r) for r in re.findall(rf"efficiency ratio \(bare / full fused path\): {FLOAT}", out)]
+    assert len(ratios) == 2 and all(0 < r < 2 for r in ratios)
+    # The demo UNet: 0.38 GFLOP per forward pass of one 28x28 image.
+    assert re.search(r"UNet forward: 0\.3\d GFLOP/image; fused path achieved [0-9.]+ TFLOP/s = [0-9.]+% of", out)
+    assert "profile of one fused batch" in out and "convolution" in out
+
+
+def test_train_bench_prints_throughput_and_data_wait(capsys):
+    train_bench.main(train_bench.parse_args(["--device", "cpu", "--steps", "2", "--n_images", "256", "--flops"]))
+    out = capsys.readouterr().out
+    share = re.search(rf"training: {FLOAT} images/s \({FLOAT} ms/step\); data wait {FLOAT}% of step time", out)
+    assert share and 0 <= float(share.group(3)) < 100
+    # Forward + backward is about three forward passes: 3 x 0.38 GFLOP.
+    assert re.search(r"UNet forward\+backward: 1\.1\d GFLOP/image", out)
+
+
+def test_gpu_check_script_runs_in_smoke_mode(tmp_path):
+    """benchmarks/gpu_check.sh gets one short run on a lent GPU: its plumbing (wheel install,
+    every flag of both benchmarks, bf16 + torch.compile, the log under $OUT) is checked here on
+    the CPU first. Costs about two minutes, mostly compilation."""
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert log.count("training: ") == 2 and "bf16 + compile" in log
+    assert log.count("efficiency ratio") == 3  # fp32 at one batch size, bf16 + compile at two
+    assert "fused speed-up over sequential" in log and "profile of one fused batch" in log
