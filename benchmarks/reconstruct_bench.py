@@ -54,7 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--lpips", action="store_true",
                         help="Score with LPIPS too, as reconstruct.py does. Its AlexNet is randomly initialised "
                              "(the timing is real, the values are not), so no weights file is needed.")
-    parser.add_argument("--repeats", type=int, default=2, help="Timed repetitions (after one warm-up).")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="Timed repetitions of each path, alternating fused and sequential (after one warm-up each).")
     parser.add_argument("--skip_sequential", action="store_true", help="Only time the fused path.")
     parser.add_argument("--flops", action="store_true", help="Count FLOPs and report FLOP/s.")
     parser.add_argument("--peak_tflops", type=float, default=None, help="The card's peak, for the share of peak.")
@@ -108,18 +109,24 @@ def main(args):
             sync(device)
 
         print(f"-- batch {batch}, UNet calls of at most {max_batch or 'any number of'} images")
-        results = {}
-        for fused in ([True] if args.skip_sequential else [True, False]):
-            run(fused)  # warm-up (and compilation)
-            calls.clear()
-            start = time.perf_counter()
-            for _ in range(args.repeats):
+        # Warm up (and compile) every path, then alternate them, so that drift in a shared
+        # machine's speed falls on both alike.
+        modes = [True] if args.skip_sequential else [True, False]
+        for fused in modes:
+            run(fused)
+        seconds, shapes = dict.fromkeys(modes, 0.0), {}
+        for repeat in range(args.repeats):
+            for fused in (modes if repeat % 2 == 0 else modes[::-1]):
+                calls.clear()
+                start = time.perf_counter()
                 run(fused)
-            seconds = (time.perf_counter() - start) / args.repeats
-            results[fused] = (seconds, list(calls[: len(calls) // args.repeats]))
+                seconds[fused] += (time.perf_counter() - start) / args.repeats
+                shapes[fused] = list(calls)
+        results = {fused: (seconds[fused], shapes[fused]) for fused in modes}
+        for fused, (secs, call_shapes) in results.items():
             label = "fused" if fused else "sequential"
-            print(f"{label:>10}: {seconds:8.3f} s/batch  {batch * evals_per_image / seconds:10.0f} UNet image-evals/s  "
-                  f"{batch / seconds:8.2f} images scored/s  ({len(results[fused][1])} UNet calls/batch)")
+            print(f"{label:>10}: {secs:8.3f} s/batch  {batch * evals_per_image / secs:10.0f} UNet image-evals/s  "
+                  f"{batch / secs:8.2f} images scored/s  ({len(call_shapes)} UNet calls/batch)")
         if False in results:
             print(f"fused speed-up over sequential: {results[False][0] / results[True][0]:.2f}x")
 
