@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
 from src.training import MAX_DEVICE_DATA_BYTES, autocast, epoch_order, train_batch  # noqa: E402
+from src.unet import compile_unet  # noqa: E402
 
 SETTINGS = {
     # name: (config, image size, channels, batch)
@@ -53,7 +54,7 @@ def main(args):
     torch.manual_seed(0)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = build_unet(cfg).to(device, memory_format=memory_format)
-    net = torch.compile(model) if args.compile else model
+    net = compile_unet(model) if args.compile else model  # as training does
     schedule = build_schedule(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-5)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")

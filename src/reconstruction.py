@@ -25,6 +25,7 @@ from tqdm import tqdm
 from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
 from src.metrics import mse_per_image
 from src.training import autocast
+from src.unet import compile_unet
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -35,19 +36,11 @@ def unet_caller(model: torch.nn.Module, device: torch.device, precision: str = "
     torch.compile, float32 output."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    net = torch.compile(model) if compile_model else model
+    net = compile_unet(model) if compile_model else model
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The sampler passes timesteps as an expanded grid entry (stride 0, an offset into the
-        # grid); a plain copy keeps torch.compile from guarding on those and recompiling.
-        t = t.contiguous()
-        x = x.contiguous(memory_format=memory_format)
-        if compile_model:
-            # The fused loop's calls grow from B to K x B images: one graph for every batch size.
-            torch._dynamo.maybe_mark_dynamic(x, 0)
-            torch._dynamo.maybe_mark_dynamic(t, 0)
         with autocast(precision, device):
-            return net(x, t).float()
+            return net(x.contiguous(memory_format=memory_format), t).float()
 
     return call
 

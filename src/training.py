@@ -26,6 +26,7 @@ from tqdm import tqdm
 from src.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
 from src.files import remove_stale_temporaries, save_torch_atomic
+from src.unet import compile_unet
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     precision = resolve_precision(settings.precision, device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    net = torch.compile(model) if settings.compile else model  # shares model's parameters
+    net = compile_unet(model) if settings.compile else model  # shares model's parameters
     if device.type == "cuda" and train_images.numel() * train_images.element_size() <= MAX_DEVICE_DATA_BYTES:
         train_images = train_images.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)

@@ -199,3 +199,25 @@ class UNet(nn.Module):
             target = skips[-1].shape[-2:] if skips else None
             h = block(h, emb, target)
         return self.out(h)
+
+
+def compile_unet(model: nn.Module):
+    """``torch.compile(model)`` called so that one graph serves every batch size.
+
+    Training ends each epoch on a smaller batch and the fused sampler calls the UNet on B, 2B,
+    ... K x B images with timesteps expanded from one grid entry. Without care torch.compile
+    recompiles for a new batch size and guards on the timesteps' stride and storage offset
+    (each recompilation of the paper's UNet costs about a minute on a GPU, and past dynamo's
+    limit of 8 the model silently runs uncompiled). So the batch dimension is marked dynamic
+    and the timesteps are passed as a plain tensor.
+    """
+    net = torch.compile(model)
+
+    def call(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        timesteps = timesteps.contiguous()
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        torch._dynamo.maybe_mark_dynamic(timesteps, 0)
+        return net(x, timesteps)
+
+    return call
+

@@ -52,3 +52,20 @@ def test_ema_precision_and_channels_last(tmp_path, synthetic_splits):
     assert summary["best_val_loss"] < 2
     _, last = run(tmp_path, synthetic_splits, "cl", "--channels_last")
     torch.testing.assert_close(weights(last), weights(plain), atol=1e-4, rtol=1e-3)
+
+
+def test_compile_trains_like_eager_with_one_graph(tmp_path, synthetic_splits, monkeypatch):
+    """--compile gives the eager run's weights, and the epoch's smaller last batch (24 images in
+    batches of 10) reuses the compiled graph: dynamo's eager backend keeps this fast, and
+    error_on_recompile fails on any second compilation."""
+    import functools
+
+    import torch._dynamo
+
+    _, eager = run(tmp_path, synthetic_splits, "eager", "--batch_size=10")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _, compiled = run(tmp_path, synthetic_splits, "compiled", "--batch_size=10", "--compile")
+    torch._dynamo.reset()
+    torch.testing.assert_close(weights(compiled), weights(eager), atol=1e-5, rtol=1e-4)

@@ -148,11 +148,11 @@ def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatc
     model, schedule = tiny_model
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     caller = unet_caller(model, torch.device("cpu"), compile_model=True)
-    for batch in (3, 2):  # a full batch, then a smaller last one
-        sampler, starts, x0, noise = reconstruction_case(schedule, 10, 3, batch, seed=7)
-        fused = reconstruct_fused(caller, schedule, sampler, x0, starts, noise)
-        torch.testing.assert_close(fused, reconstruct_fused(model, schedule, sampler, x0, starts, noise),
-                                   atol=1e-5, rtol=1e-5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for batch in (3, 2):  # a full batch, then a smaller last one
+            sampler, starts, x0, noise = reconstruction_case(schedule, 10, 3, batch, seed=7)
+            fused = reconstruct_fused(caller, schedule, sampler, x0, starts, noise)
+            torch.testing.assert_close(fused, reconstruct_fused(model, schedule, sampler, x0, starts, noise),
+                                       atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
