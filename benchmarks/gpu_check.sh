@@ -39,16 +39,17 @@ run_all() {
   fi
   COMMON=(--flops --peak_tflops "$PEAK")
 
-  echo "== training, fp32 eager =="
+  echo "== [${SECONDS}s] training, fp32 eager =="
   "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision fp32 --steps "${TRAIN_STEPS[0]}" "${COMMON[@]}"
-  echo "== training, bf16 + compile =="
+  echo "== [${SECONDS}s] training, bf16 + compile =="
   "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision bf16 --compile --steps "${TRAIN_STEPS[1]}" "${COMMON[@]}"
-  echo "== reconstruction, fp32 eager: fused vs sequential =="
+  echo "== [${SECONDS}s] reconstruction, fp32 eager: fused vs sequential =="
   "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[0]}" \
     --precision fp32 --repeats 1 "${COMMON[@]}"
-  echo "== reconstruction, bf16 + compile: fused, then a profile of the last batch size =="
+  echo "== [${SECONDS}s] reconstruction, bf16 + compile: fused, then a profile of the last batch size =="
   "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[1]}" \
     --precision bf16 --compile --repeats 1 --skip_sequential --profile "${COMMON[@]}"
+  echo "== [${SECONDS}s] done =="
 }
 
 if [[ -n "${OUT:-}" ]]; then

@@ -51,6 +51,6 @@ def test_gpu_check_script_runs_in_smoke_mode(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = (tmp_path / "gpu_check.log").read_text()
-    assert log.count("training: ") == 2 and "bf16 + compile" in log
+    assert log.count("training: ") == 2 and "bf16 + compile" in log and "s] done ==" in log
     assert log.count("efficiency ratio") == 3  # fp32 at one batch size, bf16 + compile at two
     assert "fused speed-up over sequential" in log and "profile of one fused batch" in log
