@@ -206,10 +206,10 @@ def compile_unet(model: nn.Module):
 
     Training ends each epoch on a smaller batch and the fused sampler calls the UNet on B, 2B,
     ... K x B images with timesteps expanded from one grid entry. Without care torch.compile
-    recompiles for a new batch size and guards on the timesteps' stride and storage offset
-    (each recompilation of the paper's UNet costs about a minute on a GPU, and past dynamo's
-    limit of 8 the model silently runs uncompiled). So the batch dimension is marked dynamic
-    and the timesteps are passed as a plain tensor.
+    recompiles for a new batch size and guards on the timesteps' stride and storage offset:
+    every recompilation of a large UNet costs minutes of compile time, and past dynamo's
+    recompile limit (8) the model falls back to eager with only a warning. So the batch
+    dimension is marked dynamic and the timesteps are passed as a plain tensor.
     """
     net = torch.compile(model)
 

@@ -138,8 +138,8 @@ def test_fused_loop_never_reads_device_values_on_the_host(tiny_model, monkeypatc
 
 def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatch):
     """The fused loop calls the UNet on B, 2B, ... images with expanded timesteps; torch.compile
-    must not recompile for each (a recompile of the paper's UNet costs about a minute, and past
-    dynamo's limit it silently runs uncompiled). Dynamo's eager backend keeps this test fast."""
+    must not recompile for each (compile time, and past dynamo's recompile limit the model falls
+    back to eager). Dynamo's eager backend keeps this test fast."""
     import functools
 
     import torch._dynamo
