@@ -4,7 +4,7 @@
     python benchmarks/train_bench.py --setting paper --device cuda --precision bf16 --compile
 
 Runs the training step of src/training.py (batch from the in-memory data set, forward,
-L2 loss, backward, Adam) on random images and prints images/s and the data wait share:
+L2 loss, backward, the finite check, Adam) on random images and prints images/s and the data wait share:
 time spent producing batches / total step time (the device is synchronised around the
 batch fetch, so the share is an upper bound). With --flops, FLOP/s achieved (the counted
 forward + backward FLOPs per image) and its share of --peak_tflops.
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
-from src.training import MAX_DEVICE_DATA_BYTES, autocast, epoch_order, train_batch  # noqa: E402
+from src.training import MAX_DEVICE_DATA_BYTES, epoch_order, train_batch, train_step  # noqa: E402
 from src.unet import compile_unet  # noqa: E402
 
 SETTINGS = {
@@ -73,13 +73,7 @@ def main(args):
         x0 = train_batch(images, order, step % n_batches, batch, device, memory_format)
         sync()
         fetched = time.perf_counter()
-        t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=device)
-        with autocast(args.precision, device):
-            loss = schedule.training_loss(net, x0, t, torch.randn_like(x0))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(net, model, schedule, optimizer, scaler, x0, args.precision)
         sync()
         if step >= 3:
             data_time += fetched - start

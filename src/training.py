@@ -171,21 +171,38 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     save_torch_atomic(path, state)
 
 
-def check_finite(loss: torch.Tensor, parameters, epoch: int, step: int, run_dir: Path, check_grads: bool) -> None:
-    """Stop before the optimizer step if the loss (or, unless a GradScaler handles them, a gradient) is not finite."""
-    value = loss.item()  # one host synchronisation per step
-    bad, what = not math.isfinite(value), f"loss {value}"
-    if not bad and check_grads:
+def check_finite(loss: torch.Tensor, parameters, check_grads: bool) -> None:
+    """Raise NonFiniteLoss if the loss (or, unless a GradScaler handles them, a gradient) is not
+    finite. One host synchronisation: the loss and the gradients' total norm are summed on the
+    device (NaN and inf carry through a sum) and read once; only a failure looks closer."""
+    total = loss.detach().float()
+    if check_grads:
         grads = [p.grad for p in parameters if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-        bad, what = not torch.isfinite(norm).item(), "a gradient"
-    if bad:
-        last = run_dir / CHECKPOINT
-        raise NonFiniteLoss(
-            f"Non-finite {what} at epoch {epoch + 1}, step {step + 1}; nothing was updated or saved from it. "
-            f"The last good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, "
-            "use --precision fp32, or check the data, then re-run to resume."
-        )
+        total = total + torch.nn.utils.get_total_norm(grads, foreach=True).float()
+    if not torch.isfinite(total).item():
+        what = "loss" if not torch.isfinite(loss).item() else "gradient"
+        raise NonFiniteLoss(f"Non-finite {what}")
+
+
+def train_step(net, model: torch.nn.Module, schedule: DDPMSchedule, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, x0: torch.Tensor, precision: str) -> torch.Tensor:
+    """One optimisation step on a batch: the L2 loss at uniform t, backward, the finite check, Adam.
+
+    ``net`` computes the forward pass (``model`` itself or its compiled form); ``model`` owns the
+    parameters. Returns the loss (on the device). On a non-finite loss or gradient nothing is
+    updated and NonFiniteLoss is raised.
+    """
+    t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=x0.device)
+    noise = torch.randn_like(x0)
+    with autocast(precision, x0.device):
+        loss = schedule.training_loss(net, x0, t, noise)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    # With fp16 the GradScaler skips steps with inf/NaN gradients by design.
+    check_finite(loss, model.parameters(), check_grads=not scaler.is_enabled())
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
 
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
@@ -246,16 +263,14 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
         for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",
                       initial=first, total=steps_per_epoch, leave=False):
             x0 = train_batch(train_images, order, i, settings.batch_size, device, memory_format)
-            t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=device)
-            noise = torch.randn_like(x0)
-            with autocast(precision, device):
-                loss = schedule.training_loss(net, x0, t, noise)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            # With fp16 the GradScaler skips steps with inf/NaN gradients by design.
-            check_finite(loss, model.parameters(), epoch, step, run_dir, check_grads=not scaler.is_enabled())
-            scaler.step(optimizer)
-            scaler.update()
+            try:
+                loss = train_step(net, model, schedule, optimizer, scaler, x0, precision)
+            except NonFiniteLoss as err:
+                last = run_dir / CHECKPOINT
+                raise NonFiniteLoss(
+                    f"{err} at epoch {epoch + 1}, step {step + 1}; nothing was updated or saved from it. The last "
+                    f"good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, use "
+                    "--precision fp32, or check the data, then re-run to resume.") from None
             if ema is not None:
                 # Warm-up: early on, average over the steps taken so far rather than leaving
                 # most of the weight on the random initialisation.

@@ -106,6 +106,35 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, long_splits, 
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
+def test_non_finite_gradient_with_a_finite_loss_stops_too(tmp_path, long_splits, monkeypatch):
+    from src.diffusion import DDPMSchedule
+
+    class NanBackward(torch.autograd.Function):
+        """Identity forward; NaN gradients backward (a finite loss whose gradients overflowed)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("nan")
+
+    real_loss = DDPMSchedule.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, x0, t, noise):
+        calls["n"] += 1
+        loss = real_loss(self, model, x0, t, noise)
+        return NanBackward.apply(loss) if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(DDPMSchedule, "training_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"Non-finite gradient at epoch 1, step 8"):
+        train.main(train.parse_args(command(tmp_path, long_splits, every_steps=5)))
+    saved = torch.load(tmp_path / "m" / "checkpoint.pth", weights_only=True)
+    assert saved["step"] == 5 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
 def test_resume_inside_an_epoch_uses_the_stored_data_order(tmp_path, long_splits, monkeypatch):
     """The checkpoint's data order, not one derived again from the flags, drives the resumed epoch:
     resuming with another --seed still finishes the epoch exactly as the original run would."""
