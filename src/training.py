@@ -205,6 +205,17 @@ def train_step(net, model: torch.nn.Module, schedule: DDPMSchedule, optimizer: t
     return loss
 
 
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- decay_t * ema + (1 - decay_t) * model, with decay_t = min(decay, (1 + step) / (10 + step)).
+
+    The warm-up averages over the steps taken so far early on, rather than leaving most of the
+    weight on the random initialisation. One multi-tensor lerp, not one kernel per parameter.
+    """
+    decay_t = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay_t)
+
+
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
           settings: TrainSettings, run_dir: Path, config: dict, device: torch.device) -> dict:
     """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
@@ -272,12 +283,7 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
                     f"good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, use "
                     "--precision fp32, or check the data, then re-run to resume.") from None
             if ema is not None:
-                # Warm-up: early on, average over the steps taken so far rather than leaving
-                # most of the weight on the random initialisation.
-                decay = min(settings.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), model.parameters()):
-                        p_ema.lerp_(p, 1 - decay)
+                update_ema(ema, model, settings.ema_decay, step)
             loss_sum += loss.detach()
             step += 1
             if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 \

@@ -69,3 +69,22 @@ def test_compile_trains_like_eager_with_one_graph(tmp_path, synthetic_splits, mo
         _, compiled = run(tmp_path, synthetic_splits, "compiled", "--batch_size=10", "--compile")
     torch._dynamo.reset()
     torch.testing.assert_close(weights(compiled), weights(eager), atol=1e-5, rtol=1e-4)
+
+
+def test_ema_update_follows_the_warm_up_formula():
+    from src.training import update_ema
+
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.data.zero_(), p.data.fill_(1.0)
+    expected = 0.0
+    for step in range(4):
+        decay = min(0.5, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25, 0.31: the warm-up, below 0.5
+        expected = decay * expected + (1 - decay) * 1.0
+        update_ema(ema, model, 0.5, step)
+        for p_ema in ema.parameters():
+            torch.testing.assert_close(p_ema, torch.full_like(p_ema, expected))
+    update_ema(ema, model, 0.5, 1000)  # past the warm-up the decay is the target
+    for p_ema in ema.parameters():
+        torch.testing.assert_close(p_ema, torch.full_like(p_ema, 0.5 * expected + 0.5))
+
