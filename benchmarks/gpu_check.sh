@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check (about 7 minutes on an H100/H200, estimated): training and reconstruction
-# benchmarks at the paper's model size (171M-parameter UNet, 28x28, training batch 180, reconstruction batch 64,
-# 100 PLMS steps, skip 16: 7 starts), in fp32 eager and in bf16 + torch.compile, with FLOP/s as
-# a share of the card's peak and a profile of the fast reconstruction path.
+# benchmarks at the paper's model size (171M-parameter UNet, 28x28, training batch 180,
+# reconstruction batch 64, 100 PLMS steps, skip 16: 7 starts), in fp32 eager and in bf16 +
+# torch.compile, with FLOP/s as a share of the card's peak and a profile of the fast
+# reconstruction path.
 #
 #   bash benchmarks/prepare_gpu_check.sh              # here: wheels the GPU image lacks -> .whl/
 #   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh      # there, carrying .whl (dense bf16 peak:
