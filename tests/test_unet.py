@@ -92,3 +92,18 @@ def test_paper_configs_build_and_attend_at_factors_2_and_4():
     n_attention = sum(isinstance(m, AttentionBlock) for m in model.modules())
     # factors 2 and 4: 2 blocks down + 3 up at each, plus the middle block
     assert n_attention == 2 * (2 + 3) + 1
+
+
+def test_paper_unet_traces_as_one_graph():
+    """torch.compile sees the whole UNet at once: a graph break would split it into pieces run
+    back to back through Python, losing fusion across the break."""
+    from pathlib import Path
+
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    model = build_unet(load_config(Path(TINY_CONFIG).parent / "diffusion_grayscale.yaml")).eval()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(torch.rand(2, 1, 28, 28), torch.full((2,), 5))
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
