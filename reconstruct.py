@@ -170,9 +170,10 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     max_batch = args.max_model_batch if args.max_model_batch is not None else default_model_batch(args.batch_size, device)
     model_fn = in_chunks(unet, max_batch)
 
+    model_stat = model_file.stat()
     common = {
-        "model_file": str(model_file.resolve()), "model_file_bytes": model_file.stat().st_size,
-        "model_file_mtime_ns": model_file.stat().st_mtime_ns, "num_inference_steps": args.num_inference_steps,
+        "model_file": str(model_file.resolve()), "model_file_bytes": model_stat.st_size,
+        "model_file_mtime_ns": model_stat.st_mtime_ns, "num_inference_steps": args.num_inference_steps,
         "start_t": sampler.grid[start_indices].tolist(), "metrics": metrics, "lpips_pad": args.lpips_pad,
         "seed": args.seed, "precision": precision, "is_grayscale": int(args.is_grayscale),
         "chunk_size": args.chunk_size,

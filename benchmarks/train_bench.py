@@ -61,7 +61,7 @@ def main(args):
     images = torch.rand(args.n_images, channels, size, size)
     if device.type == "cuda" and images.numel() * 4 <= MAX_DEVICE_DATA_BYTES:
         images = images.to(device)  # as training does
-    order = epoch_order(len(images), 0, 0)
+    order = epoch_order(len(images), 0, 0).to(images.device)  # as training does
     print(f"setting {args.setting}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter UNet, "
           f"{size}x{size}x{channels}, batch {batch}, {device}, {args.precision}{' + compile' if args.compile else ''}")
 

@@ -77,7 +77,11 @@ def autocast(precision: str, device: torch.device):
 
 def train_batch(images: torch.Tensor, order: torch.Tensor, index: int, batch_size: int, device: torch.device,
                 memory_format=torch.contiguous_format) -> torch.Tensor:
-    """Batch ``index`` of an epoch: (B, C, H, W) on ``device`` (a slice of in-memory data)."""
+    """Batch ``index`` of an epoch: (B, C, H, W) on ``device`` (a slice of in-memory data).
+
+    Keep ``order`` on ``images.device``: otherwise every call copies its indices there, and a
+    copy from pageable host memory to a GPU waits for the GPU's queue.
+    """
     rows = order[index * batch_size:(index + 1) * batch_size].to(images.device)
     return images[rows].to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
@@ -268,7 +272,7 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     for epoch in range(start_epoch, settings.n_epochs):
         model.train()
         resuming = epoch == start_epoch and resumed_order is not None
-        order = resumed_order if resuming else epoch_order(n_train, settings.seed, epoch)
+        order = (resumed_order if resuming else epoch_order(n_train, settings.seed, epoch)).to(train_images.device)
         first = start_batch if epoch == start_epoch else 0
         loss_sum = torch.tensor(resumed_loss_sum if epoch == start_epoch else 0.0, device=device)
         for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",
