@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from omegaconf import OmegaConf
 
-from src.cli import binary_int, pick_device, positive_int, run_main
+from src.cli import binary_int, non_negative_int, pick_device, positive_int, run_main
 from src.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
 from src.data import load_split
 from src.files import write_text_atomic
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Validate (loss, samples, best model) every N epochs. Default 10.")
     parser.add_argument("--checkpoint_every", type=positive_int, default=1,
                         help="Write checkpoint.pth every N epochs. Default 1.")
-    parser.add_argument("--checkpoint_every_steps", type=int, default=0,
+    parser.add_argument("--checkpoint_every_steps", type=non_negative_int, default=0,
                         help="Also write checkpoint.pth every N optimizer steps inside an epoch (0: off, default).")
     parser.add_argument("--num_workers", type=int, default=4,
                         help="Threads reading image files at start-up; the data then stays in memory. Default 4.")

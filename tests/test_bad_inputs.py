@@ -32,6 +32,12 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path, flag, value):
     assert result.returncode == 2 and flag in result.stderr and value in result.stderr
 
 
+def test_negative_checkpoint_interval_is_refused_by_the_parser(tmp_path):
+    result = run_script("train.py", f"--output_dir={tmp_path}", "--model_name=m", "--training_ids=a.csv",
+                        "--validation_ids=b.csv", "--checkpoint_every_steps=-5")
+    assert result.returncode == 2 and "--checkpoint_every_steps" in result.stderr and "-5" in result.stderr
+
+
 def test_skip_factor_larger_than_the_grid(tmp_path, synthetic_splits):
     train.main(train.parse_args([
         f"--output_dir={tmp_path}", "--model_name=m", f"--training_ids={synthetic_splits['train']}",
