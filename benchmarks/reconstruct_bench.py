@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import achieved, count_flops, sync  # noqa: E402
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
 from src.diffusion import PLMSSampler  # noqa: E402
 from src.metrics import LPIPSMetric  # noqa: E402
@@ -62,11 +63,6 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="Profile one more fused batch (the last batch size) and print the costliest operators.")
     return parser.parse_args(argv)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(args):
@@ -133,9 +129,9 @@ def main(args):
         bare = time_bare_calls(unet_call, results[True][1], channels, size, device, args.repeats)
         print(f"bare UNet calls: {bare:.3f} s/batch; efficiency ratio (bare / full fused path): {bare / results[True][0]:.3f}")
         if flops_per_image is not None:
-            achieved = flops_per_image * batch * evals_per_image / results[True][0]
-            share = f" = {100 * achieved / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops} TFLOP/s peak" if args.peak_tflops else ""
-            print(f"UNet forward: {flops_per_image / 1e9:.2f} GFLOP/image; fused path achieved {achieved / 1e12:.2f} TFLOP/s{share}")
+            rate = flops_per_image * batch * evals_per_image / results[True][0]
+            print(f"UNet forward: {flops_per_image / 1e9:.2f} GFLOP/image; fused path achieved "
+                  f"{achieved(rate, args.peak_tflops)}")
     if args.profile:
         print_profile(lambda: run(True), device)
 
@@ -154,16 +150,6 @@ def time_bare_calls(unet_call, shapes: list[int], channels: int, size: int, devi
                 unet_call(inputs[n], timesteps[n])
         sync(device)
     return (time.perf_counter() - start) / repeats
-
-
-def count_flops(model, channels: int, size: int, device) -> int:
-    """FLOPs of one forward pass of one image (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.rand(1, channels, size, size, device=device), torch.full((1,), 500, device=device))
-    return counter.get_total_flops()
 
 
 def print_profile(run, device, rows: int = 15) -> None:

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import achieved, count_flops, sync  # noqa: E402
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
 from src.training import MAX_DEVICE_DATA_BYTES, epoch_order, train_batch, train_step  # noqa: E402
 from src.unet import compile_unet  # noqa: E402
@@ -49,7 +50,6 @@ def parse_args(argv=None):
 def main(args):
     config_name, size, channels, batch = SETTINGS[args.setting]
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = load_config(CONFIG_DIR / config_name)
     torch.manual_seed(0)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -68,13 +68,13 @@ def main(args):
     data_time = step_time = 0.0
     n_batches = len(images) // batch
     for step in range(args.steps + 3):
-        sync()
+        sync(device)
         start = time.perf_counter()
         x0 = train_batch(images, order, step % n_batches, batch, device, memory_format)
-        sync()
+        sync(device)
         fetched = time.perf_counter()
         train_step(net, model, schedule, optimizer, scaler, x0, args.precision)
-        sync()
+        sync(device)
         if step >= 3:
             data_time += fetched - start
             step_time += time.perf_counter() - start
@@ -82,16 +82,8 @@ def main(args):
     print(f"training: {ips:.1f} images/s ({step_time / args.steps * 1000:.1f} ms/step); "
           f"data wait {100 * data_time / step_time:.2f}% of step time")
     if args.flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(torch.rand(1, channels, size, size, device=device), torch.full((1,), 500, device=device)).sum().backward()
-        flops = counter.get_total_flops()  # forward + backward of one image
-        achieved = flops * ips
-        share = f" = {100 * achieved / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops} TFLOP/s peak" if args.peak_tflops else ""
-        print(f"UNet forward+backward: {flops / 1e9:.2f} GFLOP/image; achieved {achieved / 1e12:.2f} TFLOP/s{share}")
-
+        flops = count_flops(model, channels, size, device, backward=True)
+        print(f"UNet forward+backward: {flops / 1e9:.2f} GFLOP/image; achieved {achieved(flops * ips, args.peak_tflops)}")
 
 if __name__ == "__main__":
     main(parse_args())
