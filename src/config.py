@@ -19,7 +19,7 @@ from src.unet import UNet
 CONFIG_DIR = Path(__file__).parent / "configs" / "diffusion"
 UNET_KEYS = (
     "in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
-    "num_heads", "dropout", "use_scale_shift_norm", "resblock_updown", "conv_resample", "num_groups",
+    "num_heads", "dropout", "use_scale_shift_norm", "resblock_updown", "conv_resample", "num_groups", "norm_eps",
 )
 
 

@@ -26,6 +26,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
     return embedding
 
 
+# latent-diffusion (the paper's UNet) builds its normalisation layers with eps = 1e-6,
+# not nn.GroupNorm's default 1e-5; with the same weights the outputs differ.
+NORM_EPS = 1e-6
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters so that a residual branch starts as the identity."""
     for p in module.parameters():
@@ -35,14 +40,15 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float,
-                 use_scale_shift_norm: bool, num_groups: int, up: bool = False, down: bool = False):
+                 use_scale_shift_norm: bool, num_groups: int, norm_eps: float = NORM_EPS, up: bool = False,
+                 down: bool = False):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_norm = nn.GroupNorm(num_groups, channels)
+        self.in_norm = nn.GroupNorm(num_groups, channels, eps=norm_eps)
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.resample = Upsample(channels, False) if up else Downsample(channels, False) if down else nn.Identity()
         self.emb_proj = nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.out_norm = nn.GroupNorm(num_groups, out_channels)
+        self.out_norm = nn.GroupNorm(num_groups, out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -64,12 +70,12 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the spatial positions, via scaled_dot_product_attention."""
 
-    def __init__(self, channels: int, num_heads: int, num_groups: int):
+    def __init__(self, channels: int, num_heads: int, num_groups: int, norm_eps: float = NORM_EPS):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads}).")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(num_groups, channels)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 
@@ -136,6 +142,7 @@ class UNet(nn.Module):
         resblock_updown: bool = False,
         conv_resample: bool = True,
         num_groups: int = 32,
+        norm_eps: float = NORM_EPS,
     ):
         super().__init__()
         self.model_channels = model_channels
@@ -144,7 +151,8 @@ class UNet(nn.Module):
             nn.Linear(model_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
         )
         res = dict(emb_channels=emb_channels, dropout=dropout, use_scale_shift_norm=use_scale_shift_norm,
-                   num_groups=num_groups)
+                   num_groups=num_groups, norm_eps=norm_eps)
+        attn = dict(num_heads=num_heads, num_groups=num_groups, norm_eps=norm_eps)
 
         self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         skip_channels = [model_channels]
@@ -154,7 +162,7 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [ResBlock(ch, out_channels=mult * model_channels, **res)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads, num_groups))
+                    layers.append(AttentionBlock(ch, **attn))
                 self.input_blocks.append(TimestepSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -164,7 +172,7 @@ class UNet(nn.Module):
                 ds *= 2
 
         self.middle_block = TimestepSequential(
-            ResBlock(ch, out_channels=ch, **res), AttentionBlock(ch, num_heads, num_groups), ResBlock(ch, out_channels=ch, **res)
+            ResBlock(ch, out_channels=ch, **res), AttentionBlock(ch, **attn), ResBlock(ch, out_channels=ch, **res)
         )
 
         self.output_blocks = nn.ModuleList()
@@ -173,14 +181,14 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch + skip_channels.pop(), out_channels=mult * model_channels, **res)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads, num_groups))
+                    layers.append(AttentionBlock(ch, **attn))
                 if level and i == num_res_blocks:
                     layers.append(ResBlock(ch, out_channels=ch, up=True, **res) if resblock_updown else Upsample(ch, conv_resample))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(num_groups, ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
+            nn.GroupNorm(num_groups, ch, eps=norm_eps), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
         )
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

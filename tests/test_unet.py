@@ -107,3 +107,20 @@ def test_paper_unet_traces_as_one_graph():
         explained = torch._dynamo.explain(model)(torch.rand(2, 1, 28, 28), torch.full((2,), 5))
     torch._dynamo.reset()
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_group_norms_use_latent_diffusions_epsilon():
+    """The paper's UNet normalises with eps = 1e-6 (nn.GroupNorm's default is 1e-5)."""
+    model = build_unet(load_config(TINY_CONFIG)).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) > 5 and all(m.eps == 1e-6 for m in norms)
+    # The config can ask for another epsilon (norm_eps), and the value changes the output.
+    old = build_unet(load_config(TINY_CONFIG, ["ldm.params.unet_config.params.norm_eps=1e-5"])).eval()
+    old.load_state_dict(model.state_dict())
+    assert all(m.eps == 1e-5 for m in old.modules() if isinstance(m, torch.nn.GroupNorm))
+    torch.manual_seed(0)
+    for p in model.out[-1].parameters():
+        torch.nn.init.normal_(p)  # zero-initialised output layer would hide every difference
+    old.load_state_dict(model.state_dict())
+    x = 0.5 + 1e-3 * torch.randn(1, 1, 28, 28)  # nearly constant: the epsilon matters
+    assert not torch.allclose(model(x, torch.tensor([3])), old(x, torch.tensor([3])), atol=1e-6)
