@@ -80,3 +80,17 @@ def test_digits_are_28x28_handwritten_digits():
     # Bilinear upsampling of the 8x8 original: corners of a digit whose 8x8 corner is 0 stay 0.
     from sklearn.datasets import load_digits
     assert (load_digits().images[:, 0, 0] == 0).all() and (np.concatenate([train, test])[:, 0, 0] == 0).all()
+
+
+def test_celeba_is_resized_like_the_papers_code():
+    """The paper called img.resize((32, 32)): Pillow's default filter, bicubic (not bilinear)."""
+    from PIL import Image
+
+    from src.datasets_download import celeba_to_array
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8))  # CelebA's size
+    stored = celeba_to_array(photo)
+    assert stored.shape == (3, 32, 32) and stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, np.asarray(photo.resize((32, 32))).transpose(2, 0, 1))
+    np.testing.assert_array_equal(stored, np.asarray(photo.resize((32, 32), Image.BICUBIC)).transpose(2, 0, 1))
+    assert not np.array_equal(stored, np.asarray(photo.resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1))
