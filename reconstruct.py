@@ -71,6 +71,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="torchvision AlexNet weights file (alexnet-owt-7be5be79.pth); default: the torch hub cache.")
     parser.add_argument("--lpips_pad", type=non_negative_int, default=2,
                         help="Zero padding on each side for images under 32x32 before LPIPS (28 -> 32). Default 2.")
+    parser.add_argument("--clamp_for_lpips", action=argparse.BooleanOptionalAction, default=False,
+                        help="Clamp colour reconstructions to [0, 1] before LPIPS too. Default off, as the paper's "
+                             "code: MSE (and grayscale LPIPS) use the clamped reconstruction, colour LPIPS the "
+                             "unclamped one.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the start noise of each (image, t). Default 0.")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Autocast precision of the UNet.")
@@ -175,6 +179,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "model_file": str(model_file.resolve()), "model_file_bytes": model_stat.st_size,
         "model_file_mtime_ns": model_stat.st_mtime_ns, "num_inference_steps": args.num_inference_steps,
         "start_t": sampler.grid[start_indices].tolist(), "metrics": metrics, "lpips_pad": args.lpips_pad,
+        "clamp_for_lpips": bool(args.clamp_for_lpips),
         "seed": args.seed, "precision": precision, "is_grayscale": int(args.is_grayscale),
         "chunk_size": args.chunk_size,
     }
@@ -192,7 +197,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         def compute(start: int, stop: int):
             return measure_split(model_fn, schedule, sampler, image_set.images[start:stop],
                                  image_set.filenames[start:stop], name, start_indices, args.batch_size, args.seed,
-                                 device, lpips_metric, fused=args.fused, index_offset=start)
+                                 device, lpips_metric, fused=args.fused, index_offset=start,
+                                 clamp_for_lpips=args.clamp_for_lpips)
 
         store.run(len(image_set), args.chunk_size, compute)
         logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))

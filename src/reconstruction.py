@@ -152,8 +152,12 @@ def reconstruct_fused(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampl
 def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
-                  progress: bool = True, index_offset: int = 0) -> pd.DataFrame:
+                  progress: bool = True, index_offset: int = 0, clamp_for_lpips: bool = False) -> pd.DataFrame:
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
+
+    As the paper's code: MSE compares the input with the reconstruction clamped to [0, 1];
+    LPIPS does too for one-channel images, but scores colour images on the *unclamped*
+    reconstruction (``clamp_for_lpips`` clamps for colour LPIPS as well).
 
     ``images[i]`` is image ``index_offset + i`` of its split: that index seeds its noise and
     fills the ``image_index`` column. Returns one row per (image, start t).
@@ -166,12 +170,14 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
         x0 = images[first:first + batch_size].to(device)
         ids = list(range(index_offset + first, index_offset + first + len(x0)))
         noise = start_noise(x0.shape[1:], seed, ids, timesteps)
-        recon = reconstruct(model, schedule, sampler, x0, start_indices, noise).clamp(0, 1)  # (B, K, C, H, W)
-        inputs = x0[:, None].expand_as(recon).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
-        recon = recon.reshape(-1, *x0.shape[1:])
-        columns["mse"].append(mse_per_image(inputs, recon).cpu())
+        raw = reconstruct(model, schedule, sampler, x0, start_indices, noise)  # (B, K, C, H, W)
+        inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
+        raw = raw.reshape(-1, *x0.shape[1:])
+        clamped = raw.clamp(0, 1)
+        columns["mse"].append(mse_per_image(inputs, clamped).cpu())
         if lpips_metric is not None:
-            columns["perceptual_difference"].append(lpips_metric(inputs, recon).cpu())
+            clamp_lpips = clamp_for_lpips or x0.shape[1] == 1
+            columns["perceptual_difference"].append(lpips_metric(inputs, clamped if clamp_lpips else raw).cpu())
     n_images = len(images)
     mse = torch.cat(columns["mse"]).numpy()
     lpips_values = torch.cat(columns["perceptual_difference"]).numpy() if lpips_metric is not None else np.full(len(mse), np.nan)

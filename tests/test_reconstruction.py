@@ -156,3 +156,27 @@ def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatc
             torch.testing.assert_close(fused, reconstruct_fused(model, schedule, sampler, x0, starts, noise),
                                        atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("channels,clamp_for_lpips,lpips_sees_clamped", [
+    (1, False, True),   # grayscale: the paper clamps before LPIPS
+    (3, False, False),  # colour: the paper scores LPIPS on the unclamped reconstruction
+    (3, True, True),    # --clamp_for_lpips
+])
+def test_lpips_sees_the_clamped_reconstruction_only_where_the_paper_clamped(channels, clamp_for_lpips,
+                                                                            lpips_sees_clamped):
+    schedule = build_schedule(load_config(TINY_CONFIG))
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(10)
+    overshoot = lambda x, t: torch.full_like(x, -2.0)  # drives reconstructions far above 1
+    largest = lambda a, b: b.flatten(1).amax(1)  # an "LPIPS" that reports what it was given
+    images = torch.rand(2, channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    frame = measure_split(overshoot, schedule, sampler, images, ["a", "b"], "x", [9], 2, 0, torch.device("cpu"),
+                          lpips_metric=largest, progress=False, clamp_for_lpips=clamp_for_lpips)
+    assert (frame["perceptual_difference"] <= 1).all() == lpips_sees_clamped
+    assert (frame["perceptual_difference"] > 1.5).all() == (not lpips_sees_clamped)
+    # MSE always compares with the clamped reconstruction.
+    raw = reconstruct_fused(overshoot, schedule, sampler, images, [9], start_noise(images.shape[1:], 0, [0, 1], [901]))
+    assert raw.max() > 1.5
+    expected = ((images - raw[:, 0].clamp(0, 1)) ** 2).flatten(1).mean(1).numpy()
+    np.testing.assert_allclose(frame["mse"], expected, rtol=1e-5)
