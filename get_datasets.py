@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from src.cli import run_main, str2bool
-from src.data import DataError
-from src.datasets_download import DATASETS, prepare
+from src.dataset_names import DATASETS
+from src.errors import DataError
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -56,6 +56,8 @@ def parse_sources(entries: Sequence[str]) -> tuple[Path | None, dict[str, Path]]
 
 
 def main(args: argparse.Namespace) -> dict[str, list[Path]]:
+    from src.datasets_download import prepare
+
     shared, per_dataset = parse_sources(args.source_dir)
     n_idx = sum(name in ("MNIST", "FashionMNIST") for name in args.datasets)
     written = {}

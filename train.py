@@ -17,14 +17,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from omegaconf import OmegaConf
-
-from src.cli import binary_int, non_negative_int, pick_device, positive_int, run_main
-from src.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
-from src.data import load_split
-from src.files import write_text_atomic
-from src.training import PRECISIONS, TrainSettings, train
+from src.cli import (binary_int, decay_rate, device_name, non_negative_float, non_negative_int, pick_device,
+                     plain_name, positive_float, positive_int, run_main, seed_value)
+from src.precision import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -32,73 +27,128 @@ logger = logging.getLogger("ddpm_ood")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
-    parser.add_argument("--model_name", required=True, help="Run name; files go to OUTPUT_DIR/MODEL_NAME/.")
+    parser.add_argument("--model_name", required=True, type=plain_name,
+                        help="Run name, a plain name; files go to OUTPUT_DIR/MODEL_NAME/.")
     parser.add_argument("--training_ids", required=True, help="Split CSV of training images.")
     parser.add_argument("--validation_ids", required=True, help="Split CSV of validation images (model selection).")
     parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB. Default 1.")
     parser.add_argument("--config_diffusion_file", type=Path, default=None,
-                        help="Model/schedule YAML (default: src/configs/diffusion/diffusion_{grayscale,colour}.yaml).")
+                        help="Model/schedule YAML (default: src/configs/diffusion/diffusion_{grayscale,colour}.yaml). "
+                             "An existing run keeps its config: a different one is refused.")
     parser.add_argument("--n_epochs", type=positive_int, default=300, help="Epochs to train in total. Default 300.")
     parser.add_argument("--batch_size", type=positive_int, default=180, help="Images per step. Default 180.")
-    parser.add_argument("--lr", type=float, default=None, help="Learning rate (default: the config's ldm.base_lr).")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="Learning rate, above 0 (default: the config's ldm.base_lr).")
     parser.add_argument("--eval_freq", type=positive_int, default=10,
                         help="Validate (loss, samples, best model) every N epochs. Default 10.")
     parser.add_argument("--checkpoint_every", type=positive_int, default=1,
                         help="Write checkpoint.pth every N epochs. Default 1.")
     parser.add_argument("--checkpoint_every_steps", type=non_negative_int, default=0,
                         help="Also write checkpoint.pth every N optimizer steps inside an epoch (0: off, default).")
-    parser.add_argument("--num_workers", type=int, default=4,
+    parser.add_argument("--num_workers", type=non_negative_int, default=4,
                         help="Threads reading image files at start-up; the data then stays in memory. Default 4.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and noise. Default 0.")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=seed_value, default=0,
+                        help="Seed for initialisation, data order and noise (0 to 2**63 - 1). Default 0.")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: fp16 autocast + GradScaler on CUDA as the paper did, fp32 on CPU.")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile the UNet for training (pays off on GPUs).")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
                         help="Train in channels_last memory format (faster convolutions on some GPUs).")
-    parser.add_argument("--ema_decay", type=float, default=0.0,
-                        help="EMA of the weights used for validation and scoring; 0 (default, as the paper) is off.")
-    parser.add_argument("--num_sample_images", type=int, default=16,
+    parser.add_argument("--ema_decay", type=decay_rate, default=0.0,
+                        help="EMA decay in [0, 1) of the weights used for validation and scoring; 0 (default, as "
+                             "the paper) is off.")
+    parser.add_argument("--num_sample_images", type=non_negative_int, default=16,
                         help="Images sampled to TensorBoard at each validation; 0 disables. Default 16.")
     parser.add_argument("--sample_steps", type=positive_int, default=50, help="PLMS steps for those samples.")
-    parser.add_argument("--max_minutes", type=float, default=None,
-                        help="Stop after the epoch during which this many minutes have passed (time-boxed runs).")
-    parser.add_argument("--first_n", type=int, default=None, help="Use only the first N training images.")
+    parser.add_argument("--max_minutes", type=non_negative_float, default=None,
+                        help="Stop at the first training step after this many minutes, with a checkpoint at that "
+                             "step (re-run to continue). Default: no limit.")
+    parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Config overrides (OmegaConf dotlist).")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="Config overrides (OmegaConf dotlist), e.g. ldm.params.unet_config.params.model_channels=64; "
+                             "unknown keys and invalid values are refused.")
     return parser.parse_args(argv)
 
 
+def check_same_config(run_dir: Path, cfg) -> None:
+    """An existing run keeps its config: the model and schedule its checkpoints were trained with.
+
+    A run that has written no checkpoint or model file yet may take a new config. No key is
+    safe to change afterwards (every one shapes the model, the schedule or the default lr the
+    optimizer state was built with), so any difference is refused, naming the keys.
+    """
+    from omegaconf import OmegaConf
+
+    from src.checkpoint import MODEL_FILE_NAMES, PREVIOUS_CHECKPOINT
+    from src.config import config_differences, to_container
+    from src.errors import ConfigError
+
+    stored_file = run_dir / "config.yaml"
+    trained = any((run_dir / name).exists() for name in (*MODEL_FILE_NAMES, PREVIOUS_CHECKPOINT))
+    if not (stored_file.exists() and trained):
+        return
+    try:
+        stored = to_container(OmegaConf.load(stored_file))
+    except Exception as err:  # OmegaConf raises several types for a damaged YAML file
+        raise ConfigError(f"Cannot read {stored_file} ({err}); restore it or start a new run (--model_name).") from err
+    differences = config_differences(stored, to_container(cfg))
+    if differences:
+        raise ConfigError(
+            f"The run {run_dir} was trained with the config in {stored_file}; this command asks for another: "
+            f"{'; '.join(differences)}. A trained run's model and schedule cannot change: use the same "
+            "--config_diffusion_file and overrides to resume, or a new --model_name for a new run.")
+
+
 def main(args: argparse.Namespace) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from src.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
+    from src.data import check_image_shape, load_split
+    from src.files import write_text_atomic
+    from src.runlock import run_lock
+    from src.training import TrainSettings, train
+
     device = pick_device(args.device)
     run_dir = args.output_dir / args.model_name
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     logger.info("loading config...")
     cfg = load_config(args.config_diffusion_file or default_config_file(bool(args.is_grayscale)), args.overrides)
     check_channels(cfg, bool(args.is_grayscale), str(args.config_diffusion_file))
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
-    logger.info("loading data...")
-    train_set = load_split(args.training_ids, bool(args.is_grayscale), first_n=args.first_n, num_workers=args.num_workers)
-    val_set = load_split(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers)
+    with run_lock(run_dir, "train"):
+        check_same_config(run_dir, cfg)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
-    logger.info("creating model...")
-    torch.manual_seed(args.seed)  # the initial weights; a resumed run loads its own
-    model, schedule = build_unet(cfg), build_schedule(cfg)
-    logger.info("UNet with %.2fM parameters on %s", sum(p.numel() for p in model.parameters()) / 1e6, device)
+        logger.info("loading data...")
+        train_set = load_split(args.training_ids, bool(args.is_grayscale), first_n=args.first_n,
+                               num_workers=args.num_workers)
+        val_set = load_split(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers)
+        check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}",
+                          args.validation_ids)
 
-    logger.info("training...")
-    settings = TrainSettings(
-        n_epochs=args.n_epochs, batch_size=args.batch_size, lr=args.lr or float(cfg.ldm.base_lr),
-        eval_freq=args.eval_freq, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        ema_decay=args.ema_decay, precision=args.precision, num_sample_images=args.num_sample_images,
-        sample_steps=args.sample_steps, max_minutes=args.max_minutes, compile=args.compile,
-        channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
-    )
-    summary = train(model, schedule, train_set.images, val_set.images, settings, run_dir, to_container(cfg), device)
-    logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"], summary["best_val_loss"], run_dir)
+        logger.info("creating model...")
+        torch.manual_seed(args.seed)  # the initial weights; a resumed run loads its own
+        model, schedule = build_unet(cfg), build_schedule(cfg)
+        logger.info("UNet with %.2fM parameters on %s", sum(p.numel() for p in model.parameters()) / 1e6, device)
+
+        logger.info("training...")
+        settings = TrainSettings(
+            n_epochs=args.n_epochs, batch_size=args.batch_size,
+            lr=args.lr if args.lr is not None else float(cfg.ldm.base_lr),
+            eval_freq=args.eval_freq, checkpoint_every=args.checkpoint_every, seed=args.seed,
+            ema_decay=args.ema_decay, precision=args.precision, num_sample_images=args.num_sample_images,
+            sample_steps=args.sample_steps, max_minutes=args.max_minutes, compile=args.compile,
+            channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
+        )
+        summary = train(model, schedule, train_set.images, val_set.images, settings, run_dir, to_container(cfg),
+                        device)
+    logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"], summary["best_val_loss"],
+                run_dir)
     return summary
 
 

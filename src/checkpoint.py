@@ -4,10 +4,10 @@ Both are plain dicts of tensors and primitives, readable with ``torch.load(weigh
 and both carry the resolved config, so a model is rebuilt from its file alone (nanoGPT's habit).
 
 - model file (``best_model.pth``, ``final_model.pth``): ``{"kind": "model", "model",
-  "config", "epoch", "val_loss", "ema"}``; ``model`` holds the weights used for scoring (the
+  "config", "epoch", "val_loss", "ema", "image_shape"}``; ``model`` holds the weights used for scoring (the
   EMA weights when EMA is on).
 - training checkpoint (``checkpoint.pth``): ``{"kind": "checkpoint", "model", "optimizer",
-  "scaler", "ema_model", "epoch", "step", "best_val_loss", "config", "rng"}``.
+  "scaler", "ema_model", "epoch", "step", "best_val_loss", "config", "rng", "image_shape"}``.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from src.config import build_schedule, build_unet
 from src.diffusion import DDPMSchedule
+from src.errors import CheckpointError
 from src.files import save_torch_atomic
 from src.unet import UNet
 
@@ -28,14 +29,12 @@ PREVIOUS_CHECKPOINT = "checkpoint_prev.pth"
 MODEL_FILE_NAMES = ("best_model.pth", "final_model.pth", CHECKPOINT)
 
 
-class CheckpointError(ValueError):
-    """A model file that cannot be used; the message names it and says what to do."""
-
-
-def save_model_file(path: Path, model_state: dict, config: dict, epoch: int, val_loss: float | None, ema: bool) -> None:
+def save_model_file(path: Path, model_state: dict, config: dict, epoch: int, val_loss: float | None, ema: bool,
+                    image_shape: list[int] | None = None) -> None:
+    """``image_shape``: (C, H, W) of the training images; reconstruct.py refuses other sizes."""
     save_torch_atomic(path, {
         "kind": "model", "model": model_state, "config": config, "epoch": epoch,
-        "val_loss": val_loss, "ema": ema,
+        "val_loss": val_loss, "ema": ema, "image_shape": image_shape,
     })
 
 
@@ -59,8 +58,10 @@ def read_file(path: str | Path) -> dict:
 def find_model_file(model_dir: Path, eval_checkpoint: str | None) -> Path:
     """The file to score with: ``--eval_checkpoint`` if given, else the best, final or latest model."""
     if eval_checkpoint:
+        # A relative path means the run's folder, never the working directory (which may hold
+        # another run's file of the same name).
         path = Path(eval_checkpoint)
-        return path if path.is_absolute() or path.exists() else model_dir / path
+        return path if path.is_absolute() else model_dir / path
     for name in MODEL_FILE_NAMES:
         if (model_dir / name).exists():
             return model_dir / name

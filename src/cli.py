@@ -1,26 +1,28 @@
-"""Small helpers shared by the four scripts: logging, device choice, flag parsing, exit codes."""
+"""Small helpers shared by the four scripts: logging, device choice, flag parsing, exit codes.
+
+Imports nothing heavy: the scripts parse their flags (and answer ``--help``) before torch,
+pandas or scikit-learn are loaded.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
 from typing import Callable, Sequence
 
-import torch
+from src.errors import ConfigError, UserError
 
-from src.checkpoint import CheckpointError
-from src.config import ConfigError
-from src.data import DataError
-from src.datasets_download import DownloadError
-from src.files import WriteError
-from src.metrics import LPIPSUnavailable
-from src.scoring import ScoringError
-from src.training import NonFiniteLoss
-
-# Errors that mean "bad input": reported as one clear line, no traceback, exit status 2.
-USER_ERRORS = (DataError, ConfigError, CheckpointError, DownloadError, LPIPSUnavailable, ScoringError, NonFiniteLoss,
-               WriteError, PermissionError)
 logger = logging.getLogger("ddpm_ood")
+
+# Exit status for bad input: one clear line, no traceback. 130 is the shell's for Ctrl-C.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+# A run or set name becomes a folder or file name: letters, digits and . _ + -, starting with a
+# letter or digit (so never "", ".", ".." or a hidden name), and no path separator.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -43,36 +45,106 @@ def binary_int(value: str) -> int:
     return int(str2bool(value))
 
 
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value}")
+    return number
+
+
 def positive_int(value: str) -> int:
-    number = int(value)
+    number = _integer(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return number
 
 
 def non_negative_int(value: str) -> int:
-    number = int(value)
+    number = _integer(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return number
 
 
-def pick_device(name: str) -> torch.device:
+def positive_float(value: str) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = _number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return number
+
+
+def decay_rate(value: str) -> float:
+    """An EMA decay: 0 (off) up to, but not including, 1."""
+    number = _number(value)
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1) (0: off), got {value}")
+    return number
+
+
+def seed_value(value: str) -> int:
+    """A random seed: a non-negative integer below 2**63 (what every generator we seed accepts)."""
+    number = _integer(value)
+    if not 0 <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed between 0 and 2**63 - 1, got {value}")
+    return number
+
+
+def device_name(value: str) -> str:
+    if not DEVICE_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return value
+
+
+def plain_name(value: str) -> str:
+    """A run name: one plain folder name inside --output_dir, never a path."""
+    if not PLAIN_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a plain name: use letters, digits and . _ + - (starting with a letter or digit), "
+            "no path separators; the run's folder is always OUTPUT_DIR/MODEL_NAME")
+    return value
+
+
+def pick_device(name: str):
     """``auto``: CUDA when present, else CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for but CUDA is not available; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return device
 
 
 def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[[Sequence[str] | None], argparse.Namespace]) -> None:
-    """Entry point: parse, run, and turn input errors into one message and exit status 2."""
+    """Entry point: parse, run, and turn input errors into one message and exit status 2, and
+    Ctrl-C into one line and exit status 130."""
     args = parse_args(None)
     setup_logging(getattr(args, "verbose", False))
     try:
         main(args)
-    except USER_ERRORS as err:
+    except (UserError, PermissionError) as err:
         logger.error("%s", err)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)

@@ -25,14 +25,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from src.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 HEADER_NAMES = ("filename", "image", "path")
 FLIPS = ("vflip", "hflip")
-
-
-class DataError(ValueError):
-    """A problem with an input file; the message names the file and says what to do."""
 
 
 @dataclass(frozen=True)
@@ -213,3 +211,16 @@ def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_file
     images[i] = apply_flip(minmax_scale(image, f), spec.flip)
     return images
 
+
+
+def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Path) -> None:
+    """The images of a split must have the shape (C, H, W) that ``what`` (a model, the training
+    set) has; ``expected`` None means unknown (a model file from an older version): not checked."""
+    if expected is None:
+        return
+    shape = tuple(int(d) for d in image_set.images.shape[1:])
+    if shape != tuple(int(d) for d in expected):
+        raise DataError(
+            f"Images of {split} (e.g. {image_set.filenames[0]}) have shape {shape}, but {what} expects "
+            f"{tuple(int(d) for d in expected)}. Resize the images or use a model trained on this size."
+        )

@@ -26,18 +26,15 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from src.files import WriteError, save_csv_atomic
+from src.dataset_names import DATASETS
+from src.errors import DownloadError, WriteError
+from src.files import save_csv_atomic
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "SVHN", "CelebA", "Digits")
 IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 VAL_FRACTION = 0.05
 SPLIT_SEED = 42
-
-
-class DownloadError(RuntimeError):
-    """A dataset could be neither downloaded nor found on disk; the message says what to do."""
 
 
 # --- raw formats -------------------------------------------------------------------------

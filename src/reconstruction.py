@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
 from src.metrics import mse_per_image
-from src.training import autocast
+from src.precision import autocast
 from src.unet import compile_unet
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -152,7 +152,8 @@ def reconstruct_fused(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampl
 def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
-                  progress: bool = True, index_offset: int = 0, clamp_for_lpips: bool = False) -> pd.DataFrame:
+                  progress: bool | Callable[[int], object] = True, index_offset: int = 0,
+                  clamp_for_lpips: bool = False) -> pd.DataFrame:
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
 
     As the paper's code: MSE compares the input with the reconstruction clamped to [0, 1];
@@ -160,13 +161,17 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     reconstruction (``clamp_for_lpips`` clamps for colour LPIPS as well).
 
     ``images[i]`` is image ``index_offset + i`` of its split: that index seeds its noise and
-    fills the ``image_index`` column. Returns one row per (image, start t).
+    fills the ``image_index`` column. ``progress``: True for a progress bar of its own, or a
+    function called with the number of images each batch finished (the caller's bar). Returns
+    one row per (image, start t).
     """
     reconstruct = reconstruct_fused if fused else reconstruct_sequential
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     n_starts = len(timesteps)
     columns: dict[str, list] = {"mse": [], "perceptual_difference": []}
-    for first in tqdm(range(0, len(images), batch_size), desc=f"reconstructing {split_type}", disable=not progress):
+    bar = tqdm(total=len(images), desc=f"reconstructing {split_type}", unit="img", leave=False) if progress is True else None
+    advance = bar.update if bar is not None else progress if callable(progress) else lambda n: None
+    for first in range(0, len(images), batch_size):
         x0 = images[first:first + batch_size].to(device)
         ids = list(range(index_offset + first, index_offset + first + len(x0)))
         noise = start_noise(x0.shape[1:], seed, ids, timesteps)
@@ -178,6 +183,9 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
         if lpips_metric is not None:
             clamp_lpips = clamp_for_lpips or x0.shape[1] == 1
             columns["perceptual_difference"].append(lpips_metric(inputs, clamped if clamp_lpips else raw).cpu())
+        advance(len(x0))
+    if bar is not None:
+        bar.close()
     n_images = len(images)
     mse = torch.cat(columns["mse"]).numpy()
     lpips_values = torch.cat(columns["perceptual_difference"]).numpy() if lpips_metric is not None else np.full(len(mse), np.nan)

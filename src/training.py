@@ -7,7 +7,6 @@ exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -25,13 +24,12 @@ from tqdm import tqdm
 
 from src.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
+from src.errors import NonFiniteLoss
 from src.files import remove_stale_temporaries, save_torch_atomic
+from src.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (PRECISIONS re-exported)
 from src.unet import compile_unet
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 @dataclass
 class TrainSettings:
@@ -55,26 +53,6 @@ class TrainSettings:
 MAX_DEVICE_DATA_BYTES = 8 * 2**30
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp16 autocast with a GradScaler on CUDA (as the paper's code), fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def train_batch(images: torch.Tensor, order: torch.Tensor, index: int, batch_size: int, device: torch.device,
                 memory_format=torch.contiguous_format) -> torch.Tensor:
     """Batch ``index`` of an epoch: (B, C, H, W) on ``device`` (a slice of in-memory data).
@@ -96,7 +74,7 @@ def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_s
     """Mean L2 loss over the validation set with fixed timesteps and noise, comparable across epochs."""
     generator = torch.Generator().manual_seed(1234)
     total, count = 0.0, 0
-    for start in range(0, len(images), batch_size):
+    for start in tqdm(range(0, len(images), batch_size), desc="validation", unit="batch", leave=False):
         x0 = images[start:start + batch_size].to(device)
         t = torch.randint(0, schedule.num_timesteps, (len(x0),), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
@@ -114,7 +92,7 @@ def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, se
     sampler.set_timesteps(n_steps)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     history: list[torch.Tensor] = []
-    for t in sampler.trajectory(len(sampler.grid) - 1):
+    for t in tqdm(sampler.trajectory(len(sampler.grid) - 1), desc="sampling", unit="step", leave=False):
         eps = model(x, torch.full((shape[0],), t, device=device))
         x, history = sampler.step(eps, t, x, history, model)
     return x.clamp(0, 1)
@@ -251,7 +229,6 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
         if start_batch:  # inside an epoch: continue with the order that epoch was using
             resumed_order = state["data_order"]
         best_val, resumed_loss_sum = state["best_val_loss"], state.get("epoch_loss_sum", 0.0)
-        logger.info("Resuming at epoch %d, batch %d (step %d).", start_epoch + 1, start_batch, step)
     else:
         torch.manual_seed(settings.seed)
 
@@ -262,21 +239,56 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
             "ema_model": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_loss_sum": loss_sum,
             "data_order": order.cpu(), "best_val_loss": best_val, "config": config, "rng": rng_state(),
+            "image_shape": [int(d) for d in train_images.shape[1:]],
         }
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step)
+    image_shape = [int(d) for d in train_images.shape[1:]]
     scoring_model = ema if ema is not None else model
+
+    def save_final(epochs_done: int, val_loss: float | None) -> None:
+        save_model_file(run_dir / "final_model.pth", scoring_model.state_dict(), config, epochs_done, val_loss,
+                        ema is not None, image_shape)
+
+    if state is not None and start_epoch >= settings.n_epochs:
+        logger.info("The run in %s is already complete (%d of --n_epochs=%d epochs); nothing to train. Raise "
+                    "--n_epochs to train further.", run_dir, start_epoch, settings.n_epochs)
+        if not (run_dir / "final_model.pth").exists():  # killed between the last checkpoint and this file
+            save_final(start_epoch, None)
+        return {"epochs": start_epoch, "steps": step, "best_val_loss": best_val, "already_complete": True}
+    if state is not None:
+        logger.info("Resuming at epoch %d, batch %d (step %d).", start_epoch + 1, start_batch, step)
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step)
     started = time.monotonic()
-    epoch = start_epoch
+    out_of_time = lambda: settings.max_minutes is not None and (time.monotonic() - started) / 60 >= settings.max_minutes
     val_loss = None
+
+    def evaluate(epochs_done: int) -> None:
+        """Validation loss, samples to TensorBoard, and best_model.pth when the loss improves."""
+        nonlocal best_val, val_loss
+        scoring_model.eval()
+        val_loss = validation_loss(scoring_model, schedule, val_images, settings.batch_size, device, precision)
+        writer.add_scalar("val/loss", val_loss, step)
+        logger.info("epoch %d: validation loss %.5f (best %.5f)", epochs_done, val_loss, best_val)
+        if settings.num_sample_images:
+            shape = (settings.num_sample_images, *train_images.shape[1:])
+            samples = sample_images(scoring_model, schedule, shape, settings.sample_steps, device, settings.seed)
+            writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), step)
+        if val_loss < best_val:
+            best_val = val_loss
+            save_model_file(run_dir / "best_model.pth", scoring_model.state_dict(), config, epochs_done, val_loss,
+                            ema is not None, image_shape)
+
+    completed = start_epoch
     for epoch in range(start_epoch, settings.n_epochs):
         model.train()
         resuming = epoch == start_epoch and resumed_order is not None
         order = (resumed_order if resuming else epoch_order(n_train, settings.seed, epoch)).to(train_images.device)
         first = start_batch if epoch == start_epoch else 0
         loss_sum = torch.tensor(resumed_loss_sum if epoch == start_epoch else 0.0, device=device)
+        stopped_at = None  # the batch to continue from, when --max_minutes ends the run inside this epoch
         for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",
-                      initial=first, total=steps_per_epoch, leave=False):
+                      initial=first, total=steps_per_epoch, leave=False, unit="step"):
             x0 = train_batch(train_images, order, i, settings.batch_size, device, memory_format)
             try:
                 loss = train_step(net, model, schedule, optimizer, scaler, x0, precision)
@@ -290,35 +302,34 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
                 update_ema(ema, model, settings.ema_decay, step)
             loss_sum += loss.detach()
             step += 1
+            if i + 1 < steps_per_epoch and out_of_time():
+                stopped_at = i + 1
+                break
             if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 \
                     and i + 1 < steps_per_epoch:
                 save_checkpoint(run_dir, checkpoint_state(epoch, i + 1, loss_sum.item(), order))
+        if stopped_at is not None:
+            # Out of time inside the epoch: checkpoint this exact position, so a re-run goes on from here.
+            save_checkpoint(run_dir, checkpoint_state(epoch, stopped_at, loss_sum.item(), order))
+            evaluate(epoch)
+            logger.info("Stopping at epoch %d, batch %d of %d: --max_minutes=%s reached. Re-run the same command "
+                        "to continue.", epoch + 1, stopped_at, steps_per_epoch, settings.max_minutes)
+            break
         train_loss = loss_sum.item() / steps_per_epoch
         writer.add_scalar("train/loss", train_loss, step)
         writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         logger.info("epoch %d/%d: train loss %.5f", epoch + 1, settings.n_epochs, train_loss)
+        completed = epoch + 1
 
-        last_epoch = epoch + 1 == settings.n_epochs
-        out_of_time = settings.max_minutes is not None and (time.monotonic() - started) / 60 >= settings.max_minutes
-        if (epoch + 1) % settings.eval_freq == 0 or last_epoch or out_of_time:
-            scoring_model.eval()
-            val_loss = validation_loss(scoring_model, schedule, val_images, settings.batch_size, device, precision)
-            writer.add_scalar("val/loss", val_loss, step)
-            logger.info("epoch %d: validation loss %.5f (best %.5f)", epoch + 1, val_loss, best_val)
-            if settings.num_sample_images:
-                shape = (settings.num_sample_images, *train_images.shape[1:])
-                samples = sample_images(scoring_model, schedule, shape, settings.sample_steps, device, settings.seed)
-                writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), step)
-            if val_loss < best_val:
-                best_val = val_loss
-                save_model_file(run_dir / "best_model.pth", scoring_model.state_dict(), config, epoch + 1, val_loss,
-                                ema is not None)
-        if (epoch + 1) % settings.checkpoint_every == 0 or last_epoch or out_of_time:
-            save_checkpoint(run_dir, checkpoint_state(epoch + 1, 0, 0.0, order))
-        if out_of_time and not last_epoch:
-            logger.info("Stopping after epoch %d: --max_minutes=%s reached.", epoch + 1, settings.max_minutes)
+        last_epoch = completed == settings.n_epochs
+        time_up = out_of_time()
+        if completed % settings.eval_freq == 0 or last_epoch or time_up:
+            evaluate(completed)
+        if completed % settings.checkpoint_every == 0 or last_epoch or time_up:
+            save_checkpoint(run_dir, checkpoint_state(completed, 0, 0.0, order))
+        if time_up and not last_epoch:
+            logger.info("Stopping after epoch %d: --max_minutes=%s reached.", completed, settings.max_minutes)
             break
     writer.close()
-    completed = epoch + 1 if settings.n_epochs > start_epoch else start_epoch
-    save_model_file(run_dir / "final_model.pth", scoring_model.state_dict(), config, completed, val_loss, ema is not None)
+    save_final(completed, val_loss)
     return {"epochs": completed, "steps": step, "best_val_loss": best_val}
