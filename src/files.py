@@ -17,9 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src.errors import WriteError
 
-class WriteError(RuntimeError):
-    """An output could not be written (permissions, full disk); any earlier version is untouched."""
+# Our temporaries are ``.ddpm_ood.<name>.<random>.tmp``: the prefix marks them as ours, so a
+# clean-up after a killed run never deletes another program's ``*.tmp`` files.
+TEMP_PREFIX = ".ddpm_ood."
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -31,7 +40,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp creates the file 0600; give it the mode a normally created file gets.
+        os.fchmod(fd, 0o666 & ~_umask())
     except OSError as err:
         raise WriteError(
             f"Cannot write {path}: {err.strerror or err}. Check that {path.parent} is writable, or choose "
@@ -55,12 +66,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporary files (``.<name>.<random>.tmp``) that a killed writer left in ``folder``.
+    """Delete our temporary files (``.ddpm_ood.<name>.<random>.tmp``) that a killed writer left
+    in ``folder``; files of any other name are never touched.
 
-    Call only where no other process is writing into the same folder.
+    Call only where no other process of ours is writing into the same folder (the run lock).
     """
     removed = 0
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in Path(folder).glob(f"{TEMP_PREFIX}*.tmp"):
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
