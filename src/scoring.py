@@ -9,18 +9,49 @@ sum of its metrics' z-scores.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from src.errors import ScoringError
+
 RESULT_COLUMNS = ("filename", "type", "t", "mse", "perceptual_difference")
 METRIC_COLUMNS = {"mse": "mse", "lpips": "perceptual_difference"}
+# Settings that every results file scored together must share (the rest, such as the split
+# and the number of images, differ by design). Each results file has its settings manifest.
+SHARED_SETTINGS = {
+    "model_file": "model file", "model_file_bytes": "model file size", "model_file_mtime_ns": "model file time",
+    "num_inference_steps": "steps", "start_t": "start points", "metrics": "metrics", "lpips_pad": "LPIPS padding",
+    "clamp_for_lpips": "LPIPS clamp", "seed": "seed", "precision": "precision", "is_grayscale": "channels",
+}
 
 
-class ScoringError(ValueError):
-    """Results that cannot be scored; the message names the file and what is wrong."""
+def settings_file(results_path: Path) -> Path:
+    """``results_<set>.csv`` -> ``results_<set>.settings.json`` (written by reconstruct.py)."""
+    return results_path.with_name(f"{results_path.stem}.settings.json")
+
+
+def read_settings(results_path: Path) -> dict | None:
+    """The settings manifest of a results file, or None if it has none (not written by reconstruct.py)."""
+    path = settings_file(results_path)
+    if not path.exists():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ScoringError(f"Cannot read {path} ({err}); re-run reconstruct.py with --restart for that set.") from err
+    if not isinstance(settings, dict):
+        raise ScoringError(f"{path} is not a settings manifest; re-run reconstruct.py with --restart for that set.")
+    return settings
+
+
+def settings_mismatch(reference: dict, other: dict) -> list[str]:
+    """Which shared settings differ between two manifests, each as 'name (a vs b)'."""
+    return [f"{label} ({reference.get(key)!r} vs {other.get(key)!r})" for key, label in SHARED_SETTINGS.items()
+            if reference.get(key) != other.get(key)]
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -34,7 +65,57 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ScoringError(f"Results file {path} lacks column(s) {missing}; it was not written by reconstruct.py.")
     if frame.empty:
         raise ScoringError(f"Results file {path} has no rows. Re-run reconstruct.py for it.")
+    check_rows(frame, path)
     return frame
+
+
+def _show(value) -> str:
+    """A value as a person reads it: 2, nan, 'abc' (not np.int64(2))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _line(frame: pd.DataFrame, position: int) -> str:
+    """The CSV line of a row (the header is line 1)."""
+    return f"line {int(frame.index[position]) + 2}"
+
+
+def check_rows(frame: pd.DataFrame, path: Path) -> None:
+    """Every value a number, every metric finite (LPIPS may be empty throughout: an MSE-only
+    run), and exactly one row per (image, t) for every t the file holds."""
+    redo = "Re-run reconstruct.py with --restart for this set."
+    for column in ("t", *METRIC_COLUMNS.values()):
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        text = values.isna() & raw.notna()
+        if text.any():
+            at = int(np.argmax(text.to_numpy()))
+            raise ScoringError(f"{path} {_line(frame, at)}: {column} = {_show(raw.iloc[at])} is not a number. {redo}")
+        if column == "perceptual_difference" and values.isna().all():
+            frame[column] = values
+            continue  # an MSE-only run
+        bad = ~np.isfinite(values.to_numpy(dtype=float))
+        if bad.any():
+            at = int(np.argmax(bad))
+            raise ScoringError(f"{path} {_line(frame, at)}: {column} = {_show(raw.iloc[at])} is not a finite number. {redo}")
+        frame[column] = values
+    if (frame["t"] != frame["t"].round()).any():
+        at = int(np.argmax((frame["t"] != frame["t"].round()).to_numpy()))
+        raise ScoringError(f"{path} {_line(frame, at)}: t = {_show(frame['t'].iloc[at])} is not an integer. {redo}")
+    frame["t"] = frame["t"].astype(np.int64)
+    key = "image_index" if "image_index" in frame.columns else "filename"
+    duplicated = frame.duplicated([key, "t"], keep="first").to_numpy()
+    if duplicated.any():
+        at = int(np.argmax(duplicated))
+        raise ScoringError(f"{path} {_line(frame, at)}: a second row for {key} {_show(frame[key].iloc[at])} and "
+                           f"t = {frame['t'].iloc[at]}. {redo}")
+    all_t = set(frame["t"].unique())
+    counts = frame.groupby(key, sort=False)["t"].size()
+    short = counts[counts < len(all_t)]
+    if len(short):
+        image = short.index[0]
+        missing = sorted(int(t) for t in all_t - set(frame.loc[frame[key] == image, "t"]))
+        raise ScoringError(f"{path}: {key} {_show(image)} has no row for t = {missing} (the file's other images "
+                           f"have them). {redo}")
 
 
 def available_metrics(frame: pd.DataFrame) -> list[str]:
@@ -50,11 +131,18 @@ def select_t(frame: pd.DataFrame, max_t: int | None = None, t_skip: int = 1) -> 
     return frame[frame["t"].isin(kept)]
 
 
-def fit_validation_stats(val: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def fit_validation_stats(val: pd.DataFrame, metrics: list[str], source: str = "The validation results") -> pd.DataFrame:
     """Per-t mean and std (ddof = 1) of each metric on the validation set; index t."""
-    stats = val.groupby("t")[[METRIC_COLUMNS[m] for m in metrics]].agg(["mean", "std"])
     if (val.groupby("t").size() < 2).any():
-        raise ScoringError("The validation results need at least two images per t for a standard deviation.")
+        raise ScoringError(f"{source}: at least two images per t are needed for a standard deviation.")
+    stats = val.groupby("t")[[METRIC_COLUMNS[m] for m in metrics]].agg(["mean", "std"])
+    for metric in metrics:
+        std = stats[(METRIC_COLUMNS[metric], "std")]
+        flat = std[~(std > 0)]
+        if len(flat):
+            raise ScoringError(
+                f"{source}: {METRIC_COLUMNS[metric]} has standard deviation {_show(flat.iloc[0])} at t = {int(flat.index[0])} "
+                "over the validation images, so it cannot be z-scored. Use more (and different) validation images.")
     return stats
 
 
