@@ -19,26 +19,21 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from src.checkpoint import find_model_file, load_model
-from src.cli import binary_int, non_negative_int, pick_device, positive_int, run_main
-from src.config import check_channels, load_config, to_container
-from src.data import DataError, load_split, resolve_split
-from src.diffusion import PLMSSampler
-from src.results_store import ResultsStore
-from src.metrics import LPIPSMetric
-from src.reconstruction import default_model_batch, in_chunks, measure_split, unet_caller
-from src.training import PRECISIONS, resolve_precision
+from src.cli import (PLAIN_NAME, binary_int, device_name, non_negative_int, pick_device, plain_name, positive_int,
+                     run_main, seed_value)
+from src.errors import DataError
+from src.precision import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
 METRICS = ("mse", "lpips")
+RESERVED_SETS = ("val", "in")  # results_val.csv and results_in.csv: never an OOD set's name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
-    parser.add_argument("--model_name", required=True, help="Run name (OUTPUT_DIR/MODEL_NAME/ holds the model).")
+    parser.add_argument("--model_name", required=True, type=plain_name,
+                        help="Run name, a plain name (OUTPUT_DIR/MODEL_NAME/ holds the model).")
     parser.add_argument("--validation_ids", help="Split CSV of in-distribution validation images (z-score fit).")
     parser.add_argument("--in_ids", help="Split CSV of in-distribution test images.")
     parser.add_argument("--out_ids", default="",
@@ -63,7 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first_n_val", type=non_negative_int, default=None, help="Only the first N validation images.")
     parser.add_argument("--first_n", type=non_negative_int, default=None, help="Only the first N images of in/OOD sets.")
     parser.add_argument("--eval_checkpoint", default=None,
-                        help="Model file to use (default: MODEL_NAME/best_model.pth, else final_model.pth, else checkpoint.pth).")
+                        help="Model file to use: an absolute path, or a path relative to the run's folder "
+                             "OUTPUT_DIR/MODEL_NAME/ (never the working directory). Default: best_model.pth, else "
+                             "final_model.pth, else checkpoint.pth.")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images per batch (each run from every start).")
     parser.add_argument("--metrics", default="mse,lpips",
                         help="Comma-separated metrics: mse, lpips. 'mse' alone skips LPIPS (no AlexNet weights needed).")
@@ -75,8 +72,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Clamp colour reconstructions to [0, 1] before LPIPS too. Default off, as the paper's "
                              "code: MSE (and grayscale LPIPS) use the clamped reconstruction, colour LPIPS the "
                              "unclamped one.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the start noise of each (image, t). Default 0.")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=seed_value, default=0, help="Seed of the start noise of each (image, t). Default 0.")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Autocast precision of the UNet.")
     parser.add_argument("--max_model_batch", type=non_negative_int, default=None,
                         help="Split each UNet call into chunks of at most this many images; 0: never. Default: "
@@ -87,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Run the UNet in channels_last memory format (faster convolutions on some GPUs).")
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="Advance all start points of a batch together (default); --no-fused runs them one by one.")
-    parser.add_argument("--num_workers", type=int, default=4, help="Threads reading image files. Default 4.")
+    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="Threads reading image files. Default 4.")
     parser.add_argument("--chunk_size", type=positive_int, default=512,
                         help="Images per committed chunk: a killed run re-run with the same command redoes at "
                              "most one chunk per set. Default 512.")
@@ -116,10 +113,14 @@ def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
         if not path:
             raise DataError(f"--{'validation' if name == 'val' else name}_ids is required when that set is run "
                             f"(or pass --run_{name}=0).")
+        from src.data import resolve_split
+
         resolve_split(path)  # fails now, naming the file, rather than after hours of work
     if args.run_out:
         # resolve_split checks each OOD file (or its base, for _vflip/_hflip) as it names the set.
-        sets += [(resolve_split(p).name, p, args.first_n) for p in args.out_ids.split(",") if p.strip()]
+        for path in (p.strip() for p in args.out_ids.split(",")):
+            if path:
+                sets.append((ood_set_name(path), path, args.first_n))
     names = [name for name, _, _ in sets]
     clashes = {n for n in names if names.count(n) > 1}
     if clashes:
@@ -127,8 +128,26 @@ def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
     return sets
 
 
+def ood_set_name(path: str) -> str:
+    """The results name of an OOD split CSV (``MNIST_test.csv`` -> ``MNIST``), checked: it names
+    files and a folder, so it must be a plain name, and not one of the reserved ``val``/``in``."""
+    from src.data import resolve_split
+
+    name = resolve_split(path).name
+    if not PLAIN_NAME.fullmatch(name) or name in RESERVED_SETS:
+        raise DataError(
+            f"--out_ids {path}: its results name would be {name!r}, which "
+            + (f"is reserved for the {'validation' if name == 'val' else 'in-distribution'} results"
+               if name in RESERVED_SETS else "is not a plain name (letters, digits, . _ + -, starting with a "
+               "letter or digit)")
+            + ". Rename or copy the split CSV (the set is named after the file, without '_test').")
+    return name
+
+
 def warn_if_config_differs(config_file: Path, stored: dict, model_file: Path) -> None:
     """The checkpoint's config wins; say so when the config given on the command line disagrees."""
+    from src.config import load_config, to_container
+
     given = to_container(load_config(config_file)).get("ldm", {}).get("params", {})
     stored_params = stored.get("ldm", {}).get("params", {})
     differing = sorted(k for k in set(given) | set(stored_params) if given.get(k) != stored_params.get(k))
@@ -138,6 +157,19 @@ def warn_if_config_differs(config_file: Path, stored: dict, model_file: Path) ->
 
 
 def main(args: argparse.Namespace) -> dict[str, Path]:
+    import numpy as np
+    from tqdm import tqdm
+
+    from src.checkpoint import find_model_file, load_model
+    from src.config import check_channels
+    from src.data import check_image_shape, load_split
+    from src.diffusion import PLMSSampler
+    from src.metrics import LPIPSMetric
+    from src.precision import resolve_precision
+    from src.reconstruction import default_model_batch, in_chunks, measure_split, unet_caller
+    from src.results_store import ResultsStore
+    from src.runlock import run_lock
+
     device = pick_device(args.device)
     metrics = parse_metrics(args.metrics)
     sets = planned_sets(args)
@@ -184,24 +216,30 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "chunk_size": args.chunk_size,
     }
     written = {}
-    for name, path, first_n in sets:
-        image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers)
-        settings = {**common, "split": str(Path(path).resolve()), "first_n": first_n, "n_images": len(image_set),
-                    "files_digest": hashlib.sha256("\n".join(image_set.filenames).encode()).hexdigest()}
-        store = ResultsStore(out_dir, name, settings, restart=args.restart)
-        written[name] = store.final
-        if store.is_complete():
-            logger.info("%s is complete for these settings; skipping", store.final)
-            continue
-
-        def compute(start: int, stop: int):
-            return measure_split(model_fn, schedule, sampler, image_set.images[start:stop],
-                                 image_set.filenames[start:stop], name, start_indices, args.batch_size, args.seed,
-                                 device, lpips_metric, fused=args.fused, index_offset=start,
-                                 clamp_for_lpips=args.clamp_for_lpips)
-
-        store.run(len(image_set), args.chunk_size, compute)
-        logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
+    with run_lock(out_dir, "reconstruct"):
+        for name, path, first_n in sets:
+            image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers)
+            check_image_shape(image_set, info.get("image_shape"), f"the model {model_file}", path)
+            settings = {**common, "split": str(Path(path).resolve()), "first_n": first_n, "n_images": len(image_set),
+                        "files_digest": hashlib.sha256("\n".join(image_set.filenames).encode()).hexdigest()}
+            store = ResultsStore(out_dir, name, settings, restart=args.restart)
+            written[name] = store.final
+            if store.is_complete():
+                logger.info("%s is complete for these settings; skipping", store.final)
+                continue
+            store.prepare()
+            pending = store.pending(len(image_set), args.chunk_size)
+            remaining = sum(stop - start for _, start, stop in pending)
+            # One bar per set, across its chunks; a resumed set starts at the images already done.
+            with tqdm(total=len(image_set), initial=len(image_set) - remaining, unit="img",
+                      desc=f"reconstructing {name}", dynamic_ncols=True) as bar:
+                for k, start, stop in pending:
+                    store.commit(k, measure_split(
+                        model_fn, schedule, sampler, image_set.images[start:stop], image_set.filenames[start:stop],
+                        name, start_indices, args.batch_size, args.seed, device, lpips_metric, fused=args.fused,
+                        progress=bar.update, index_offset=start, clamp_for_lpips=args.clamp_for_lpips))
+            store.finalise(len(image_set), args.chunk_size)
+            logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
     return written
 
 

@@ -18,14 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from src.errors import LPIPSUnavailable
+
 logger = logging.getLogger(__name__)
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_URL = f"https://download.pytorch.org/models/{ALEXNET_FILE}"
-
-
-class LPIPSUnavailable(RuntimeError):
-    """The AlexNet backbone weights could not be found or downloaded."""
 
 
 def mse_per_image(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -49,9 +47,9 @@ def find_alexnet_weights(weights_path: str | os.PathLike | None = None, allow_do
         return cached
     if allow_download:
         try:
-            torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=True, map_location="cpu")
+            download_weights(ALEXNET_URL, cached)
             return cached
-        except Exception as err:  # URLError, HTTPError, socket errors, ...: all mean "not here"
+        except OSError as err:  # URLError, HTTPError, socket errors, ...: all mean "not here"
             logger.debug("AlexNet download failed: %s", err)
     raise LPIPSUnavailable(
         f"LPIPS needs torchvision's AlexNet weights ({ALEXNET_FILE}), which are neither in the torch "
@@ -59,6 +57,32 @@ def find_alexnet_weights(weights_path: str | os.PathLike | None = None, allow_do
         f"internet access and put it at {cached} (or pass --lpips_weights PATH), or score with MSE only "
         "by passing --metrics mse."
     )
+
+
+def download_weights(url: str, destination: Path, timeout: float = 60.0) -> None:
+    """Download ``url`` to ``destination`` atomically, checking the SHA-256 prefix that
+    torchvision puts in its file names (``alexnet-owt-<8 hex digits>.pth``).
+
+    Nothing is logged until the server has answered: offline, the caller's error is the only
+    message (no "Downloading ..." line for a download that never starts).
+    """
+    import hashlib
+    import re
+    import urllib.request
+
+    from src.files import atomic_path
+
+    expected = re.search(r"-([0-9a-f]{8,})\.", url.rsplit("/", 1)[-1])
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        logger.info("Downloading %s to %s", url, destination)
+        digest = hashlib.sha256()
+        with atomic_path(destination) as tmp, open(tmp, "wb") as out:
+            while block := response.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+            if expected and not digest.hexdigest().startswith(expected.group(1)):
+                raise LPIPSUnavailable(f"The file downloaded from {url} is damaged (SHA-256 {digest.hexdigest()[:8]}..., "
+                                       f"expected {expected.group(1)}...); it was not saved. Try again.")
 
 
 def _load_alexnet_features(lpips_model: torch.nn.Module, weights_path: Path) -> None:

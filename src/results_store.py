@@ -18,7 +18,8 @@ from typing import Callable
 
 import pandas as pd
 
-from src.data import DataError
+from src.cli import PLAIN_NAME
+from src.errors import DataError
 from src.files import remove_stale_temporaries, save_csv_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 class ResultsStore:
     def __init__(self, out_dir: Path, name: str, settings: dict, restart: bool = False):
+        if not PLAIN_NAME.fullmatch(name):  # the name becomes a file and a folder name
+            raise DataError(f"Results set name {name!r} is not a plain name (letters, digits, . _ + -).")
         self.final = out_dir / f"results_{name}.csv"
         self.settings_file = out_dir / f"results_{name}.settings.json"
         self.partial = out_dir / ".partial" / name
@@ -45,8 +48,16 @@ class ResultsStore:
             return False
         raise DataError(self._mismatch(self.final, stored))
 
-    def run(self, n_images: int, chunk_size: int, compute: Callable[[int, int], pd.DataFrame]) -> Path:
-        """Compute chunks [start, stop) not already on disk, then write the results file."""
+    @staticmethod
+    def chunks(n_images: int, chunk_size: int) -> list[tuple[int, int, int]]:
+        """(chunk number, first image, stop) of every chunk."""
+        return [(k, start, min(start + chunk_size, n_images)) for k, start in enumerate(range(0, n_images, chunk_size))]
+
+    def chunk_file(self, k: int) -> Path:
+        return self.partial / f"chunk_{k:05d}.csv"
+
+    def prepare(self) -> None:
+        """Clear what a killed run left half-written, and check (or start) the partial results."""
         manifest = self.partial / "settings.json"
         for folder in (self.final.parent, self.partial):
             if folder.exists():
@@ -60,19 +71,29 @@ class ResultsStore:
         if not self.partial.exists():
             self.partial.mkdir(parents=True)
             write_text_atomic(manifest, json.dumps(self.settings, indent=1, sort_keys=True))
-        chunks = []
-        for k, start in enumerate(range(0, n_images, chunk_size)):
-            chunk = self.partial / f"chunk_{k:05d}.csv"
-            if chunk.exists():
-                logger.info("%s: chunk %d already done", self.final.name, k)
-            else:
-                save_csv_atomic(chunk, compute(start, min(start + chunk_size, n_images)))
-            chunks.append(chunk)
-        frame = pd.concat([pd.read_csv(c) for c in chunks], ignore_index=True)
+
+    def pending(self, n_images: int, chunk_size: int) -> list[tuple[int, int, int]]:
+        """The chunks not yet on disk."""
+        return [c for c in self.chunks(n_images, chunk_size) if not self.chunk_file(c[0]).exists()]
+
+    def commit(self, k: int, frame: pd.DataFrame) -> None:
+        save_csv_atomic(self.chunk_file(k), frame)
+
+    def finalise(self, n_images: int, chunk_size: int) -> Path:
+        """Join the chunks into the results file (with its settings manifest) and remove them."""
+        frame = pd.concat([pd.read_csv(self.chunk_file(k)) for k, _, _ in self.chunks(n_images, chunk_size)],
+                          ignore_index=True)
         write_text_atomic(self.settings_file, json.dumps(self.settings, indent=1, sort_keys=True))
         save_csv_atomic(self.final, frame)
         shutil.rmtree(self.partial)
         return self.final
+
+    def run(self, n_images: int, chunk_size: int, compute: Callable[[int, int], pd.DataFrame]) -> Path:
+        """Compute chunks [start, stop) not already on disk, then write the results file."""
+        self.prepare()
+        for k, start, stop in self.pending(n_images, chunk_size):
+            self.commit(k, compute(start, stop))
+        return self.finalise(n_images, chunk_size)
 
     @staticmethod
     def _read_settings(path: Path) -> dict | None:
