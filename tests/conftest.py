@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic data sets, the tiny model config, a random AlexNet file."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,7 +72,28 @@ def no_alexnet(tmp_path: Path, monkeypatch) -> None:
     """An empty torch hub cache and a download that fails, as on an offline machine."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
 
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable (test)")
+    import urllib.error
+    import urllib.request
 
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError("network is unreachable (test)"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+
+
+# The settings manifest reconstruct.py writes beside each results file (shared keys only).
+RESULTS_SETTINGS = {
+    "model_file": "/runs/m/best_model.pth", "model_file_bytes": 1000, "model_file_mtime_ns": 1, "num_inference_steps": 10,
+    "start_t": [1, 11], "metrics": ["mse"], "lpips_pad": 2, "clamp_for_lpips": False, "seed": 0, "precision": "fp32",
+    "is_grayscale": 1,
+}
+
+
+def write_results(ood_dir: Path, name: str, frame: pd.DataFrame, **settings) -> Path:
+    """A results file as reconstruct.py leaves it: the CSV and its settings manifest."""
+    ood_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(ood_dir / f"results_{name}.csv", index=False)
+    manifest = {**RESULTS_SETTINGS, **settings, "split": f"{name}.csv", "n_images": int(frame["image_index"].nunique())}
+    (ood_dir / f"results_{name}.settings.json").write_text(json.dumps(manifest))
+    return ood_dir / f"results_{name}.csv"

@@ -13,7 +13,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import ROOT, TINY_CONFIG, write_split
+from conftest import ROOT, TINY_CONFIG, write_results, write_split
 from src.checkpoint import CheckpointError, load_model
 from src.data import DataError, load_split
 from src.files import WriteError, save_csv_atomic, save_torch_atomic
@@ -87,9 +87,9 @@ def results(t_values, n=3, drop=None):
 ])
 def test_bad_results_files(tmp_path, ood_frame, match):
     ood = tmp_path / "m" / "ood"
-    ood.mkdir(parents=True)
-    results([1, 11]).to_csv(ood / "results_val.csv", index=False)
-    results([1, 11]).to_csv(ood / "results_in.csv", index=False)
+    write_results(ood, "val", results([1, 11]))
+    write_results(ood, "in", results([1, 11]))
+    write_results(ood, "Bad", results([1, 11]))
     ood_frame.to_csv(ood / "results_Bad.csv", index=False)
     with pytest.raises(ScoringError, match=match):
         ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m"]))
@@ -124,9 +124,8 @@ def test_disk_full_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 def test_write_errors_exit_2_from_a_script(tmp_path):
     ood = tmp_path / "m" / "ood"
-    ood.mkdir(parents=True)
     for name in ("val", "in", "X"):
-        results([1, 11]).to_csv(ood / f"results_{name}.csv", index=False)
+        write_results(ood, name, results([1, 11]))
     (ood / "summary_auroc.csv").mkdir()  # a folder where the summary must go: os.replace fails
     result = run_script("ood_detection.py", f"--output_dir={tmp_path}", "--model_name=m")
     assert result.returncode == 2 and "summary_auroc.csv" in result.stderr and "Traceback" not in result.stderr

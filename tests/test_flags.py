@@ -24,8 +24,13 @@ def weights(state):
 def test_first_n_batch_size_and_max_minutes(tmp_path, synthetic_splits):
     summary, _ = run(tmp_path, synthetic_splits, "a", "--first_n=16")
     assert summary["steps"] == 3 * 2  # 16 images in batches of 8, three epochs
-    summary, _ = run(tmp_path, synthetic_splits, "b", "--max_minutes=0")
-    assert summary["epochs"] == 1  # stops after the first epoch
+    summary, state = run(tmp_path, synthetic_splits, "b", "--max_minutes=0")
+    # Out of time: stops at the first step, not the end of the epoch, with a checkpoint there.
+    assert summary["steps"] == 1 and summary["epochs"] == 0
+    assert state["epoch"] == 0 and state["batch_in_epoch"] == 1 and state["step"] == 1
+    assert (tmp_path / "b" / "best_model.pth").is_file() and (tmp_path / "b" / "final_model.pth").is_file()
+    summary, state = run(tmp_path, synthetic_splits, "b", "--max_minutes=0")  # a re-run goes on from there
+    assert summary["steps"] == 2 and state["batch_in_epoch"] == 2
 
 
 def test_lr_seed_and_checkpoint_every(tmp_path, synthetic_splits):

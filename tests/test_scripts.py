@@ -145,7 +145,9 @@ def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synth
                                       f"--eval_checkpoint={out / 'blobs' / 'best_model.pth'}"))
     clean = (tmp_path / "clean" / "blobs" / "ood" / "results_val.csv").read_bytes()
 
-    real = reconstruct.measure_split
+    import src.reconstruction
+
+    real = src.reconstruction.measure_split
     calls = {"n": 0}
 
     def dies_on_third_chunk(*args, **kwargs):
@@ -154,7 +156,7 @@ def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synth
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reconstruct, "measure_split", dies_on_third_chunk)
+    monkeypatch.setattr(src.reconstruction, "measure_split", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         reconstruct.main(reconstruct_args(out, synthetic_splits, *extra))
     partial = out / "blobs" / "ood" / ".partial" / "val"
