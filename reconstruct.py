@@ -14,6 +14,7 @@ results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD CSV's stem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -88,10 +89,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk_size", type=positive_int, default=512,
                         help="Images per committed chunk: a killed run re-run with the same command redoes at "
                              "most one chunk per set. Default 512.")
+    parser.add_argument("--shard", type=shard_spec, default=None, metavar="K/N",
+                        help="Do only chunks k with k %% N == K (K = 0..N-1), for N independent jobs (e.g. a Slurm "
+                             "job array) sharing one run folder; the last job to finish joins the results (or re-run "
+                             "without --shard). Results are byte-identical to one process. Under torchrun the "
+                             "ranks share the chunks the same way without this flag.")
     parser.add_argument("--restart", action=argparse.BooleanOptionalAction, default=False,
                         help="Discard results (finished or partial) made with other settings instead of stopping.")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     return parser.parse_args(argv)
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 0 <= K < N."""
+    index, sep, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = -1
+    if not sep or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+    return index, count
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -126,6 +144,21 @@ def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
     if clashes:
         raise DataError(f"Two sets would write the same results file: {sorted(clashes)}. Rename one split CSV.")
     return sets
+
+
+def finalise_shared(store, n_images: int, chunk_size: int, out_dir: Path) -> None:
+    """With independent --shard jobs: whichever finds every chunk on disk joins them, one at a
+    time (the others find the set complete and leave it)."""
+    from src.runlock import run_lock
+
+    if not store.all_done(n_images, chunk_size):
+        left = len(store.pending(n_images, chunk_size))
+        logger.info("%s: %d chunk(s) left to other shards; the last shard to finish joins them (or re-run "
+                    "without --shard).", store.final.name, left)
+        return
+    with run_lock(out_dir, "finalise", wait=True):
+        if store.partial.exists() and store.all_done(n_images, chunk_size):
+            store.finalise(n_images, chunk_size)
 
 
 def ood_set_name(path: str) -> str:
@@ -170,9 +203,15 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from src.results_store import ResultsStore
     from src.runlock import run_lock
 
-    device = pick_device(args.device)
+    from src.distributed import init_distributed, launched_by_torchrun, shutdown
+
     metrics = parse_metrics(args.metrics)
     sets = planned_sets(args)
+    if args.shard is not None and (launched_by_torchrun() or args.restart):
+        raise DataError("--shard is for independent jobs: use it without torchrun (whose ranks share the chunks "
+                        "by themselves) and without --restart (which could discard another shard's work; run "
+                        "one --restart without --shard first).")
+    dist, device = init_distributed(pick_device(args.device))
     run_dir = args.output_dir / args.model_name
     out_dir = run_dir / "ood"
 
@@ -216,30 +255,49 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "chunk_size": args.chunk_size,
     }
     written = {}
-    with run_lock(out_dir, "reconstruct"):
+    # Who does which chunks: chunk k goes to worker k % n_workers (torchrun ranks, or --shard jobs).
+    worker, n_workers = (dist.rank, dist.world_size) if dist.active else args.shard or (0, 1)
+    alone = args.shard is None  # no writer outside this process (group) touches the run
+    lock = run_lock(out_dir, "reconstruct", shared=not alone) if dist.is_main else contextlib.nullcontext()
+    with lock:
+        dist.barrier()  # the other ranks start once rank 0 holds the run
         for name, path, first_n in sets:
-            image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers)
+            image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers,
+                                   progress=dist.is_main)
             check_image_shape(image_set, info.get("image_shape"), f"the model {model_file}", path)
             settings = {**common, "split": str(Path(path).resolve()), "first_n": first_n, "n_images": len(image_set),
                         "files_digest": hashlib.sha256("\n".join(image_set.filenames).encode()).hexdigest()}
             store = ResultsStore(out_dir, name, settings, restart=args.restart)
             written[name] = store.final
-            if store.is_complete():
-                logger.info("%s is complete for these settings; skipping", store.final)
+            complete = store.is_complete() if dist.is_main else None
+            if dist.broadcast_object(complete):
+                if dist.is_main:
+                    logger.info("%s is complete for these settings; skipping", store.final)
                 continue
-            store.prepare()
-            pending = store.pending(len(image_set), args.chunk_size)
-            remaining = sum(stop - start for _, start, stop in pending)
-            # One bar per set, across its chunks; a resumed set starts at the images already done.
-            with tqdm(total=len(image_set), initial=len(image_set) - remaining, unit="img",
-                      desc=f"reconstructing {name}", dynamic_ncols=True) as bar:
-                for k, start, stop in pending:
+            if dist.is_main:
+                store.prepare(alone=alone)
+            dist.barrier()
+            if not dist.is_main:
+                store.prepare(alone=False)  # reads the manifest rank 0 has just checked
+            mine = [c for c in store.pending(len(image_set), args.chunk_size) if c[0] % n_workers == worker]
+            # One bar per set, across its chunks (this process's share of them).
+            with tqdm(total=sum(stop - start for _, start, stop in mine), unit="img", desc=f"reconstructing {name}",
+                      dynamic_ncols=True, disable=not dist.is_main) as bar:
+                for k, start, stop in mine:
                     store.commit(k, measure_split(
                         model_fn, schedule, sampler, image_set.images[start:stop], image_set.filenames[start:stop],
                         name, start_indices, args.batch_size, args.seed, device, lpips_metric, fused=args.fused,
                         progress=bar.update, index_offset=start, clamp_for_lpips=args.clamp_for_lpips))
-            store.finalise(len(image_set), args.chunk_size)
-            logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
+            dist.barrier()  # every rank's chunks are on disk
+            if dist.active and not dist.is_main:
+                continue
+            if alone:
+                store.finalise(len(image_set), args.chunk_size)
+            else:
+                finalise_shared(store, len(image_set), args.chunk_size, out_dir)
+            if store.final.exists():
+                logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
+    shutdown(dist)
     return written
 
 

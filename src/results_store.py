@@ -56,21 +56,37 @@ class ResultsStore:
     def chunk_file(self, k: int) -> Path:
         return self.partial / f"chunk_{k:05d}.csv"
 
-    def prepare(self) -> None:
-        """Clear what a killed run left half-written, and check (or start) the partial results."""
+    def prepare(self, alone: bool = True) -> None:
+        """Check (or start) the partial results of this set.
+
+        ``alone``: no other writer can be at work on this folder (one process, or rank 0 before
+        the others start), so temporaries a killed run left are deleted and ``--restart`` may
+        discard partial results. Several independent writers (``--shard``) may call this at
+        once: each writes the same manifest atomically, and nothing is deleted.
+        """
         manifest = self.partial / "settings.json"
-        for folder in (self.final.parent, self.partial):
-            if folder.exists():
-                remove_stale_temporaries(folder)  # left by a run that was killed mid-write
+        if alone:
+            for folder in (self.final.parent, self.partial):
+                if folder.exists():
+                    remove_stale_temporaries(folder)  # left by a run that was killed mid-write
         if self.partial.exists():
             stored = self._read_settings(manifest)
+            if stored is None and not alone:
+                stored = self._start_partial(manifest)  # another shard has just created the folder
             if stored != self.settings:
-                if not self.restart:
+                if not (self.restart and alone):
                     raise DataError(self._mismatch(self.partial, stored))
                 shutil.rmtree(self.partial)
         if not self.partial.exists():
-            self.partial.mkdir(parents=True)
-            write_text_atomic(manifest, json.dumps(self.settings, indent=1, sort_keys=True))
+            self._start_partial(manifest)
+
+    def _start_partial(self, manifest: Path) -> dict:
+        self.partial.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(manifest, json.dumps(self.settings, indent=1, sort_keys=True))
+        return self.settings
+
+    def all_done(self, n_images: int, chunk_size: int) -> bool:
+        return not self.pending(n_images, chunk_size)
 
     def pending(self, n_images: int, chunk_size: int) -> list[tuple[int, int, int]]:
         """The chunks not yet on disk."""

@@ -19,8 +19,12 @@ from src.errors import RunLocked, WriteError
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path, what: str) -> Iterator[Path]:
-    """Hold ``folder/.<what>.lock`` for the duration of the block, or raise RunLocked."""
+def run_lock(folder: Path, what: str, shared: bool = False, wait: bool = False) -> Iterator[Path]:
+    """Hold ``folder/.<what>.lock`` for the duration of the block, or raise RunLocked.
+
+    ``shared``: several holders at once (independent ``--shard`` jobs), but never together
+    with an exclusive holder. ``wait``: block until the lock is free instead of raising.
+    """
     path = Path(folder) / f".{what}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +34,7 @@ def run_lock(folder: Path, what: str) -> Iterator[Path]:
                          f"{path.parent} is writable.") from err
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
@@ -39,8 +43,9 @@ def run_lock(folder: Path, what: str) -> Iterator[Path]:
                 f"{path.parent} is in use by another {what} process (pid {holder}). Wait for it to finish or "
                 f"stop it, then re-run; two processes writing one run would overwrite each other's files."
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode().ljust(12), 0)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
