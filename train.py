@@ -13,6 +13,7 @@ tensorboard/. Extra ``key=value`` arguments override the config, e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -109,25 +110,32 @@ def main(args: argparse.Namespace) -> dict:
 
     from src.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
     from src.data import check_image_shape, load_split
+    from src.errors import ConfigError
     from src.files import write_text_atomic
+    from src.distributed import init_distributed, shutdown
     from src.runlock import run_lock
     from src.training import TrainSettings, train
 
-    device = pick_device(args.device)
     run_dir = args.output_dir / args.model_name
-
     logger.info("loading config...")
     cfg = load_config(args.config_diffusion_file or default_config_file(bool(args.is_grayscale)), args.overrides)
     check_channels(cfg, bool(args.is_grayscale), str(args.config_diffusion_file))
+    dist, device = init_distributed(pick_device(args.device))
+    if args.batch_size < dist.world_size:
+        raise ConfigError(f"--batch_size {args.batch_size} is the global batch; it must be at least the number of "
+                          f"processes ({dist.world_size}).")
 
-    with run_lock(run_dir, "train"):
+    # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
+    with run_lock(run_dir, "train") if dist.is_main else contextlib.nullcontext():
         check_same_config(run_dir, cfg)
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        if dist.is_main:
+            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
         logger.info("loading data...")
         train_set = load_split(args.training_ids, bool(args.is_grayscale), first_n=args.first_n,
-                               num_workers=args.num_workers)
-        val_set = load_split(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers)
+                               num_workers=args.num_workers, progress=dist.is_main)
+        val_set = load_split(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers,
+                             progress=dist.is_main)
         check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}",
                           args.validation_ids)
 
@@ -144,11 +152,14 @@ def main(args: argparse.Namespace) -> dict:
             ema_decay=args.ema_decay, precision=args.precision, num_sample_images=args.num_sample_images,
             sample_steps=args.sample_steps, max_minutes=args.max_minutes, compile=args.compile,
             channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
+            lr_given=args.lr is not None,
         )
         summary = train(model, schedule, train_set.images, val_set.images, settings, run_dir, to_container(cfg),
-                        device)
-    logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"], summary["best_val_loss"],
-                run_dir)
+                        device, dist)
+    shutdown(dist)
+    if dist.is_main:
+        logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],
+                    summary["best_val_loss"], run_dir)
     return summary
 
 

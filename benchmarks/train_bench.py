@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import achieved, count_flops, sync  # noqa: E402
 from src.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
-from src.training import MAX_DEVICE_DATA_BYTES, epoch_order, train_batch, train_step  # noqa: E402
+from src.training import MAX_DEVICE_DATA_BYTES, epoch_order, step_noise, train_batch, train_step  # noqa: E402
 from src.unet import compile_unet  # noqa: E402
 
 SETTINGS = {
@@ -73,7 +73,8 @@ def main(args):
         x0 = train_batch(images, order, step % n_batches, batch, device, memory_format)
         sync(device)
         fetched = time.perf_counter()
-        train_step(net, model, schedule, optimizer, scaler, x0, args.precision)
+        t, noise = step_noise(0, step, len(x0), x0.shape[1:], schedule.num_timesteps, device)
+        train_step(net, model, schedule, optimizer, scaler, x0, t, noise, args.precision)
         sync(device)
         if step >= 3:
             data_time += fetched - start

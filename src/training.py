@@ -1,9 +1,18 @@
-"""The DDPM training loop: Adam on the simple L2 loss, periodic validation, checkpoints.
+"""The DDPM training loop: Adam on the simple L2 loss, periodic validation, checkpoints; on one
+process or, under torchrun, on several with DistributedDataParallel.
 
-Everything a resumed run needs is in ``checkpoint.pth``: the data order of epoch e is a
-permutation drawn from a generator seeded by (seed, e), and a checkpoint written inside an
-epoch also carries that epoch's order and the batch to continue from, so a resumed run sees
-exactly the batches an uninterrupted run would.
+The pieces, after improved-diffusion's ``TrainLoop``: :class:`TrainLoop` owns the training
+state (model, optimizer, GradScaler, EMA, position) and restores it from / writes it to a
+checkpoint; :meth:`TrainLoop.run_step` is one optimisation step; :meth:`TrainLoop.run_loop`
+the epochs; :meth:`TrainLoop.evaluate` validation and model selection.
+
+Reproducible whatever the number of processes: the data order of epoch e is a permutation
+seeded by (seed, e); every global batch of ``batch_size`` images is split into one contiguous
+slice per rank; the timesteps and noise of step s are drawn for the whole batch from a
+generator seeded by (seed, s), and each rank takes its slice. Each rank's loss is weighted by
+its share of the batch, so the gradient DDP averages is the gradient of the whole batch's
+mean loss, as in one process. A checkpoint holds the global position (epoch, batch, step), so
+a run resumes at any world size.
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +34,8 @@ from tqdm import tqdm
 
 from src.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
-from src.errors import NonFiniteLoss
+from src.distributed import Dist
+from src.errors import ConfigError, NonFiniteLoss
 from src.files import remove_stale_temporaries, save_torch_atomic
 from src.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (PRECISIONS re-exported)
 from src.unet import compile_unet
@@ -34,7 +45,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TrainSettings:
     n_epochs: int
-    batch_size: int
+    batch_size: int  # the global batch: split over the ranks under torchrun
     lr: float
     eval_freq: int = 10
     checkpoint_every: int = 1
@@ -43,10 +54,17 @@ class TrainSettings:
     precision: str = "auto"
     num_sample_images: int = 16
     sample_steps: int = 50
-    max_minutes: float | None = None  # stop (after a checkpoint) once this much time has passed
+    max_minutes: float | None = None  # stop (with a checkpoint) at the first step after this much time
     compile: bool = False
     channels_last: bool = False
     checkpoint_every_steps: int = 0  # also checkpoint inside an epoch every N steps; 0: epoch ends only
+    lr_given: bool = True  # False: lr is the config's default, and a resumed run keeps its own
+
+
+# Saved with every checkpoint. A resumed run must keep these (a different batch size moves the
+# position within the epoch; seed, precision and EMA decay would make the run a mix of two);
+# the learning rate may change (applied from the resumed step on), and so may the world size.
+FIXED_SETTINGS = ("batch_size", "seed", "precision", "ema_decay")
 
 
 # Training sets up to this size are copied to the GPU once, so batches never wait on the host.
@@ -70,18 +88,24 @@ def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_size: int, device, precision: str) -> float:
-    """Mean L2 loss over the validation set with fixed timesteps and noise, comparable across epochs."""
+def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_size: int, device, precision: str,
+                    dist: Dist = Dist()) -> float:
+    """Mean L2 loss over the validation set with fixed timesteps and noise, comparable across
+    epochs. Under torchrun each rank takes every world_size-th batch and the sums are reduced."""
     generator = torch.Generator().manual_seed(1234)
-    total, count = 0.0, 0
-    for start in tqdm(range(0, len(images), batch_size), desc="validation", unit="batch", leave=False):
-        x0 = images[start:start + batch_size].to(device)
-        t = torch.randint(0, schedule.num_timesteps, (len(x0),), generator=generator).to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss x images, images)
+    batches = range(0, len(images), batch_size)
+    for k, start in enumerate(tqdm(batches, desc="validation", unit="batch", leave=False, disable=not dist.is_main)):
+        x0 = images[start:start + batch_size]
+        # Every rank draws every batch's numbers, so each batch gets the same ones on any world size.
+        t = torch.randint(0, schedule.num_timesteps, (len(x0),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        if k % dist.world_size != dist.rank:
+            continue
         with autocast(precision, device):
-            loss = schedule.training_loss(model, x0, t, noise)
-        total += loss.item() * len(x0)
-        count += len(x0)
+            loss = schedule.training_loss(model, x0.to(device), t.to(device), noise.to(device))
+        sums += torch.stack([loss.detach().double() * len(x0), torch.tensor(float(len(x0)), device=device).double()])
+    total, count = dist.all_reduce_sum(sums).tolist()
     return total / count
 
 
@@ -153,38 +177,65 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     save_torch_atomic(path, state)
 
 
-def check_finite(loss: torch.Tensor, parameters, check_grads: bool) -> None:
+def step_seed(seed: int, step: int) -> int:
+    """The generator seed of training step ``step`` (well mixed by numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def step_noise(seed: int, step: int, n_images: int, image_shape, num_timesteps: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (N,) and noise (N, C, H, W) of one step, for the whole global batch, drawn on
+    ``device`` from a generator seeded by (seed, step): every rank draws the same values."""
+    generator = torch.Generator(device=device).manual_seed(step_seed(seed, step))
+    t = torch.randint(0, num_timesteps, (n_images,), generator=generator, device=device)
+    noise = torch.randn((n_images, *image_shape), generator=generator, device=device)
+    return t, noise
+
+
+def check_finite(loss: torch.Tensor, parameters, check_grads: bool, dist: Dist = Dist(),
+                 flag: float = 0.0) -> float:
     """Raise NonFiniteLoss if the loss (or, unless a GradScaler handles them, a gradient) is not
-    finite. One host synchronisation: the loss and the gradients' total norm are summed on the
-    device (NaN and inf carry through a sum) and read once; only a failure looks closer."""
+    finite on any rank. One host synchronisation per step: the loss and the gradients' total
+    norm are summed on the device (NaN and inf carry through a sum), summed over the ranks with
+    ``flag`` (any rank's vote, e.g. out of time) and read once. Returns the summed flags."""
     total = loss.detach().float()
     if check_grads:
         grads = [p.grad for p in parameters if p.grad is not None]
         total = total + torch.nn.utils.get_total_norm(grads, foreach=True).float()
-    if not torch.isfinite(total).item():
+    both = dist.all_reduce_sum(torch.stack([total, torch.full((), flag, device=total.device)]))  # a fill, no copy
+    total_value, flags = both.tolist()
+    if not math.isfinite(total_value):
         what = "loss" if not torch.isfinite(loss).item() else "gradient"
-        raise NonFiniteLoss(f"Non-finite {what}")
+        raise NonFiniteLoss(f"Non-finite {what}{'' if dist.world_size == 1 else ' on some rank'}")
+    return flags
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # this rank's weighted loss, on the device
+    flags: float  # the ranks' summed flags (e.g. how many are out of time)
 
 
 def train_step(net, model: torch.nn.Module, schedule: DDPMSchedule, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, x0: torch.Tensor, precision: str) -> torch.Tensor:
-    """One optimisation step on a batch: the L2 loss at uniform t, backward, the finite check, Adam.
+               scaler: torch.amp.GradScaler, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, precision: str,
+               weight: float = 1.0, dist: Dist = Dist(), flag: float = 0.0) -> StepResult:
+    """One optimisation step: the L2 loss of (x0, t, noise) times ``weight``, backward, the
+    finite check, Adam.
 
-    ``net`` computes the forward pass (``model`` itself or its compiled form); ``model`` owns the
-    parameters. Returns the loss (on the device). On a non-finite loss or gradient nothing is
-    updated and NonFiniteLoss is raised.
+    ``net`` computes the forward pass (``model`` itself, its compiled form or its DDP wrapper);
+    ``model`` owns the parameters. ``weight`` is this rank's share of the global batch times
+    the world size (1 on one process), so that DDP's average of the ranks' gradients is the
+    gradient of the whole batch's mean loss. On a non-finite loss or gradient nothing is
+    updated and NonFiniteLoss is raised (on every rank).
     """
-    t = torch.randint(0, schedule.num_timesteps, (len(x0),), device=x0.device)
-    noise = torch.randn_like(x0)
     with autocast(precision, x0.device):
-        loss = schedule.training_loss(net, x0, t, noise)
+        loss = schedule.training_loss(net, x0, t, noise) * weight
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     # With fp16 the GradScaler skips steps with inf/NaN gradients by design.
-    check_finite(loss, model.parameters(), check_grads=not scaler.is_enabled())
+    flags = check_finite(loss, model.parameters(), not scaler.is_enabled(), dist, flag)
     scaler.step(optimizer)
     scaler.update()
-    return loss
+    return StepResult(loss, flags)
 
 
 @torch.no_grad()
@@ -198,138 +249,239 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay_t)
 
 
-def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
-          settings: TrainSettings, run_dir: Path, config: dict, device: torch.device) -> dict:
-    """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
-    precision = resolve_precision(settings.precision, device)
-    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    net = compile_unet(model) if settings.compile else model  # shares model's parameters
-    if device.type == "cuda" and train_images.numel() * train_images.element_size() <= MAX_DEVICE_DATA_BYTES:
-        train_images = train_images.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ema = copy.deepcopy(model).requires_grad_(False) if settings.ema_decay > 0 else None
-    n_train = len(train_images)
-    steps_per_epoch = math.ceil(n_train / settings.batch_size)
+class TrainLoop:
+    """The training state of one run and the loop that advances it (one per process)."""
 
-    start_epoch, start_batch, step, best_val, resumed_loss_sum = 0, 0, 0, math.inf, 0.0
-    resumed_order = None
-    remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
-    state = load_resume_state(run_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema_model") is not None:
-            ema.load_state_dict(state["ema_model"])
-        set_rng_state(state["rng"])
-        start_epoch, start_batch, step = state["epoch"], state.get("batch_in_epoch", 0), state["step"]
-        if start_batch:  # inside an epoch: continue with the order that epoch was using
-            resumed_order = state["data_order"]
-        best_val, resumed_loss_sum = state["best_val_loss"], state.get("epoch_loss_sum", 0.0)
-    else:
-        torch.manual_seed(settings.seed)
+    def __init__(self, model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor,
+                 val_images: torch.Tensor, settings: TrainSettings, run_dir: Path, config: dict, device: torch.device,
+                 dist: Dist = Dist()):
+        self.settings, self.schedule, self.run_dir, self.config, self.device, self.dist = (
+            settings, schedule, run_dir, config, device, dist)
+        self.precision = resolve_precision(settings.precision, device)
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.memory_format)
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
 
-    def checkpoint_state(epoch: int, batch_in_epoch: int, loss_sum: float, order: torch.Tensor) -> dict:
+            net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        else:
+            net = self.model
+        self.net = compile_unet(net) if settings.compile else net  # shares model's parameters
+        if device.type == "cuda" and train_images.numel() * train_images.element_size() <= MAX_DEVICE_DATA_BYTES:
+            train_images = train_images.to(device)
+        self.train_images, self.val_images = train_images, val_images
+        self.image_shape = [int(d) for d in train_images.shape[1:]]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.ema: torch.nn.Module | None = None
+        self.steps_per_epoch = math.ceil(len(train_images) / settings.batch_size)
+        # The position: epoch and batch to continue from, optimizer steps taken.
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_val, self.val_loss = math.inf, None
+        self.resumed_loss_sum, self.resumed_order = 0.0, None
+        self.writer = None
+        self.started = time.monotonic()
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def scoring_model(self) -> torch.nn.Module:
+        return self.ema if self.ema is not None else self.model
+
+    def run_settings(self) -> dict:
+        return {"batch_size": self.settings.batch_size, "lr": self.optimizer.param_groups[0]["lr"],
+                "seed": self.settings.seed, "precision": self.precision, "ema_decay": self.settings.ema_decay,
+                "world_size": self.dist.world_size}
+
+    def restore(self, state: dict | None) -> None:
+        """Continue from a checkpoint (or start afresh with ``None``); makes the EMA copy after
+        the model's weights are loaded."""
+        if state is None:
+            torch.manual_seed(self.settings.seed)
+        else:
+            self.check_resume_settings(state.get("settings"))
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.epoch, self.batch_in_epoch, self.step = state["epoch"], state.get("batch_in_epoch", 0), state["step"]
+            if self.batch_in_epoch:  # inside an epoch: continue with the order that epoch was using
+                self.resumed_order = state["data_order"]
+            self.best_val = state["best_val_loss"]
+            self.resumed_loss_sum = state.get("epoch_loss_sum", 0.0) if self.dist.is_main else 0.0
+            if self.settings.lr_given and self.optimizer.param_groups[0]["lr"] != self.settings.lr:
+                logger.info("Learning rate %g -> %g (--lr) from step %d on.", self.optimizer.param_groups[0]["lr"],
+                            self.settings.lr, self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.settings.lr
+        if self.settings.ema_decay > 0:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+            if state is not None and state.get("ema_model") is not None:
+                self.ema.load_state_dict(state["ema_model"])
+
+    def check_resume_settings(self, stored: dict | None) -> None:
+        if stored is None:
+            return  # a checkpoint from an older version
+        current = self.run_settings()
+        changed = [f"{key} {stored[key]!r} -> {current[key]!r}" for key in FIXED_SETTINGS
+                   if key in stored and stored[key] != current[key]]
+        if changed:
+            raise ConfigError(
+                f"The run in {self.run_dir} was trained with other settings: {'; '.join(changed)}. Resume with the "
+                "same --batch_size, --seed, --precision and --ema_decay (the learning rate and the number of "
+                "processes may change), or start a new --model_name.")
+        if stored.get("world_size", 1) != self.dist.world_size:
+            logger.info("Resuming a run trained on %d process(es) on %d: the data position is global, so it "
+                        "goes on where it stopped.", stored.get("world_size", 1), self.dist.world_size)
+
+    def checkpoint_state(self, epoch: int, batch_in_epoch: int, loss_sum: float, order: torch.Tensor) -> dict:
         return {
-            "kind": "checkpoint", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "ema_model": ema.state_dict() if ema is not None else None,
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_loss_sum": loss_sum,
-            "data_order": order.cpu(), "best_val_loss": best_val, "config": config, "rng": rng_state(),
-            "image_shape": [int(d) for d in train_images.shape[1:]],
+            "kind": "checkpoint", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "ema_model": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": self.step, "epoch_loss_sum": loss_sum,
+            "data_order": order.cpu(), "best_val_loss": self.best_val, "config": self.config, "rng": rng_state(),
+            "image_shape": self.image_shape, "settings": self.run_settings(),
         }
 
-    image_shape = [int(d) for d in train_images.shape[1:]]
-    scoring_model = ema if ema is not None else model
+    def save(self, epoch: int, batch_in_epoch: int, loss_sum: torch.Tensor, order: torch.Tensor) -> None:
+        """checkpoint.pth at this position; the epoch's loss sum is reduced over the ranks (a
+        collective: every rank calls this at the same steps), and rank 0 writes."""
+        total = self.dist.all_reduce_sum(loss_sum.detach().clone()).item()
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, self.checkpoint_state(epoch, batch_in_epoch, total, order))
 
-    def save_final(epochs_done: int, val_loss: float | None) -> None:
-        save_model_file(run_dir / "final_model.pth", scoring_model.state_dict(), config, epochs_done, val_loss,
-                        ema is not None, image_shape)
+    def save_model(self, name: str, epochs_done: int) -> None:
+        if self.dist.is_main:
+            save_model_file(self.run_dir / name, self.scoring_model.state_dict(), self.config, epochs_done,
+                            self.val_loss, self.ema is not None, self.image_shape)
 
-    if state is not None and start_epoch >= settings.n_epochs:
-        logger.info("The run in %s is already complete (%d of --n_epochs=%d epochs); nothing to train. Raise "
-                    "--n_epochs to train further.", run_dir, start_epoch, settings.n_epochs)
-        if not (run_dir / "final_model.pth").exists():  # killed between the last checkpoint and this file
-            save_final(start_epoch, None)
-        return {"epochs": start_epoch, "steps": step, "best_val_loss": best_val, "already_complete": True}
-    if state is not None:
-        logger.info("Resuming at epoch %d, batch %d (step %d).", start_epoch + 1, start_batch, step)
+    # --- the loop -----------------------------------------------------------------------
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step)
-    started = time.monotonic()
-    out_of_time = lambda: settings.max_minutes is not None and (time.monotonic() - started) / 60 >= settings.max_minutes
-    val_loss = None
+    def out_of_time(self) -> bool:
+        return self.settings.max_minutes is not None and \
+            (time.monotonic() - self.started) / 60 >= self.settings.max_minutes
 
-    def evaluate(epochs_done: int) -> None:
-        """Validation loss, samples to TensorBoard, and best_model.pth when the loss improves."""
-        nonlocal best_val, val_loss
-        scoring_model.eval()
-        val_loss = validation_loss(scoring_model, schedule, val_images, settings.batch_size, device, precision)
-        writer.add_scalar("val/loss", val_loss, step)
-        logger.info("epoch %d: validation loss %.5f (best %.5f)", epochs_done, val_loss, best_val)
-        if settings.num_sample_images:
-            shape = (settings.num_sample_images, *train_images.shape[1:])
-            samples = sample_images(scoring_model, schedule, shape, settings.sample_steps, device, settings.seed)
-            writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), step)
-        if val_loss < best_val:
-            best_val = val_loss
-            save_model_file(run_dir / "best_model.pth", scoring_model.state_dict(), config, epochs_done, val_loss,
-                            ema is not None, image_shape)
+    def run_step(self, order: torch.Tensor, index: int) -> StepResult:
+        """Batch ``index`` of the epoch: this rank's slice of it, the step's noise, one update."""
+        batch = self.settings.batch_size
+        n_rows = min(batch, len(order) - index * batch)
+        share = self.dist.share(n_rows)
+        t, noise = step_noise(self.settings.seed, self.step, n_rows, self.image_shape, self.schedule.num_timesteps,
+                              self.device)
+        if share.stop > share.start:
+            rows, weight = share, (share.stop - share.start) * self.dist.world_size / n_rows
+        else:  # fewer images than ranks in this batch: a zero-weight row keeps DDP's all-reduce in step
+            rows, weight = slice(0, 1), 0.0
+        x0 = train_batch(self.train_images, order[index * batch:][rows], 0, batch, self.device, self.memory_format)
+        try:
+            result = train_step(self.net, self.model, self.schedule, self.optimizer, self.scaler, x0, t[rows],
+                                noise[rows], self.precision, weight, self.dist, float(self.out_of_time()))
+        except NonFiniteLoss as err:
+            last = self.run_dir / CHECKPOINT
+            raise NonFiniteLoss(
+                f"{err} at epoch {self.epoch + 1}, step {self.step + 1}; nothing was updated or saved from it. The "
+                f"last good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, use "
+                "--precision fp32, or check the data, then re-run to resume.") from None
+        if self.ema is not None:
+            update_ema(self.ema, self.model, self.settings.ema_decay, self.step)
+        self.step += 1
+        return result
 
-    completed = start_epoch
-    for epoch in range(start_epoch, settings.n_epochs):
-        model.train()
-        resuming = epoch == start_epoch and resumed_order is not None
-        order = (resumed_order if resuming else epoch_order(n_train, settings.seed, epoch)).to(train_images.device)
-        first = start_batch if epoch == start_epoch else 0
-        loss_sum = torch.tensor(resumed_loss_sum if epoch == start_epoch else 0.0, device=device)
-        stopped_at = None  # the batch to continue from, when --max_minutes ends the run inside this epoch
-        for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",
-                      initial=first, total=steps_per_epoch, leave=False, unit="step"):
-            x0 = train_batch(train_images, order, i, settings.batch_size, device, memory_format)
-            try:
-                loss = train_step(net, model, schedule, optimizer, scaler, x0, precision)
-            except NonFiniteLoss as err:
-                last = run_dir / CHECKPOINT
-                raise NonFiniteLoss(
-                    f"{err} at epoch {epoch + 1}, step {step + 1}; nothing was updated or saved from it. The last "
-                    f"good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, use "
-                    "--precision fp32, or check the data, then re-run to resume.") from None
-            if ema is not None:
-                update_ema(ema, model, settings.ema_decay, step)
-            loss_sum += loss.detach()
-            step += 1
-            if i + 1 < steps_per_epoch and out_of_time():
-                stopped_at = i + 1
-                break
-            if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 \
-                    and i + 1 < steps_per_epoch:
-                save_checkpoint(run_dir, checkpoint_state(epoch, i + 1, loss_sum.item(), order))
-        if stopped_at is not None:
-            # Out of time inside the epoch: checkpoint this exact position, so a re-run goes on from here.
-            save_checkpoint(run_dir, checkpoint_state(epoch, stopped_at, loss_sum.item(), order))
-            evaluate(epoch)
-            logger.info("Stopping at epoch %d, batch %d of %d: --max_minutes=%s reached. Re-run the same command "
-                        "to continue.", epoch + 1, stopped_at, steps_per_epoch, settings.max_minutes)
-            break
-        train_loss = loss_sum.item() / steps_per_epoch
-        writer.add_scalar("train/loss", train_loss, step)
-        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-        logger.info("epoch %d/%d: train loss %.5f", epoch + 1, settings.n_epochs, train_loss)
-        completed = epoch + 1
-
-        last_epoch = completed == settings.n_epochs
-        time_up = out_of_time()
-        if completed % settings.eval_freq == 0 or last_epoch or time_up:
-            evaluate(completed)
-        if completed % settings.checkpoint_every == 0 or last_epoch or time_up:
-            save_checkpoint(run_dir, checkpoint_state(completed, 0, 0.0, order))
+    def run_epoch(self) -> bool:
+        """Train from the current position to the end of the epoch, or until out of time (then
+        checkpoint there). Returns True if the run must stop (out of time)."""
+        settings, epoch = self.settings, self.epoch
+        self.model.train()
+        resuming = self.resumed_order is not None
+        order = (self.resumed_order if resuming else epoch_order(len(self.train_images), settings.seed, epoch))
+        order = order.to(self.train_images.device)
+        self.resumed_order = None
+        loss_sum = torch.tensor(self.resumed_loss_sum if self.batch_in_epoch else 0.0, device=self.device)
+        time_up = False
+        for i in tqdm(range(self.batch_in_epoch, self.steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.n_epochs}",
+                      initial=self.batch_in_epoch, total=self.steps_per_epoch, leave=False, unit="step",
+                      disable=not self.dist.is_main):
+            result = self.run_step(order, i)
+            loss_sum += result.loss.detach()
+            time_up = result.flags > 0  # every rank sees the same sum, so all stop together
+            if i + 1 < self.steps_per_epoch and time_up:
+                # Out of time inside the epoch: checkpoint this exact position; a re-run goes on from here.
+                self.save(epoch, i + 1, loss_sum, order)
+                self.evaluate(epoch)
+                logger.info("Stopping at epoch %d, batch %d of %d: --max_minutes=%s reached. Re-run the same "
+                            "command to continue.", epoch + 1, i + 1, self.steps_per_epoch, settings.max_minutes)
+                return True
+            if settings.checkpoint_every_steps and self.step % settings.checkpoint_every_steps == 0 \
+                    and i + 1 < self.steps_per_epoch:
+                self.save(epoch, i + 1, loss_sum, order)
+        train_loss = self.dist.all_reduce_sum(loss_sum).item() / self.steps_per_epoch
+        self.epoch, self.batch_in_epoch = epoch + 1, 0
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", train_loss, self.step)
+            self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+        if self.dist.is_main:
+            logger.info("epoch %d/%d: train loss %.5f", self.epoch, settings.n_epochs, train_loss)
+        last_epoch = self.epoch == settings.n_epochs
+        if self.epoch % settings.eval_freq == 0 or last_epoch or time_up:
+            self.evaluate(self.epoch)
+        if self.epoch % settings.checkpoint_every == 0 or last_epoch or time_up:
+            self.save(self.epoch, 0, torch.zeros((), device=self.device), order)
         if time_up and not last_epoch:
-            logger.info("Stopping after epoch %d: --max_minutes=%s reached.", completed, settings.max_minutes)
-            break
-    writer.close()
-    save_final(completed, val_loss)
-    return {"epochs": completed, "steps": step, "best_val_loss": best_val}
+            logger.info("Stopping after epoch %d: --max_minutes=%s reached.", self.epoch, settings.max_minutes)
+        return time_up
+
+    def evaluate(self, epochs_done: int) -> None:
+        """Validation loss (over the ranks), samples to TensorBoard, best_model.pth when the loss improves."""
+        self.scoring_model.eval()
+        self.val_loss = validation_loss(self.scoring_model, self.schedule, self.val_images, self.settings.batch_size,
+                                        self.device, self.precision, self.dist)
+        if not self.dist.is_main:
+            self.best_val = min(self.best_val, self.val_loss)
+            return
+        self.writer.add_scalar("val/loss", self.val_loss, self.step)
+        logger.info("epoch %d: validation loss %.5f (best %.5f)", epochs_done, self.val_loss, self.best_val)
+        if self.settings.num_sample_images:
+            shape = (self.settings.num_sample_images, *self.image_shape)
+            samples = sample_images(self.scoring_model, self.schedule, shape, self.settings.sample_steps, self.device,
+                                    self.settings.seed)
+            self.writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), self.step)
+        if self.val_loss < self.best_val:
+            self.best_val = self.val_loss
+            self.save_model("best_model.pth", epochs_done)
+
+    def run_loop(self) -> dict:
+        """Train to --n_epochs (or --max_minutes) and write final_model.pth. Returns a summary."""
+        settings = self.settings
+        if self.epoch >= settings.n_epochs:
+            if self.dist.is_main:
+                logger.info("The run in %s is already complete (%d of --n_epochs=%d epochs); nothing to train. "
+                            "Raise --n_epochs to train further.", self.run_dir, self.epoch, settings.n_epochs)
+            if not (self.run_dir / "final_model.pth").exists():  # killed between the last checkpoint and this file
+                self.save_model("final_model.pth", self.epoch)
+            return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val, "already_complete": True}
+        if self.step and self.dist.is_main:
+            logger.info("Resuming at epoch %d, batch %d (step %d).", self.epoch + 1, self.batch_in_epoch, self.step)
+        if self.dist.is_main:
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=self.step)
+        self.started = time.monotonic()
+        try:
+            while self.epoch < settings.n_epochs:
+                if self.run_epoch():
+                    break
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        self.save_model("final_model.pth", self.epoch)
+        return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val}
+
+
+def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
+          settings: TrainSettings, run_dir: Path, config: dict, device: torch.device, dist: Dist = Dist()) -> dict:
+    """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
+    loop = TrainLoop(model, schedule, train_images, val_images, settings, run_dir, config, device, dist)
+    if dist.is_main:
+        remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
+    loop.restore(load_resume_state(run_dir))
+    return loop.run_loop()

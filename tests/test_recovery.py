@@ -136,8 +136,9 @@ def test_non_finite_gradient_with_a_finite_loss_stops_too(tmp_path, long_splits,
 
 
 def test_resume_inside_an_epoch_uses_the_stored_data_order(tmp_path, long_splits, monkeypatch):
-    """The checkpoint's data order, not one derived again from the flags, drives the resumed epoch:
-    resuming with another --seed still finishes the epoch exactly as the original run would."""
+    """The checkpoint's data order, not one derived again, drives the resumed epoch: with the order
+    function broken during the resume, the epoch still ends exactly as the original run's. A
+    resume with another --seed is refused (it would make the run a mix of two)."""
     from src.diffusion import DDPMSchedule
 
     train.main(train.parse_args(command(tmp_path / "clean", long_splits, epochs=1, every_steps=2)))
@@ -155,5 +156,10 @@ def test_resume_inside_an_epoch_uses_the_stored_data_order(tmp_path, long_splits
         train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2)))
     monkeypatch.undo()
     assert torch.load(tmp_path / "resumed/m/checkpoint.pth", weights_only=True)["batch_in_epoch"] == 4
-    train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2) + ["--seed=1"]))
+    from src.errors import ConfigError
+    with pytest.raises(ConfigError, match="seed 0 -> 1"):
+        train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2) + ["--seed=1"]))
+    import src.training
+    monkeypatch.setattr(src.training, "epoch_order", lambda n, seed, epoch: torch.arange(n).flip(0))
+    train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2)))
     assert_same_training_state(tmp_path / "clean/m/checkpoint.pth", tmp_path / "resumed/m/checkpoint.pth")
