@@ -2,6 +2,7 @@
 
     python benchmarks/kill_resume.py            # 20 kills each; about 5 minutes on 2 CPU cores
     python benchmarks/kill_resume.py --kills 5
+    python benchmarks/kill_resume.py --nproc 2  # under torchrun: SIGKILL the whole process group
 
 Runs train.py and reconstruct.py (tiny model, synthetic images, CPU) once uninterrupted, then
 again with SIGKILL at --kills random moments, re-running the same command after each kill.
@@ -12,6 +13,7 @@ outputs equal the uninterrupted run's (weights and optimizer state bitwise; CSVs
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import subprocess
@@ -43,22 +45,26 @@ def make_split(folder: Path, name: str, n: int, seed: int) -> Path:
     return csv
 
 
+LAUNCH: list[str] = [sys.executable]  # or torchrun's, with --nproc (set in main)
+ENV = dict(os.environ)
+
+
 def train_command(out: Path, data: dict) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), f"--output_dir={out}", "--model_name=m",
+    return [*LAUNCH, str(ROOT / "train.py"), f"--output_dir={out}", "--model_name=m",
             f"--training_ids={data['train']}", f"--validation_ids={data['val']}", f"--config_diffusion_file={TINY}",
             "--n_epochs=4", "--batch_size=8", "--eval_freq=2", "--checkpoint_every_steps=3", "--ema_decay=0.9",
             "--num_sample_images=4", "--sample_steps=5", "--num_workers=0"]
 
 
 def reconstruct_command(out: Path, data: dict) -> list[str]:
-    return [sys.executable, str(ROOT / "reconstruct.py"), f"--output_dir={out}", "--model_name=m",
+    return [*LAUNCH, str(ROOT / "reconstruct.py"), f"--output_dir={out}", "--model_name=m",
             f"--validation_ids={data['val']}", f"--in_ids={data['test']}", "--run_out=0", "--num_inference_steps=20",
             "--inference_skip_factor=2", "--metrics=mse", "--chunk_size=4", "--batch_size=4", "--num_workers=0"]
 
 
 def run(command: list[str]) -> float:
     start = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, cwd=ROOT, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start
 
 
@@ -84,15 +90,18 @@ def kill_loop(command: list[str], duration: float, kills: int, run_dir: Path, rn
     Each attempt waits out the start-up (imports) and then a random share of the work, so the
     kills land across the whole run: the resumed run carries on where the last one stopped.
     """
-    startup = run(command[:2] + ["--help"])
+    startup = run([sys.executable, command[len(LAUNCH)], "--help"])
+    if len(LAUNCH) > 1:
+        startup += 3.0  # torchrun's rendezvous and the process group
     work = max(duration - startup, 0.5)
     landed, attempts, corrupt = 0, 0, []
     while landed < kills and attempts < 3 * kills:
         attempts += 1
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
         time.sleep(rng.uniform(0.5 * startup, startup + 2 * work / kills))
         if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)  # the whole group: torchrun and every rank
             landed += 1
         process.wait()
         corrupt += corrupt_artefacts(run_dir)
@@ -120,7 +129,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nproc", type=int, default=0,
+                        help="Run both scripts under torchrun with this many processes (one thread each); 0: plain python.")
     args = parser.parse_args(argv)
+    if args.nproc:
+        LAUNCH[:] = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+        ENV["OMP_NUM_THREADS"] = "1"
+        print(f"under torchrun with {args.nproc} processes")
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

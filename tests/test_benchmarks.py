@@ -54,3 +54,16 @@ def test_gpu_check_script_runs_in_smoke_mode(tmp_path):
     assert log.count("training: ") == 2 and "bf16 + compile" in log and "s] done ==" in log
     assert log.count("efficiency ratio") == 3  # fp32 at one batch size, bf16 + compile at two
     assert "fused speed-up over sequential" in log and "profile of one fused batch" in log
+
+
+def test_scaling_bench_prints_both_efficiencies(capsys):
+    import scaling_bench
+
+    figures = scaling_bench.main(scaling_bench.parse_args(
+        ["--train_batch", "8", "--train_steps", "2", "--recon_images", "32"]))
+    out = capsys.readouterr().out
+    for kind in ("train", "reconstruct"):
+        assert re.search(rf"{kind}: 1 process {FLOAT} images/s, 2 processes {FLOAT} images/s; scaling efficiency "
+                         rf"{FLOAT}", out)
+        one, two, efficiency = figures[kind]
+        assert one > 0 and two > 0 and abs(efficiency - two / (2 * one)) < 1e-9

@@ -93,3 +93,53 @@ def test_ema_update_follows_the_warm_up_formula():
     for p_ema in ema.parameters():
         torch.testing.assert_close(p_ema, torch.full_like(p_ema, 0.5 * expected + 0.5))
 
+
+
+def test_lr_given_on_resume_is_applied_and_kept(tmp_path, synthetic_splits):
+    run(tmp_path, synthetic_splits, "lr", "--lr=1e-3")
+    args = ["--n_epochs=4", "--lr=1e-30"]
+    summary = train.main(train.parse_args([
+        f"--output_dir={tmp_path}", "--model_name=lr", f"--training_ids={synthetic_splits['train']}",
+        f"--validation_ids={synthetic_splits['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--batch_size=8",
+        "--num_sample_images=0", "--num_workers=0", *args]))
+    state = torch.load(tmp_path / "lr" / "checkpoint.pth", weights_only=True)
+    assert summary["epochs"] == 4 and state["optimizer"]["param_groups"][0]["lr"] == 1e-30
+    assert state["settings"]["lr"] == 1e-30
+    # Without --lr a resumed run keeps its own rate, not the config's default.
+    train.main(train.parse_args([
+        f"--output_dir={tmp_path}", "--model_name=lr", f"--training_ids={synthetic_splits['train']}",
+        f"--validation_ids={synthetic_splits['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--batch_size=8",
+        "--num_sample_images=0", "--num_workers=0", "--n_epochs=5"]))
+    assert torch.load(tmp_path / "lr" / "checkpoint.pth", weights_only=True)["settings"]["lr"] == 1e-30
+
+
+def test_a_changed_batch_size_on_resume_is_refused(tmp_path, synthetic_splits):
+    from src.errors import ConfigError
+    run(tmp_path, synthetic_splits, "bs")
+    import pytest
+    with pytest.raises(ConfigError, match="batch_size 8 -> 4"):
+        train.main(train.parse_args([
+            f"--output_dir={tmp_path}", "--model_name=bs", f"--training_ids={synthetic_splits['train']}",
+            f"--validation_ids={synthetic_splits['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=4",
+            "--batch_size=4", "--num_sample_images=0", "--num_workers=0"]))
+
+
+def test_ema_copy_is_made_after_the_checkpoints_weights_load(tmp_path):
+    """A checkpoint without EMA weights (an older run) resumed with EMA on: the EMA starts from
+    the loaded weights, not from the fresh model's random initialisation."""
+    from src.config import build_schedule, build_unet, load_config
+    from src.training import TrainLoop, TrainSettings, rng_state
+
+    cfg = load_config(TINY_CONFIG)
+    torch.manual_seed(1)
+    trained = build_unet(cfg)
+    torch.manual_seed(2)
+    fresh = build_unet(cfg)
+    optimizer = torch.optim.Adam(trained.parameters(), lr=1e-3)
+    images = torch.rand(8, 1, 28, 28)
+    loop = TrainLoop(fresh, build_schedule(cfg), images, images, TrainSettings(n_epochs=1, batch_size=4, lr=1e-3,
+                     ema_decay=0.9), tmp_path, {}, torch.device("cpu"))
+    loop.restore({"model": trained.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {}, "ema_model": None,
+                  "rng": rng_state(), "epoch": 1, "step": 2, "best_val_loss": 1.0})
+    for ema, loaded in zip(loop.ema.parameters(), trained.parameters()):
+        assert torch.equal(ema, loaded)
