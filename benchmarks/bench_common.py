@@ -29,3 +29,33 @@ def achieved(flops_per_second: float, peak_tflops: float | None) -> str:
     if peak_tflops:
         text += f" = {100 * flops_per_second / (peak_tflops * 1e12):.1f}% of {peak_tflops} TFLOP/s peak"
     return text
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a pre-empted machine would.
+
+    torchrun starts each rank in a session of its own, so killing torchrun's process group
+    would leave the ranks running (and, with a partner gone, waiting forever in a collective).
+    The tree is read from /proc (Linux): every process whose parent chain leads to ``pid``.
+    """
+    import os
+    import signal
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process has just exited
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {pid}, True
+    while grew:
+        children = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -3,7 +3,8 @@
 # benchmarks at the paper's model size (171M-parameter UNet, 28x28, training batch 180,
 # reconstruction batch 64, 100 PLMS steps, skip 16: 7 starts), in fp32 eager and in bf16 +
 # torch.compile, with FLOP/s as a share of the card's peak and a profile of the fast
-# reconstruction path.
+# reconstruction path; then train.py and reconstruct.py under torchrun (NPROC processes,
+# default 1) on a tiny model.
 #
 #   bash benchmarks/prepare_gpu_check.sh              # here: wheels the GPU image lacks -> .whl/
 #   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh      # there, carrying .whl (dense bf16 peak:
@@ -50,6 +51,8 @@ run_all() {
   echo "== [${SECONDS}s] reconstruction, bf16 + compile: fused, then a profile of the last batch size =="
   "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[1]}" \
     --precision bf16 --compile --repeats 1 --skip_sequential --profile "${COMMON[@]}"
+  echo "== [${SECONDS}s] torchrun --nproc_per_node=${NPROC:-1}: both scripts on the tiny model =="
+  "$PYTHON" benchmarks/torchrun_smoke.py --nproc "${NPROC:-1}"
   echo "== [${SECONDS}s] done =="
 }
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import kill_process_tree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "src" / "configs" / "diffusion" / "diffusion_tiny.yaml"
@@ -97,11 +99,10 @@ def kill_loop(command: list[str], duration: float, kills: int, run_dir: Path, rn
     landed, attempts, corrupt = 0, 0, []
     while landed < kills and attempts < 3 * kills:
         attempts += 1
-        process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.5 * startup, startup + 2 * work / kills))
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the whole group: torchrun and every rank
+            kill_process_tree(process.pid)  # torchrun and every rank (each in a session of its own)
             landed += 1
         process.wait()
         corrupt += corrupt_artefacts(run_dir)

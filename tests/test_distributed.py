@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,23 @@ import reconstruct
 from conftest import ROOT, TINY_CONFIG, make_images, write_split
 from src.errors import DataError
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two torch processes on two cores: one thread each
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_common import kill_process_tree  # noqa: E402
+
+
+def descendants_alive(pid: int) -> bool:
+    """Is any process left that torchrun ``pid`` started (a rank orphaned by the kill)?"""
+    import pathlib
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue
+        if "train.py" in text and "killed2" in text and ") Z" not in status:
+            return True
+    return False  # two torch processes on two cores: one thread each
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +107,7 @@ def test_sigkilled_two_process_run_resumes_bitwise(data):
     rng = random.Random(0)
     kills = 0
     for _ in range(2):
-        process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline and \
@@ -101,9 +115,13 @@ def test_sigkilled_two_process_run_resumes_bitwise(data):
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.5))
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the whole group: torchrun and both ranks
+            kill_process_tree(process.pid)  # torchrun and both ranks (each rank is in a session of its own)
             kills += 1
         process.wait()
+        gone_by = time.monotonic() + 10
+        while descendants_alive(process.pid) and time.monotonic() < gone_by:
+            time.sleep(0.1)
+        assert not descendants_alive(process.pid)  # no rank left running from the killed group
     assert kills >= 1
     subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, check=True, timeout=300)
     assert_close_states(state(tmp / "clean2"), state(tmp / "killed2"), atol=0)
