@@ -62,48 +62,23 @@ def _number(value: str) -> float:
     return number
 
 
-def positive_int(value: str) -> int:
-    number = _integer(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
+def _ranged(convert: Callable[[str], float], is_valid: Callable[[float], bool], expected: str):
+    """An argparse type: ``convert`` the text, then refuse values outside the range, saying which."""
+    def parse(value: str):
+        number = convert(value)
+        if not is_valid(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return number
+    return parse
 
 
-def non_negative_int(value: str) -> int:
-    number = _integer(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return number
-
-
-def positive_float(value: str) -> float:
-    number = _number(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
-    return number
-
-
-def non_negative_float(value: str) -> float:
-    number = _number(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
-    return number
-
-
-def decay_rate(value: str) -> float:
-    """An EMA decay: 0 (off) up to, but not including, 1."""
-    number = _number(value)
-    if not 0 <= number < 1:
-        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1) (0: off), got {value}")
-    return number
-
-
-def seed_value(value: str) -> int:
-    """A random seed: a non-negative integer below 2**63 (what every generator we seed accepts)."""
-    number = _integer(value)
-    if not 0 <= number < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a seed between 0 and 2**63 - 1, got {value}")
-    return number
+positive_int = _ranged(_integer, lambda n: n >= 1, "a positive integer")
+non_negative_int = _ranged(_integer, lambda n: n >= 0, "a non-negative integer")
+positive_float = _ranged(_number, lambda x: x > 0, "a number above 0")
+non_negative_float = _ranged(_number, lambda x: x >= 0, "a number of at least 0")
+decay_rate = _ranged(_number, lambda x: 0 <= x < 1, "a decay in [0, 1) (0: off)")  # an EMA decay
+# A random seed: what every generator we seed accepts.
+seed_value = _ranged(_integer, lambda n: 0 <= n < 2**63, "a seed between 0 and 2**63 - 1")
 
 
 def device_name(value: str) -> str:
