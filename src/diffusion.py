@@ -119,6 +119,25 @@ ADAMS_BASHFORTH = np.array(
 )
 
 
+def adams_bashforth(eps: torch.Tensor, history: Sequence[torch.Tensor], weights) -> torch.Tensor:
+    """The multistep eps of PLMS (PNDM, Liu et al. 2022, eq. 12-13): w0 e_t + w1 e_{t-1} + w2 e_{t-2}
+    + w3 e_{t-3}, with ``history`` the earlier raw model outputs, newest first.
+
+    ``weights``: one row of ADAMS_BASHFORTH (4 numbers) for every row of ``eps``, or a (rows, 4)
+    tensor giving each row its own (the fused loop, where trajectories are at different steps).
+    The one implementation of the combination: the step of one trajectory and the fused loop
+    both call it.
+    """
+    if isinstance(weights, torch.Tensor):
+        columns = weights.reshape(*weights.shape, *([1] * (eps.dim() - 1))).unbind(1)  # 4 x (rows, 1, 1, 1)
+    else:
+        columns = weights
+    combined = columns[0] * eps
+    for weight, past in zip(columns[1:], history):
+        combined = combined + weight * past
+    return combined
+
+
 class PLMSOutput(NamedTuple):
     prev_sample: torch.Tensor
     eps_history: list[torch.Tensor]  # newest first, at most 3 entries
@@ -231,6 +250,14 @@ class PLMSSampler:
             self._tables_key = key
         return self._tables
 
+    def first_step_eps(self, eps: torch.Tensor, grid_index: int, sample: torch.Tensor, model: ModelFn,
+                       t_next: torch.Tensor) -> torch.Tensor:
+        """The first step of a trajectory, pseudo improved Euler (PNDM eq. 12): take the DDIM step
+        with ``eps``, evaluate the model at the result and ``t_next`` (the next grid point, or the
+        timestep itself on a trajectory's last step), and average the two eps."""
+        x_pred = self.ddim_step(eps, grid_index, sample)
+        return (eps + model(x_pred, t_next)) / 2
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -251,13 +278,9 @@ class PLMSSampler:
         if n_prev == 0:
             if model is None:
                 raise ValueError("The first PLMS step of a trajectory needs `model` for its corrector.")
-            x_pred = self.ddim_step(model_output, k, sample)
             t_next = torch.full((sample.shape[0],), self.next_timestep(timestep), device=sample.device)
-            eps_prime = (model_output + model(x_pred, t_next)) / 2
+            eps_prime = self.first_step_eps(model_output, k, sample, model, t_next)
         else:
-            w = ADAMS_BASHFORTH[n_prev]
-            eps_prime = w[0] * model_output
-            for weight, past in zip(w[1:], eps_history[:n_prev]):
-                eps_prime = eps_prime + weight * past
+            eps_prime = adams_bashforth(model_output, eps_history[:n_prev], ADAMS_BASHFORTH[n_prev])
         prev_sample = self.ddim_step(eps_prime, k, sample)
         return PLMSOutput(prev_sample, [model_output, *eps_history[:2]])

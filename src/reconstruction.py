@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler
+from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler, adams_bashforth
 from src.metrics import mse_per_image
 from src.precision import autocast
 from src.unet import compile_unet
@@ -133,14 +133,12 @@ def reconstruct_fused(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampl
         rows = int(n_active_at[k]) * batch
         x_k = x[:rows]
         eps = model(x_k, timesteps[k].expand(rows))
-        w = weights[k, : rows // batch].repeat_interleave(batch, dim=0)[:, :, None, None, None]  # (rows, 4, 1, 1, 1)
-        eps_prime = w[:, 0] * eps + w[:, 1] * history[0, :rows] + w[:, 2] * history[1, :rows] + w[:, 3] * history[2, :rows]
+        w = weights[k, : rows // batch].repeat_interleave(batch, dim=0)  # (rows, 4): each row its own
+        eps_prime = adams_bashforth(eps, history[:, :rows], w)
         if starts_desc[rows // batch - 1] == k:
             # The newest trajectories take their first step: pseudo improved Euler.
             new = slice(rows - batch, rows)
-            x_pred = sampler.ddim_step(eps[new], k, x_k[new])
-            eps_next = model(x_pred, timesteps[max(k - 1, 0)].expand(batch))
-            eps_prime[new] = (eps[new] + eps_next) / 2
+            eps_prime[new] = sampler.first_step_eps(eps[new], k, x_k[new], model, timesteps[max(k - 1, 0)].expand(batch))
         x[:rows] = sampler.ddim_step(eps_prime, k, x_k)
         history[2, :rows] = history[1, :rows]
         history[1, :rows] = history[0, :rows]

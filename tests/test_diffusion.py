@@ -248,3 +248,18 @@ def test_sampling_gaussian_data_with_its_exact_eps_recovers_the_gaussian(n_steps
     a0 = schedule.alphas_cumprod[0]
     assert x.mean().item() == pytest.approx(a0**0.5 * mu, abs=0.01)
     assert x.std().item() == pytest.approx((a0 * sigma**2 + 1 - a0) ** 0.5, abs=0.01)
+
+
+def test_adams_bashforth_rows_and_the_published_weights():
+    """The one multistep combination: scalar weights (one trajectory) and per-row weights (the
+    fused loop) give PNDM's (55e - 59e1 + 37e2 - 9e3) / 24 and its lower orders."""
+    from src.diffusion import ADAMS_BASHFORTH, adams_bashforth
+
+    e, e1, e2, e3 = (torch.full((3, 1, 2, 2), v) for v in (1.0, 2.0, 4.0, 8.0))
+    expected = {1: 1.0, 2: (3 * 1 - 2) / 2, 3: (23 - 16 * 2 + 5 * 4) / 12, 4: (55 - 59 * 2 + 37 * 4 - 9 * 8) / 24}
+    for order, value in expected.items():
+        row = ADAMS_BASHFORTH[order - 1]
+        torch.testing.assert_close(adams_bashforth(e, [e1, e2, e3][:order - 1], row), torch.full_like(e, value))
+    per_row = torch.from_numpy(ADAMS_BASHFORTH[[1, 2, 3]]).float()  # rows at orders 2, 3, 4
+    combined = adams_bashforth(e, torch.stack([e1, e2, e3]), per_row)
+    torch.testing.assert_close(combined[:, 0, 0, 0], torch.tensor([expected[2], expected[3], expected[4]]))
