@@ -10,6 +10,10 @@ measure MSE and LPIPS between each image and each reconstruction.
 The model and schedule are rebuilt from the checkpoint. Writes OUTPUT_DIR/MODEL_NAME/ood/
 results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD CSV's stem without
 "_test", e.g. MNIST, FashionMNIST_vflip), one row per (image, start t).
+
+``torchrun --nproc_per_node=N reconstruct.py <the same flags>`` shares each set's chunks over
+N processes; ``--shard K/N`` does the same for independent jobs. Either way the results are
+byte-identical to one process.
 """
 from __future__ import annotations
 

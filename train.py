@@ -9,6 +9,9 @@ Writes under OUTPUT_DIR/MODEL_NAME/: config.yaml, checkpoint.pth (resume state; 
 the same command resumes), best_model.pth (lowest validation loss), final_model.pth and
 tensorboard/. Extra ``key=value`` arguments override the config, e.g.
 ``ldm.params.unet_config.params.model_channels=128``.
+
+``torchrun --nproc_per_node=N train.py <the same flags>`` trains on N processes with DDP
+(--batch_size stays the global batch); see the README's torchrun section.
 """
 from __future__ import annotations
 

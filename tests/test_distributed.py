@@ -189,3 +189,13 @@ def test_shard_with_restart_is_refused(tmp_path):
     with pytest.raises(DataError, match="--restart"):
         reconstruct.main(reconstruct.parse_args(["--output_dir", str(tmp_path), "--model_name=m", "--shard=0/2",
                                                  "--restart", "--run_val=0", "--run_in=0"]))
+
+
+@pytest.mark.parametrize("n_rows,world,sizes", [(180, 7, [26, 26, 26, 26, 26, 25, 25]), (7, 2, [4, 3]), (2, 3, [1, 1, 0]),
+                                               (8, 1, [8])])
+def test_each_rank_takes_a_contiguous_disjoint_slice_of_the_global_batch(n_rows, world, sizes):
+    from src.distributed import Dist
+
+    shares = [Dist(rank, world).share(n_rows) for rank in range(world)]
+    assert [s.stop - s.start for s in shares] == sizes
+    assert [i for s in shares for i in range(s.start, s.stop)] == list(range(n_rows))
