@@ -4,8 +4,10 @@
 
 Reads OUTPUT_DIR/MODEL_NAME/ood/results_val.csv (z-score statistics), results_in.csv (the
 in-distribution test set) and every other results_<Name>.csv (one OOD set each). Higher score
-= more OOD; OOD is the positive class. Prints one line per set and score, and writes
-ood/summary_auroc.csv (columns ood_set, score, auroc, n_in, n_ood).
+= more OOD; OOD is the positive class. Prints one line per set and score, then a table of
+AUROC, AUPR-In, AUPR-Out and FPR@95%TPR with bootstrap intervals, and writes
+ood/summary_auroc.csv (one row per OOD set and score) and ood/scores_<set>.csv (one row per
+image of val, in and every OOD set: its scores and per-t z-scores).
 
 Every results file is checked before anything is printed: all must come from one model with
 one set of reconstruction settings (their settings manifests, results_<Name>.settings.json),
@@ -19,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import plain_name, positive_int, run_main
+from src.cli import non_negative_int, plain_name, positive_int, run_main
 
 logger = logging.getLogger("ddpm_ood")
 SCORES = {"mse+lpips": ["mse", "lpips"], "mse": ["mse"], "lpips": ["lpips"]}
@@ -33,6 +35,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Run name (a plain name); reads OUTPUT_DIR/MODEL_NAME/ood/results_*.csv.")
     parser.add_argument("--max_t", type=positive_int, default=None, help="Use only start points t < MAX_T.")
     parser.add_argument("--t_skip", type=positive_int, default=1, help="Use every T_SKIP-th start point. Default 1.")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=200,
+                        help="Resamples for the 95%% bootstrap interval of every metric; 0: no intervals. Default 200.")
+    parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="Seed of the resampling. Default 0.")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     return parser.parse_args(argv)
 
@@ -80,7 +85,8 @@ def main(args: argparse.Namespace):
     import pandas as pd
 
     from src.files import save_csv_atomic
-    from src.scoring import ScoringError, auroc, available_metrics, fit_validation_stats, score_frame, select_t
+    from src.scoring import (ScoringError, available_metrics, bootstrap_intervals, fit_validation_stats, ood_metrics,
+                             score_frame, select_t)
 
     ood_dir = args.output_dir / args.model_name / "ood"
     val_all, in_frame, ood_frames = load_results(ood_dir)
@@ -113,21 +119,67 @@ def main(args: argparse.Namespace):
     sets = {"in": check_t(in_frame, ood_dir / "results_in.csv")}
     sets.update({name: check_t(frame, ood_dir / f"results_{name}.csv") for name, frame in ood_frames.items()})
 
-    rows = []
+    sets["val"] = val
+    rows, per_image = [], {name: {} for name in sets}
     for score_name, chosen in SCORES.items():
         if not set(chosen) <= set(metrics):
             continue
-        scores = {name: score_frame(frame, stats, chosen, source=name).to_numpy() for name, frame in sets.items()}
+        scores = {name: score_frame(frame, stats, chosen, source=name) for name, frame in sets.items()}
+        for name, series in scores.items():
+            per_image[name]["score" if score_name == default_score(metrics) else f"score_{score_name}"] = series
         for ood_name in ood_frames:
-            value = auroc(scores["in"], scores[ood_name])
-            rows.append({"ood_set": ood_name, "score": score_name, "auroc": value,
-                         "n_in": len(scores["in"]), "n_ood": len(scores[ood_name])})
+            in_scores, ood_scores = scores["in"].to_numpy(), scores[ood_name].to_numpy()
+            row = {"ood_set": ood_name, "score": score_name, **ood_metrics(in_scores, ood_scores),
+                   "n_in": len(in_scores), "n_ood": len(ood_scores)}
+            if args.bootstrap:
+                for metric, (low, high) in bootstrap_intervals(in_scores, ood_scores, args.bootstrap,
+                                                               args.bootstrap_seed).items():
+                    row[f"{metric}_low"], row[f"{metric}_high"] = low, high
+            rows.append(row)
             suffix = "" if score_name == default_score(metrics) else f" ({score_name})"
-            print(f"AUC for {args.model_name} vs {ood_name}{suffix}: {100 * value:.1f}")
+            print(f"AUC for {args.model_name} vs {ood_name}{suffix}: {100 * row['auroc']:.1f}")
     summary = pd.DataFrame(rows)
+    print(metrics_table(summary, args.bootstrap))
+    for name, frame in sets.items():
+        save_csv_atomic(ood_dir / f"scores_{name}.csv", per_image_scores(frame, per_image[name], stats, metrics))
     save_csv_atomic(ood_dir / "summary_auroc.csv", summary)
-    logger.info("wrote %s", ood_dir / "summary_auroc.csv")
+    logger.info("wrote %s and scores_<set>.csv for %s", ood_dir / "summary_auroc.csv", ", ".join(sets))
     return summary
+
+
+def per_image_scores(frame, scores: dict, stats, metrics: list[str]):
+    """One row per image: filename, image_index, its scores and every per-t z-score."""
+    import pandas as pd
+
+    from src.scoring import z_table
+
+    key = "image_index" if "image_index" in frame.columns else "filename"
+    first = frame.drop_duplicates(key).set_index(key)
+    table = pd.DataFrame({"filename": first["filename"]})
+    if key == "image_index":
+        table.insert(1, "image_index", first.index)
+    for name, series in scores.items():
+        table[name] = series
+    return pd.concat([table, z_table(frame, stats, metrics)], axis=1).reset_index(drop=True)
+
+
+def metrics_table(summary, bootstrap: int) -> str:
+    """The metrics of every OOD set and score as an aligned table (percentages)."""
+    header = ["OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95%TPR"]
+    lines = []
+    for row in summary.to_dict("records"):
+        cells = [row["ood_set"], row["score"]]
+        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+            cell = f"{100 * row[metric]:.1f}"
+            if bootstrap:
+                cell += f" [{100 * row[f'{metric}_low']:.1f}, {100 * row[f'{metric}_high']:.1f}]"
+            cells.append(cell)
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+    render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    note = (f"95% bootstrap intervals from {bootstrap} resamples; " if bootstrap else "") + \
+        "OOD is the positive class, except for AUPR-In and the TPR of FPR@95%TPR (in-distribution positive)."
+    return "\n".join([render(header), *map(render, lines), note])
 
 
 def default_score(metrics: list[str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from src.errors import ScoringError
 
@@ -169,3 +169,54 @@ def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """AUROC with OOD as the positive class (1.0: every OOD image scores above every in-distribution one)."""
     labels = np.concatenate([np.zeros(len(in_scores)), np.ones(len(ood_scores))])
     return float(roc_auc_score(labels, np.concatenate([in_scores, ood_scores])))
+
+
+# The OOD metrics of pytorch-ood and OpenOOD, each from scikit-learn's curves:
+# - auroc: OOD is the positive class (1.0: every OOD image scores above every in-distribution one);
+# - aupr_in: average precision with in-distribution images as the positive class (lower score = in);
+# - aupr_out: average precision with OOD images as the positive class;
+# - fpr95: with in-distribution images as the positive class, the share of OOD images accepted
+#   as in-distribution at the first threshold that accepts 95% of the in-distribution images.
+METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+def ood_metrics(in_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    scores = np.concatenate([in_scores, ood_scores])
+    is_ood = np.concatenate([np.zeros(len(in_scores)), np.ones(len(ood_scores))])
+    fpr, tpr, _ = roc_curve(1 - is_ood, -scores)  # in-distribution positive, lower score = more "in"
+    return {
+        "auroc": float(roc_auc_score(is_ood, scores)),
+        "aupr_in": float(average_precision_score(1 - is_ood, -scores)),
+        "aupr_out": float(average_precision_score(is_ood, scores)),
+        "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }
+
+
+def bootstrap_intervals(in_scores: np.ndarray, ood_scores: np.ndarray, n_resamples: int, seed: int = 0,
+                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of every metric: the in-distribution and OOD scores are
+    resampled with replacement separately (each keeps its size), ``n_resamples`` times, from a
+    generator seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
+    samples = {name: [] for name in METRIC_NAMES}
+    for _ in range(n_resamples):
+        values = ood_metrics(rng.choice(in_scores, len(in_scores)), rng.choice(ood_scores, len(ood_scores)))
+        for name, value in values.items():
+            samples[name].append(value)
+    tail = 100 * (1 - level) / 2
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for name, v in samples.items()}
+
+
+def z_table(frame: pd.DataFrame, stats: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per image: its per-t z-score of every metric, as columns ``z_<metric>_t<t>``, indexed by
+    image (image_index, or filename for files without it), in the file's order."""
+    key = "image_index" if "image_index" in frame.columns else "filename"
+    columns = {}
+    for metric in metrics:
+        column = METRIC_COLUMNS[metric]
+        z = (frame[column] - frame["t"].map(stats[(column, "mean")])) / frame["t"].map(stats[(column, "std")])
+        wide = pd.DataFrame({key: frame[key], "t": frame["t"], "z": z}).pivot(index=key, columns="t", values="z")
+        for t in wide.columns:
+            columns[f"z_{metric}_t{int(t)}"] = wide[t]
+    table = pd.DataFrame(columns)
+    return table.loc[pd.unique(frame[key])]

@@ -52,3 +52,61 @@ def test_t_values_missing_from_validation_are_an_error():
     stats = fit_validation_stats(frame({1: [0.0, 1.0]}), ["mse"])
     with pytest.raises(ScoringError, match=r"t=\[11\]"):
         score_frame(frame({1: [0.0], 11: [0.0]}), stats, ["mse"], source="results_X.csv")
+
+
+@pytest.mark.parametrize("in_scores,ood_scores,expected", [
+    ([0.1, 0.2], [0.3, 0.4], {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0}),  # perfect
+    ([0.3, 0.4], [0.1, 0.2], {"auroc": 0.0, "aupr_in": 5 / 12, "aupr_out": 5 / 12, "fpr95": 1.0}),  # inverted
+    ([0.5, 0.5], [0.5, 0.5], {"auroc": 0.5, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 1.0}),  # all tied
+    # By hand: 7 of 8 (in, OOD) pairs ordered; AUPR-Out (1 + 2/3) / 2; AUPR-In (1 + 1 + 1 + 4/5) / 4;
+    # accepting all four in-distribution images (score <= 0.4) also accepts the OOD 0.35: FPR 1/2.
+    ([0.1, 0.2, 0.3, 0.4], [0.35, 0.5], {"auroc": 0.875, "aupr_in": 0.95, "aupr_out": 5 / 6, "fpr95": 0.5}),
+])
+def test_ood_metrics_known_answers(in_scores, ood_scores, expected):
+    from src.scoring import ood_metrics
+    values = ood_metrics(np.array(in_scores), np.array(ood_scores))
+    assert values == pytest.approx(expected)
+
+
+def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
+    from src.scoring import bootstrap_intervals, ood_metrics
+    rng = np.random.default_rng(0)
+    in_scores, ood_scores = rng.normal(0, 1, 80), rng.normal(1, 1, 60)
+    a = bootstrap_intervals(in_scores, ood_scores, 100, seed=3)
+    assert a == bootstrap_intervals(in_scores, ood_scores, 100, seed=3)
+    assert a != bootstrap_intervals(in_scores, ood_scores, 100, seed=4)
+    for name, value in ood_metrics(in_scores, ood_scores).items():
+        low, high = a[name]
+        assert low < value < high, name
+    perfect = bootstrap_intervals(np.arange(5.0), np.arange(10.0, 15.0), 50)
+    assert perfect["auroc"] == (1.0, 1.0) and perfect["fpr95"] == (0.0, 0.0)
+
+
+def test_per_image_scores_and_the_metrics_table(tmp_path, capsys):
+    import ood_detection
+    from conftest import write_results
+
+    def results(values):
+        return pd.DataFrame([{"filename": f"f{i}.npy", "image_index": i, "type": "x", "t": t, "mse": v * (1 + t / 100),
+                              "perceptual_difference": np.nan} for i, v in enumerate(values) for t in (1, 11)])
+
+    ood = tmp_path / "m" / "ood"
+    write_results(ood, "val", results([1.0, 2.0, 3.0, 6.0]))
+    write_results(ood, "in", results([1.5, 2.5]))
+    write_results(ood, "Far", results([9.0, 12.0, 7.0]))
+    summary = ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m",
+                                                           "--bootstrap=20"]))
+    out = capsys.readouterr().out
+    assert "AUC for m vs Far: 100.0" in out
+    assert "OOD set  score  AUROC" in out and "100.0 [100.0, 100.0]" in out and "from 20 resamples" in out
+    assert list(summary.columns[:2]) == ["ood_set", "score"] and {"auroc", "n_in", "n_ood", "fpr95_high"} <= set(summary)
+    far = pd.read_csv(ood / "scores_Far.csv")
+    assert list(far.columns) == ["filename", "image_index", "score", "z_mse_t1", "z_mse_t11"]
+    assert far["filename"].tolist() == ["f0.npy", "f1.npy", "f2.npy"]
+    # z at t = 1: (mse - mean) / std over the validation values at t = 1; the score is their mean over t.
+    val_t1 = np.array([1.0, 2.0, 3.0, 6.0]) * 1.01
+    expected_z = (9.0 * 1.01 - val_t1.mean()) / val_t1.std(ddof=1)
+    assert far["z_mse_t1"].iloc[0] == pytest.approx(expected_z)
+    np.testing.assert_allclose(far["score"], far[["z_mse_t1", "z_mse_t11"]].mean(axis=1))
+    val = pd.read_csv(ood / "scores_val.csv")
+    assert abs(val["z_mse_t1"].mean()) < 1e-12 and val["z_mse_t1"].std() == pytest.approx(1.0)
