@@ -38,6 +38,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=non_negative_int, default=200,
                         help="Resamples for the 95%% bootstrap interval of every metric; 0: no intervals. Default 200.")
     parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="Seed of the resampling. Default 0.")
+    parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                        help="Write ood/figures/*.png (ROC curves, score histograms, AUROC per start point); "
+                             "--no-figures (or --no_figures) skips them. Default on.")
+    parser.add_argument("--no_figures", dest="figures", action="store_false", help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     return parser.parse_args(argv)
 
@@ -140,8 +144,23 @@ def main(args: argparse.Namespace):
             print(f"AUC for {args.model_name} vs {ood_name}{suffix}: {100 * row['auroc']:.1f}")
     summary = pd.DataFrame(rows)
     print(metrics_table(summary, args.bootstrap))
-    for name, frame in sets.items():
-        save_csv_atomic(ood_dir / f"scores_{name}.csv", per_image_scores(frame, per_image[name], stats, metrics))
+    tables = {name: per_image_scores(frame, per_image[name], stats, metrics) for name, frame in sets.items()}
+    for name, table in tables.items():
+        save_csv_atomic(ood_dir / f"scores_{name}.csv", table)
+    per_t = auroc_per_t(tables, list(ood_frames), SCORES[default_score(metrics)])
+    save_csv_atomic(ood_dir / "auroc_per_t.csv", pd.DataFrame(
+        [{"ood_set": name, "t": t, "auroc": value} for name, values in per_t.items() for t, value in values.items()]))
+    if args.figures:
+        from src.figures import auroc_per_t_figure, histogram_figure, roc_figure
+
+        figures = ood_dir / "figures"
+        in_scores = tables["in"]["score"].to_numpy()
+        ood_scores = {name: tables[name]["score"].to_numpy() for name in ood_frames}
+        label = f"{args.model_name}: {default_score(metrics)} score"
+        roc_figure(in_scores, ood_scores, figures / "roc.png", f"ROC, {label}")
+        histogram_figure(in_scores, ood_scores, figures / "histograms.png", f"Scores, {label}")
+        auroc_per_t_figure(per_t, figures / "auroc_per_t.png", f"AUROC per start point, {label}")
+        logger.info("figures in %s", figures)
     save_csv_atomic(ood_dir / "summary_auroc.csv", summary)
     logger.info("wrote %s and scores_<set>.csv for %s", ood_dir / "summary_auroc.csv", ", ".join(sets))
     return summary
@@ -161,6 +180,16 @@ def per_image_scores(frame, scores: dict, stats, metrics: list[str]):
     for name, series in scores.items():
         table[name] = series
     return pd.concat([table, z_table(frame, stats, metrics)], axis=1).reset_index(drop=True)
+
+
+def auroc_per_t(tables: dict, ood_sets: list[str], chosen: list[str]) -> dict[str, dict[int, float]]:
+    """AUROC of each OOD set from one start point t alone: per image, the sum of the chosen
+    metrics' z-scores at that t (the paper's score restricted to t)."""
+    from src.scoring import auroc
+
+    ts = sorted({int(c.rsplit("_t", 1)[1]) for c in tables["in"].columns if c.startswith("z_")})
+    at = lambda table, t: sum(table[f"z_{metric}_t{t}"] for metric in chosen).to_numpy()
+    return {name: {t: auroc(at(tables["in"], t), at(tables[name], t)) for t in ts} for name in ood_sets}
 
 
 def metrics_table(summary, bootstrap: int) -> str:

@@ -58,3 +58,6 @@ $PYTHON reconstruct.py \
 
 echo "== 4/4 OOD detection =="
 $PYTHON ood_detection.py --output_dir="$output_root" --model_name="$MODEL"
+echo
+echo "Figures: $output_root/$MODEL/ood/figures/ (roc.png, histograms.png, auroc_per_t.png)"
+echo "Per-image scores: $output_root/$MODEL/ood/scores_<set>.csv; metrics: $output_root/$MODEL/ood/summary_auroc.csv"

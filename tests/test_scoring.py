@@ -110,3 +110,35 @@ def test_per_image_scores_and_the_metrics_table(tmp_path, capsys):
     np.testing.assert_allclose(far["score"], far[["z_mse_t1", "z_mse_t11"]].mean(axis=1))
     val = pd.read_csv(ood / "scores_val.csv")
     assert abs(val["z_mse_t1"].mean()) < 1e-12 and val["z_mse_t1"].std() == pytest.approx(1.0)
+
+
+def test_figures_and_the_auroc_per_start_point(tmp_path):
+    import ood_detection
+    from conftest import write_results
+    from src.scoring import auroc
+
+    rng = np.random.default_rng(0)
+
+    def results(n, shift):  # OOD separates at t = 11 only
+        return pd.DataFrame([{"filename": f"f{i}", "image_index": i, "type": "x", "t": t,
+                              "mse": rng.normal(shift if t == 11 else 0, 1) + 10, "perceptual_difference": np.nan}
+                             for i in range(n) for t in (1, 11)])
+
+    ood = tmp_path / "m" / "ood"
+    write_results(ood, "val", results(30, 0))
+    write_results(ood, "in", results(30, 0))
+    write_results(ood, "Shifted", results(30, 3))
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m", "--bootstrap=0"]))
+    for name in ("roc.png", "histograms.png", "auroc_per_t.png"):
+        data = (ood / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    per_t = pd.read_csv(ood / "auroc_per_t.csv")
+    in_scores, shifted = (pd.read_csv(ood / f"scores_{name}.csv") for name in ("in", "Shifted"))
+    for t in (1, 11):
+        plotted = per_t.loc[per_t["t"] == t, "auroc"].item()
+        assert plotted == pytest.approx(auroc(in_scores[f"z_mse_t{t}"].to_numpy(), shifted[f"z_mse_t{t}"].to_numpy()))
+    assert per_t.set_index("t")["auroc"][11] > 0.95 and abs(per_t.set_index("t")["auroc"][1] - 0.5) < 0.2
+    for png in (ood / "figures").iterdir():
+        png.unlink()
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m", "--no_figures"]))
+    assert not list((ood / "figures").iterdir())
