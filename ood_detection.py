@@ -151,7 +151,9 @@ def main(args: argparse.Namespace):
     save_csv_atomic(ood_dir / "auroc_per_t.csv", pd.DataFrame(
         [{"ood_set": name, "t": t, "auroc": value} for name, values in per_t.items() for t, value in values.items()]))
     if args.figures:
-        from src.figures import auroc_per_t_figure, histogram_figure, roc_figure
+        import numpy as np
+
+        from src.figures import auroc_per_t_figure, examples_figure, histogram_figure, roc_figure
 
         figures = ood_dir / "figures"
         in_scores = tables["in"]["score"].to_numpy()
@@ -160,6 +162,11 @@ def main(args: argparse.Namespace):
         roc_figure(in_scores, ood_scores, figures / "roc.png", f"ROC, {label}")
         histogram_figure(in_scores, ood_scores, figures / "histograms.png", f"Scores, {label}")
         auroc_per_t_figure(per_t, figures / "auroc_per_t.png", f"AUROC per start point, {label}")
+        for name in sets:  # the reconstruction grids of the sets reconstruct.py kept examples of
+            if (ood_dir / f"examples_{name}.npz").exists():
+                with np.load(ood_dir / f"examples_{name}.npz") as examples:
+                    examples_figure(dict(examples), figures / f"examples_{name}.png",
+                                    f"{name}: input, then its reconstruction from each start point")
         logger.info("figures in %s", figures)
     save_csv_atomic(ood_dir / "summary_auroc.csv", summary)
     logger.info("wrote %s and scores_<set>.csv for %s", ood_dir / "summary_auroc.csv", ", ".join(sets))

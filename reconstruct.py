@@ -98,6 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "job array) sharing one run folder; the last job to finish joins the results (or re-run "
                              "without --shard). Results are byte-identical to one process. Under torchrun the "
                              "ranks share the chunks the same way without this flag.")
+    parser.add_argument("--save_examples", type=non_negative_int, default=0,
+                        help="Keep the first N images of each set and their reconstructions from every start point "
+                             "in ood/examples_<set>.npz, for the reconstruction grid of ood_detection.py. Default 0.")
     parser.add_argument("--restart", action=argparse.BooleanOptionalAction, default=False,
                         help="Discard results (finished or partial) made with other settings instead of stopping.")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
@@ -203,7 +206,9 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from src.diffusion import PLMSSampler
     from src.metrics import LPIPSMetric
     from src.precision import resolve_precision
-    from src.reconstruction import default_model_batch, in_chunks, measure_split, unet_caller
+    from src.files import save_npz_atomic
+    from src.reconstruction import (default_model_batch, in_chunks, measure_split, reconstruction_examples,
+                                    unet_caller)
     from src.results_store import ResultsStore
     from src.runlock import run_lock
 
@@ -258,6 +263,18 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "seed": args.seed, "precision": precision, "is_grayscale": int(args.is_grayscale),
         "chunk_size": args.chunk_size,
     }
+    def save_examples(store, name: str, image_set) -> None:
+        """--save_examples: the first images and their reconstructions, once the set's results
+        exist, recorded in its settings manifest (not a setting of the results themselves)."""
+        n = min(args.save_examples, len(image_set))
+        path = out_dir / f"examples_{name}.npz"
+        if not n or not store.final.exists() or store.extras().get("examples") == {"file": path.name, "n": n}:
+            return
+        examples = reconstruction_examples(model_fn, schedule, sampler, image_set.images[:n], start_indices,
+                                           args.seed, device)
+        save_npz_atomic(path, filenames=np.asarray(image_set.filenames[:n]), **examples)
+        store.record_extra("examples", {"file": path.name, "n": n})
+
     written = {}
     # Who does which chunks: chunk k goes to worker k % n_workers (torchrun ranks, or --shard jobs).
     worker, n_workers = (dist.rank, dist.world_size) if dist.active else args.shard or (0, 1)
@@ -277,6 +294,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             if dist.broadcast_object(complete):
                 if dist.is_main:
                     logger.info("%s is complete for these settings; skipping", store.final)
+                    save_examples(store, name, image_set)
                 continue
             if dist.is_main:
                 store.prepare(alone=alone)
@@ -299,6 +317,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 store.finalise(len(image_set), args.chunk_size)
             else:
                 finalise_shared(store, len(image_set), args.chunk_size, out_dir)
+            save_examples(store, name, image_set)
             if store.final.exists():
                 logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
     shutdown(dist)

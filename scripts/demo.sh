@@ -54,10 +54,11 @@ $PYTHON reconstruct.py \
   --max_start_t="$MAX_START_T" \
   --first_n_val="$N_EVAL" --first_n="$N_EVAL" \
   --metrics="$METRICS" \
+  --save_examples=6 \
   --run_val=1 --run_in=1 --run_out=1
 
 echo "== 4/4 OOD detection =="
 $PYTHON ood_detection.py --output_dir="$output_root" --model_name="$MODEL"
 echo
-echo "Figures: $output_root/$MODEL/ood/figures/ (roc.png, histograms.png, auroc_per_t.png)"
+echo "Figures: $output_root/$MODEL/ood/figures/ (roc.png, histograms.png, auroc_per_t.png, examples_<set>.png)"
 echo "Per-image scores: $output_root/$MODEL/ood/scores_<set>.csv; metrics: $output_root/$MODEL/ood/summary_auroc.csv"

@@ -73,3 +73,24 @@ def auroc_per_t_figure(per_t: dict[str, dict[int, float]], path: Path, title: st
     ax.set(xlabel="start point t of the reconstruction", ylabel="AUROC (%) from this t alone", title=title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def examples_figure(examples: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """A grid: one row per image, its input, then its reconstruction from each start point t."""
+    plt = _pyplot()
+    inputs, recons, ts = examples["inputs"], examples["reconstructions"], examples["t"]
+    n, k = recons.shape[:2]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.1 * (k + 1), 1.1 * n + 0.5), squeeze=False)
+    for row in range(n):
+        for col in range(k + 1):
+            image = inputs[row] if col == 0 else recons[row, col - 1]  # (C, H, W) in [0, 1]
+            ax = axes[row, col]
+            if image.shape[0] == 1:
+                ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title("input" if col == 0 else f"t = {int(ts[col - 1])}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)

@@ -93,6 +93,12 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def save_csv_atomic(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False))
 

@@ -195,3 +195,16 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
         "mse": mse,
         "perceptual_difference": lpips_values,
     })
+
+
+@torch.no_grad()
+def reconstruction_examples(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
+                            start_indices: Sequence[int], seed: int, device: torch.device) -> dict[str, np.ndarray]:
+    """The first images of a set and their reconstructions from every start point, exactly as
+    the results were made (the same seeded noise): ``inputs`` (N, C, H, W), ``reconstructions``
+    (N, K, C, H, W) clamped to [0, 1], ``t`` (K,)."""
+    timesteps = [int(sampler.grid[j]) for j in start_indices]
+    x0 = images.to(device)
+    noise = start_noise(x0.shape[1:], seed, range(len(x0)), timesteps)
+    recon = reconstruct_fused(model, schedule, sampler, x0, start_indices, noise).clamp(0, 1)
+    return {"inputs": x0.cpu().numpy(), "reconstructions": recon.cpu().numpy(), "t": np.asarray(timesteps)}

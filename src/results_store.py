@@ -35,11 +35,27 @@ class ResultsStore:
         self.settings = json.loads(json.dumps(settings))  # as it will read back
         self.restart = restart
 
+    # Entries of a results manifest that describe add-ons (files made beside the results), not
+    # how the results were made: never compared.
+    EXTRA_KEYS = ("examples",)
+
+    def extras(self) -> dict:
+        stored = self._read_settings(self.settings_file) or {}
+        return {k: stored[k] for k in self.EXTRA_KEYS if k in stored}
+
+    def record_extra(self, key: str, value) -> None:
+        """Add an add-on's entry to the results' settings manifest."""
+        stored = self._read_settings(self.settings_file) or dict(self.settings)
+        stored[key] = value
+        write_text_atomic(self.settings_file, json.dumps(stored, indent=1, sort_keys=True))
+
     def is_complete(self) -> bool:
         """True if the results file exists and was made with these settings; raises if with others."""
         if not self.final.exists():
             return False
         stored = self._read_settings(self.settings_file)
+        if stored is not None:
+            stored = {k: v for k, v in stored.items() if k not in self.EXTRA_KEYS}
         if stored == self.settings:
             return True
         if self.restart:

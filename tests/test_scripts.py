@@ -2,6 +2,7 @@
 and each script's error on a missing input."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -211,3 +212,31 @@ def test_seed_readme_pipeline_on_data_made_by_get_datasets(tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("MNIST", "MNIST_vflip", "MNIST_hflip"):
         assert f"AUC for fashionmnist vs {name}: " in printed
+
+
+def test_saved_examples_are_the_scored_reconstructions(tmp_path, synthetic_splits):
+    """--save_examples keeps the first images and their reconstructions from every t: exactly the
+    ones behind the results (their MSE is the results' MSE); ood_detection draws their grid. A
+    later run asking for examples does not invalidate finished results."""
+    import numpy as np
+
+    out = tmp_path / "models"
+    train.main(train_args(out, synthetic_splits, 1))
+    reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse"))
+    ood = out / "blobs" / "ood"
+    before = (ood / "results_in.csv").read_bytes()
+    reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse", "--save_examples=3"))
+    assert (ood / "results_in.csv").read_bytes() == before
+    with np.load(ood / "examples_in.npz") as examples:
+        inputs, recons, ts = examples["inputs"], examples["reconstructions"], examples["t"]
+    assert inputs.shape == (3, 1, 28, 28) and recons.shape == (3, 4, 1, 28, 28) and ts.tolist() == [1, 301, 601, 901]
+    results = pd.read_csv(ood / "results_in.csv")
+    for i in range(3):
+        for k, t in enumerate(ts):
+            mse = ((inputs[i] - recons[i, k]) ** 2).mean()
+            expected = results.loc[(results["image_index"] == i) & (results["t"] == t), "mse"].item()
+            assert abs(mse - expected) < 1e-6
+    assert json.loads((ood / "results_in.settings.json").read_text())["examples"] == {"file": "examples_in.npz", "n": 3}
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs", "--bootstrap=0"]))
+    assert (ood / "figures" / "examples_in.png").stat().st_size > 5000
+    assert (ood / "figures" / "examples_Stripes.png").exists()
