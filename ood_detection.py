@@ -168,9 +168,31 @@ def main(args: argparse.Namespace):
                     examples_figure(dict(examples), figures / f"examples_{name}.png",
                                     f"{name}: input, then its reconstruction from each start point")
         logger.info("figures in %s", figures)
+    log_to_tensorboard(args.output_dir / args.model_name / "tensorboard" / "ood_detection", summary, tables,
+                       list(ood_frames))
     save_csv_atomic(ood_dir / "summary_auroc.csv", summary)
     logger.info("wrote %s and scores_<set>.csv for %s", ood_dir / "summary_auroc.csv", ", ".join(sets))
     return summary
+
+
+def log_to_tensorboard(log_dir: Path, summary, tables: dict, ood_sets: list[str]) -> None:
+    """Metrics, score histograms and precision-recall curves beside the training logs, so that
+    ``tensorboard --logdir=${output_root}`` shows the whole run."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        for row in summary.to_dict("records"):
+            for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+                writer.add_scalar(f"{row['ood_set']}/{row['score']}/{metric}", row[metric], 0)
+        for name in ["in", *ood_sets]:
+            writer.add_histogram(f"scores/{name}", tables[name]["score"].to_numpy(), 0)
+        for name in ood_sets:
+            scores = np.r_[tables["in"]["score"].to_numpy(), tables[name]["score"].to_numpy()]
+            labels = np.r_[np.zeros(len(tables["in"])), np.ones(len(tables[name]))]
+            # add_pr_curve wants probabilities: a monotone map to [0, 1] keeps the curve.
+            spread = np.ptp(scores) or 1.0
+            writer.add_pr_curve(f"pr/{name} (OOD positive)", labels, (scores - scores.min()) / spread, 0)
 
 
 def per_image_scores(frame, scores: dict, stats, metrics: list[str]):

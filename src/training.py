@@ -122,6 +122,24 @@ def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, se
     return x.clamp(0, 1)
 
 
+@torch.no_grad()
+def reconstruction_grid(model, schedule: DDPMSchedule, images: torch.Tensor, n_steps: int, device, seed: int,
+                        start_t=(100, 300, 500)) -> tuple[torch.Tensor, list[int]]:
+    """A few images and their PLMS reconstructions from several start points, as one image grid
+    (one row per image: the input, then each reconstruction); for TensorBoard during training."""
+    from src.reconstruction import reconstruct_fused, start_noise
+
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(n_steps)
+    starts = sorted({int(np.abs(sampler.grid - t).argmin()) for t in start_t})
+    timesteps = [int(sampler.grid[j]) for j in starts]
+    x0 = images.to(device)
+    noise = start_noise(x0.shape[1:], seed, range(len(x0)), timesteps)
+    recon = reconstruct_fused(model, schedule, sampler, x0, starts, noise).clamp(0, 1)  # (B, K, C, H, W)
+    rows = torch.cat([x0[:, None], recon], dim=1).flatten(0, 1).cpu()  # (B * (K + 1), C, H, W)
+    return make_grid(rows, nrow=len(timesteps) + 1), timesteps
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -447,6 +465,10 @@ class TrainLoop:
             samples = sample_images(self.scoring_model, self.schedule, shape, self.settings.sample_steps, self.device,
                                     self.settings.seed)
             self.writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), self.step)
+            grid, timesteps = reconstruction_grid(self.scoring_model, self.schedule, self.val_images[:4],
+                                                  self.settings.sample_steps, self.device, self.settings.seed)
+            self.writer.add_image("reconstructions (input, then from t = " + ", ".join(map(str, timesteps)) + ")",
+                                  grid, self.step)
         if self.val_loss < self.best_val:
             self.best_val = self.val_loss
             self.save_model("best_model.pth", epochs_done)
@@ -465,6 +487,13 @@ class TrainLoop:
             logger.info("Resuming at epoch %d, batch %d (step %d).", self.epoch + 1, self.batch_in_epoch, self.step)
         if self.dist.is_main:
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=self.step)
+            described = {**self.run_settings(), "n_epochs": settings.n_epochs, "eval_freq": settings.eval_freq,
+                         "compile": settings.compile, "channels_last": settings.channels_last,
+                         "parameters": sum(p.numel() for p in self.model.parameters())}
+            unet = self.config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
+            described.update({f"unet.{k}": v for k, v in unet.items()})
+            self.writer.add_text("hparams", "| setting | value |\n| --- | --- |\n" + "\n".join(
+                f"| {k} | {v} |" for k, v in described.items()), self.step)
         self.started = time.monotonic()
         try:
             while self.epoch < settings.n_epochs:

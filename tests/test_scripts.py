@@ -240,3 +240,20 @@ def test_saved_examples_are_the_scored_reconstructions(tmp_path, synthetic_split
     ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs", "--bootstrap=0"]))
     assert (ood / "figures" / "examples_in.png").stat().st_size > 5000
     assert (ood / "figures" / "examples_Stripes.png").exists()
+
+
+def test_tensorboard_holds_training_reconstructions_hparams_and_ood_metrics(tmp_path, synthetic_splits):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "models"
+    train.main(train_args(out, synthetic_splits, 1))
+    reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse"))
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs", "--bootstrap=0",
+                                                 "--no_figures"]))
+    training = EventAccumulator(str(out / "blobs" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    images = training.Tags()["images"]
+    assert "samples" in images and any(tag.startswith("reconstructions (input, then from t = ") for tag in images)
+    assert any("hparams" in tag for tag in training.Tags()["tensors"])
+    scoring = EventAccumulator(str(out / "blobs" / "tensorboard" / "ood_detection")).Reload()
+    assert "Stripes/mse/auroc" in scoring.Tags()["scalars"] and "scores/in" in scoring.Tags()["histograms"]
+    assert any(tag.startswith("pr/Stripes") for tag in scoring.Tags()["tensors"])
