@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import non_negative_int, plain_name, positive_int, run_main
+from src.cli import PLAIN_NAME, device_name, non_negative_int, plain_name, positive_int, run_main, unit_fraction
 
 logger = logging.getLogger("ddpm_ood")
 SCORES = {"mse+lpips": ["mse", "lpips"], "mse": ["mse"], "lpips": ["lpips"]}
@@ -38,6 +38,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=non_negative_int, default=200,
                         help="Resamples for the 95%% bootstrap interval of every metric; 0: no intervals. Default 200.")
     parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="Seed of the resampling. Default 0.")
+    parser.add_argument("--tpr", type=unit_fraction, default=0.95,
+                        help="In-distribution TPR of the saved threshold: the score below which this share of the "
+                             "validation images fall (ood/threshold.json). Default 0.95.")
+    parser.add_argument("--score_ids", default=None, metavar="CSV_OR_FOLDER",
+                        help="Score new images (a split CSV or a folder of image files) with this run's model, "
+                             "reconstruction settings and saved threshold; writes ood/predictions_<name>.csv "
+                             "(filename, score, is_ood). Run ood_detection.py without it first.")
+    parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
+    parser.add_argument("--lpips_weights", type=Path, default=None,
+                        help="For --score_ids: torchvision AlexNet weights file; default: the torch hub cache.")
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="Write ood/figures/*.png (ROC curves, score histograms, AUROC per start point); "
                              "--no-figures (or --no_figures) skips them. Default on.")
@@ -85,7 +95,37 @@ def load_results(ood_dir: Path):
     return frames["val"], frames["in"], ood
 
 
+def score_new_images(args: argparse.Namespace):
+    """--score_ids: reconstruct and score new images with the run's settings and saved threshold."""
+    import pandas as pd
+
+    from src.data import load_split, resolve_split
+    from src.detector import OODDetector
+    from src.errors import DataError
+    from src.files import save_csv_atomic
+
+    run_dir = args.output_dir / args.model_name
+    name = resolve_split(args.score_ids).name
+    if not PLAIN_NAME.fullmatch(name):
+        raise DataError(f"--score_ids {args.score_ids}: its name {name!r} is not a plain name; rename it.")
+    detector = OODDetector.load(run_dir, args.device, args.lpips_weights)
+    images = load_split(args.score_ids, bool(detector.settings["is_grayscale"]))
+    scores = detector.score(images.images, images.filenames)  # checks the size before any work
+    predictions = pd.DataFrame({"filename": images.filenames, "score": scores,
+                                "is_ood": scores > detector.threshold})
+    path = run_dir / "ood" / f"predictions_{name}.csv"
+    save_csv_atomic(path, predictions)
+    print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD (score above "
+          f"{detector.threshold:.4g}, the threshold at {100 * detector.saved['tpr']:.0f}% in-distribution TPR); "
+          f"wrote {path}")
+    return predictions
+
+
 def main(args: argparse.Namespace):
+    if args.score_ids:
+        return score_new_images(args)
+    import json
+
     import pandas as pd
 
     from src.files import save_csv_atomic
@@ -147,6 +187,14 @@ def main(args: argparse.Namespace):
     tables = {name: per_image_scores(frame, per_image[name], stats, metrics) for name, frame in sets.items()}
     for name, table in tables.items():
         save_csv_atomic(ood_dir / f"scores_{name}.csv", table)
+    from src.detector import THRESHOLD_FILE, fit_threshold
+    from src.files import write_text_atomic
+    from src.scoring import read_settings
+
+    threshold = {"score": default_score(metrics), "metrics": SCORES[default_score(metrics)], "tpr": args.tpr,
+                 "threshold": fit_threshold(tables["val"]["score"].to_numpy(), args.tpr), "max_t": args.max_t,
+                 "t_skip": args.t_skip, "settings": read_settings(ood_dir / "results_val.csv")}
+    write_text_atomic(ood_dir / THRESHOLD_FILE, json.dumps(threshold, indent=1))
     per_t = auroc_per_t(tables, list(ood_frames), SCORES[default_score(metrics)])
     save_csv_atomic(ood_dir / "auroc_per_t.csv", pd.DataFrame(
         [{"ood_set": name, "t": t, "auroc": value} for name, values in per_t.items() for t, value in values.items()]))

@@ -76,6 +76,7 @@ positive_int = _ranged(_integer, lambda n: n >= 1, "a positive integer")
 non_negative_int = _ranged(_integer, lambda n: n >= 0, "a non-negative integer")
 positive_float = _ranged(_number, lambda x: x > 0, "a number above 0")
 non_negative_float = _ranged(_number, lambda x: x >= 0, "a number of at least 0")
+unit_fraction = _ranged(_number, lambda x: 0 < x < 1, "a fraction strictly between 0 and 1")
 decay_rate = _ranged(_number, lambda x: 0 <= x < 1, "a decay in [0, 1) (0: off)")  # an EMA decay
 # A random seed: what every generator we seed accepts.
 seed_value = _ranged(_integer, lambda n: 0 <= n < 2**63, "a seed between 0 and 2**63 - 1")

@@ -95,6 +95,17 @@ def read_split_csv(path: str | Path) -> list[Path]:
     return [_resolve_entry(e, path.parent) for e in entries]
 
 
+IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (``.npy`` or what Pillow reads), sorted by name."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"Folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
 def _resolve_entry(entry: str, csv_dir: Path) -> Path:
     p = Path(entry)
     if p.is_absolute():
@@ -168,7 +179,7 @@ def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None,
     if first_n is not None and first_n < 0:
         raise DataError(f"first_n must be a non-negative number of images, got {first_n}.")
     spec = resolve_split(path)
-    files = read_split_csv(spec.csv_path)
+    files = folder_images(spec.csv_path) if spec.csv_path.is_dir() else read_split_csv(spec.csv_path)
     if first_n is not None:
         files = files[:first_n]
         if not files:

@@ -257,3 +257,43 @@ def test_tensorboard_holds_training_reconstructions_hparams_and_ood_metrics(tmp_
     scoring = EventAccumulator(str(out / "blobs" / "tensorboard" / "ood_detection")).Reload()
     assert "Stripes/mse/auroc" in scoring.Tags()["scalars"] and "scores/in" in scoring.Tags()["histograms"]
     assert any(tag.startswith("pr/Stripes") for tag in scoring.Tags()["tensors"])
+
+
+def test_scoring_new_images_matches_the_pipeline_and_refuses_mismatches(tmp_path, synthetic_splits, capsys):
+    """--score_ids (and the Python API) give the scores reconstruct.py + ood_detection.py give the
+    same images; a wrongly sized image is refused with exit 2 and nothing written."""
+    import numpy as np
+
+    from conftest import make_images, write_split
+    from src.detector import OODDetector
+
+    out = tmp_path / "models"
+    train.main(train_args(out, synthetic_splits, 1))
+    reconstruct.main(reconstruct_args(out, synthetic_splits, "--metrics=mse"))
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs", "--bootstrap=0",
+                                                 "--no_figures"]))
+    ood = out / "blobs" / "ood"
+    saved = json.loads((ood / "threshold.json").read_text())
+    val_scores = pd.read_csv(ood / "scores_val.csv")["score"]
+    assert saved["tpr"] == 0.95 and (val_scores <= saved["threshold"]).mean() >= 0.95
+
+    new = write_split(tmp_path / "new" / "New.csv", [p for p in pd.read_csv(synthetic_splits["ood"])["filename"]])
+    predictions = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs",
+                                                               f"--score_ids={new}"]))
+    pipeline = pd.read_csv(ood / "scores_Stripes.csv")
+    np.testing.assert_allclose(predictions["score"], pipeline["score"], rtol=1e-5, atol=1e-6)
+    assert (predictions["is_ood"] == (pipeline["score"] > saved["threshold"])).all()
+    assert pd.read_csv(ood / "predictions_New.csv")["filename"].tolist() == pipeline["filename"].tolist()
+    assert "flagged as OOD" in capsys.readouterr().out
+
+    detector = OODDetector.load(out / "blobs", device="cpu")
+    from src.data import load_split
+    images = load_split(synthetic_splits["ood"], True).images
+    np.testing.assert_allclose(detector.score(images), pipeline["score"], rtol=1e-5, atol=1e-6)
+
+    big = write_split(tmp_path / "big" / "Big.csv", make_images(tmp_path / "big", "g", 2, 5, shape=(32, 32)))
+    result = subprocess.run([sys.executable, str(ROOT / "ood_detection.py"), f"--output_dir={out}",
+                             "--model_name=blobs", f"--score_ids={big}"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 2 and "g_0.npy" in result.stderr and "(1, 32, 32)" in result.stderr
+    assert "Traceback" not in result.stderr and not (ood / "predictions_Big.csv").exists()
