@@ -247,9 +247,9 @@ def per_image_scores(frame, scores: dict, stats, metrics: list[str]):
     """One row per image: filename, image_index, its scores and every per-t z-score."""
     import pandas as pd
 
-    from src.scoring import z_table
+    from src.scoring import image_key, z_table
 
-    key = "image_index" if "image_index" in frame.columns else "filename"
+    key = image_key(frame)
     first = frame.drop_duplicates(key).set_index(key)
     table = pd.DataFrame({"filename": first["filename"]})
     if key == "image_index":

@@ -204,15 +204,14 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from src.config import check_channels
     from src.data import check_image_shape, load_split
     from src.diffusion import PLMSSampler
+    from src.distributed import init_distributed, launched_by_torchrun, shutdown
+    from src.files import save_npz_atomic
     from src.metrics import LPIPSMetric
     from src.precision import resolve_precision
-    from src.files import save_npz_atomic
     from src.reconstruction import (default_model_batch, in_chunks, measure_split, reconstruction_examples,
                                     unet_caller)
     from src.results_store import ResultsStore
     from src.runlock import run_lock
-
-    from src.distributed import init_distributed, launched_by_torchrun, shutdown
 
     metrics = parse_metrics(args.metrics)
     sets = planned_sets(args)
@@ -263,6 +262,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "seed": args.seed, "precision": precision, "is_grayscale": int(args.is_grayscale),
         "chunk_size": args.chunk_size,
     }
+
     def save_examples(store, name: str, image_set) -> None:
         """--save_examples: the first images and their reconstructions, once the set's results
         exist, recorded in its settings manifest (not a setting of the results themselves)."""

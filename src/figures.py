@@ -33,7 +33,9 @@ def _save(fig, path: Path) -> None:
 
 
 def roc_figure(in_scores: np.ndarray, ood_scores: dict[str, np.ndarray], path: Path, title: str) -> None:
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
+
+    from src.scoring import auroc
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.6))
@@ -41,7 +43,7 @@ def roc_figure(in_scores: np.ndarray, ood_scores: dict[str, np.ndarray], path: P
         labels = np.r_[np.zeros(len(in_scores)), np.ones(len(scores))]
         values = np.r_[in_scores, scores]
         fpr, tpr, _ = roc_curve(labels, values)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * roc_auc_score(labels, values):.1f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * auroc(in_scores, scores):.1f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set(xlabel="false positive rate (in-distribution flagged as OOD)",
            ylabel="true positive rate (OOD flagged as OOD)", xlim=(0, 1), ylim=(0, 1.01), title=title)

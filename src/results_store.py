@@ -7,6 +7,10 @@ skips finished chunks; when all are there they are joined into the results file 
 path for an interrupted and an uninterrupted run, so both give identical files), the
 settings are kept beside it as ``results_<name>.settings.json`` and the chunks removed.
 Results made with other settings are never mixed in: the run stops unless told to restart.
+
+The steps, so that several writers can share a set (torchrun ranks, --shard jobs):
+``prepare`` (check or start the partial results), ``pending`` (chunks not on disk),
+``commit`` (one chunk, atomically), ``finalise`` (join them, by one writer).
 """
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -119,13 +122,6 @@ class ResultsStore:
         save_csv_atomic(self.final, frame)
         shutil.rmtree(self.partial)
         return self.final
-
-    def run(self, n_images: int, chunk_size: int, compute: Callable[[int, int], pd.DataFrame]) -> Path:
-        """Compute chunks [start, stop) not already on disk, then write the results file."""
-        self.prepare()
-        for k, start, stop in self.pending(n_images, chunk_size):
-            self.commit(k, compute(start, stop))
-        return self.finalise(n_images, chunk_size)
 
     @staticmethod
     def _read_settings(path: Path) -> dict | None:

@@ -102,7 +102,7 @@ def check_rows(frame: pd.DataFrame, path: Path) -> None:
         at = int(np.argmax((frame["t"] != frame["t"].round()).to_numpy()))
         raise ScoringError(f"{path} {_line(frame, at)}: t = {_show(frame['t'].iloc[at])} is not an integer. {redo}")
     frame["t"] = frame["t"].astype(np.int64)
-    key = "image_index" if "image_index" in frame.columns else "filename"
+    key = image_key(frame)
     duplicated = frame.duplicated([key, "t"], keep="first").to_numpy()
     if duplicated.any():
         at = int(np.argmax(duplicated))
@@ -154,15 +154,19 @@ def score_frame(frame: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], so
             f"{source} has start points t={unknown_t} that the validation results lack; "
             "reconstruct both with the same --num_inference_steps and --inference_skip_factor."
         )
-    z = np.zeros(len(frame))
-    for metric in metrics:
-        column = METRIC_COLUMNS[metric]
-        mean = frame["t"].map(stats[(column, "mean")])
-        std = frame["t"].map(stats[(column, "std")])
-        z = z + ((frame[column] - mean) / std).to_numpy()
-    per_row = pd.Series(z, index=frame.index)
-    image_key = "image_index" if "image_index" in frame.columns else "filename"
-    return per_row.groupby(frame[image_key], sort=False).mean()
+    per_row = sum(metric_z(frame, stats, metric) for metric in metrics)
+    return per_row.groupby(frame[image_key(frame)], sort=False).mean()
+
+
+def image_key(frame: pd.DataFrame) -> str:
+    """The column that names an image: image_index, or filename in files without it."""
+    return "image_index" if "image_index" in frame.columns else "filename"
+
+
+def metric_z(frame: pd.DataFrame, stats: pd.DataFrame, metric: str) -> pd.Series:
+    """Each row's z-score of ``metric``: (value - validation mean at its t) / validation std at its t."""
+    column = METRIC_COLUMNS[metric]
+    return (frame[column] - frame["t"].map(stats[(column, "mean")])) / frame["t"].map(stats[(column, "std")])
 
 
 def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
@@ -185,7 +189,7 @@ def ood_metrics(in_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
     is_ood = np.concatenate([np.zeros(len(in_scores)), np.ones(len(ood_scores))])
     fpr, tpr, _ = roc_curve(1 - is_ood, -scores)  # in-distribution positive, lower score = more "in"
     return {
-        "auroc": float(roc_auc_score(is_ood, scores)),
+        "auroc": auroc(in_scores, ood_scores),
         "aupr_in": float(average_precision_score(1 - is_ood, -scores)),
         "aupr_out": float(average_precision_score(is_ood, scores)),
         "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
@@ -210,11 +214,10 @@ def bootstrap_intervals(in_scores: np.ndarray, ood_scores: np.ndarray, n_resampl
 def z_table(frame: pd.DataFrame, stats: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Per image: its per-t z-score of every metric, as columns ``z_<metric>_t<t>``, indexed by
     image (image_index, or filename for files without it), in the file's order."""
-    key = "image_index" if "image_index" in frame.columns else "filename"
+    key = image_key(frame)
     columns = {}
     for metric in metrics:
-        column = METRIC_COLUMNS[metric]
-        z = (frame[column] - frame["t"].map(stats[(column, "mean")])) / frame["t"].map(stats[(column, "std")])
+        z = metric_z(frame, stats, metric)
         wide = pd.DataFrame({key: frame[key], "t": frame["t"], "z": z}).pivot(index=key, columns="t", values="z")
         for t in wide.columns:
             columns[f"z_{metric}_t{int(t)}"] = wide[t]

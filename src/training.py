@@ -93,7 +93,7 @@ def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_s
     """Mean L2 loss over the validation set with fixed timesteps and noise, comparable across
     epochs. Under torchrun each rank takes every world_size-th batch and the sums are reduced."""
     generator = torch.Generator().manual_seed(1234)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss x images, images)
+    total = torch.zeros((), dtype=torch.float64, device=device)  # sum over batches of loss x images
     batches = range(0, len(images), batch_size)
     for k, start in enumerate(tqdm(batches, desc="validation", unit="batch", leave=False, disable=not dist.is_main)):
         x0 = images[start:start + batch_size]
@@ -104,9 +104,8 @@ def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_s
             continue
         with autocast(precision, device):
             loss = schedule.training_loss(model, x0.to(device), t.to(device), noise.to(device))
-        sums += torch.stack([loss.detach().double() * len(x0), torch.tensor(float(len(x0)), device=device).double()])
-    total, count = dist.all_reduce_sum(sums).tolist()
-    return total / count
+        total += loss.detach().double() * len(x0)
+    return dist.all_reduce_sum(total).item() / len(images)
 
 
 @torch.no_grad()
@@ -127,17 +126,15 @@ def reconstruction_grid(model, schedule: DDPMSchedule, images: torch.Tensor, n_s
                         start_t=(100, 300, 500)) -> tuple[torch.Tensor, list[int]]:
     """A few images and their PLMS reconstructions from several start points, as one image grid
     (one row per image: the input, then each reconstruction); for TensorBoard during training."""
-    from src.reconstruction import reconstruct_fused, start_noise
+    from src.reconstruction import reconstruction_examples
 
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(n_steps)
     starts = sorted({int(np.abs(sampler.grid - t).argmin()) for t in start_t})
-    timesteps = [int(sampler.grid[j]) for j in starts]
-    x0 = images.to(device)
-    noise = start_noise(x0.shape[1:], seed, range(len(x0)), timesteps)
-    recon = reconstruct_fused(model, schedule, sampler, x0, starts, noise).clamp(0, 1)  # (B, K, C, H, W)
-    rows = torch.cat([x0[:, None], recon], dim=1).flatten(0, 1).cpu()  # (B * (K + 1), C, H, W)
-    return make_grid(rows, nrow=len(timesteps) + 1), timesteps
+    examples = reconstruction_examples(model, schedule, sampler, images, starts, seed, device)
+    inputs, recons = (torch.from_numpy(examples[k]) for k in ("inputs", "reconstructions"))  # (B, ...), (B, K, ...)
+    rows = torch.cat([inputs[:, None], recons], dim=1).flatten(0, 1)  # (B * (K + 1), C, H, W)
+    return make_grid(rows, nrow=len(starts) + 1), examples["t"].tolist()
 
 
 def rng_state() -> dict:
@@ -384,7 +381,8 @@ class TrainLoop:
     def run_step(self, order: torch.Tensor, index: int) -> StepResult:
         """Batch ``index`` of the epoch: this rank's slice of it, the step's noise, one update."""
         batch = self.settings.batch_size
-        n_rows = min(batch, len(order) - index * batch)
+        batch_order = order[index * batch:(index + 1) * batch]  # the global batch (shorter at an epoch's end)
+        n_rows = len(batch_order)
         share = self.dist.share(n_rows)
         t, noise = step_noise(self.settings.seed, self.step, n_rows, self.image_shape, self.schedule.num_timesteps,
                               self.device)
@@ -392,7 +390,7 @@ class TrainLoop:
             rows, weight = share, (share.stop - share.start) * self.dist.world_size / n_rows
         else:  # fewer images than ranks in this batch: a zero-weight row keeps DDP's all-reduce in step
             rows, weight = slice(0, 1), 0.0
-        x0 = train_batch(self.train_images, order[index * batch:][rows], 0, batch, self.device, self.memory_format)
+        x0 = train_batch(self.train_images, batch_order[rows], 0, n_rows, self.device, self.memory_format)
         try:
             result = train_step(self.net, self.model, self.schedule, self.optimizer, self.scaler, x0, t[rows],
                                 noise[rows], self.precision, weight, self.dist, float(self.out_of_time()))
