@@ -3,11 +3,14 @@
     python ood_detection.py --output_dir=${output_root} --model_name=fashionmnist
 
 Reads OUTPUT_DIR/MODEL_NAME/ood/results_val.csv (z-score statistics), results_in.csv (the
-in-distribution test set) and every other results_<Name>.csv (one OOD set each). Higher score
-= more OOD; OOD is the positive class. Prints one line per set and score, then a table of
-AUROC, AUPR-In, AUPR-Out and FPR@95%TPR with bootstrap intervals, and writes
-ood/summary_auroc.csv (one row per OOD set and score) and ood/scores_<set>.csv (one row per
-image of val, in and every OOD set: its scores and per-t z-scores).
+in-distribution test set) and every other results_<Name>.csv (one OOD set each), and the
+other detectors' ood/<detector>/results_<set>.csv (reconstruct.py --detectors), whose
+density fits see only the validation (or --fit_on=fit) images. Higher score = more OOD; OOD
+is the positive class. Prints the paper's AUC line per set and score, then a table of every
+detector x OOD set (AUROC and UNet evaluations per image), then AUROC, AUPR-In, AUPR-Out and
+FPR@95%TPR with bootstrap intervals; writes ood/summary_auroc.csv (one row per OOD set,
+detector and score) and ood/scores_<set>.csv (one row per image of each set: its scores and
+per-t z-scores).
 
 Every results file is checked before anything is printed: all must come from one model with
 one set of reconstruction settings (their settings manifests, results_<Name>.settings.json),
@@ -22,10 +25,10 @@ from pathlib import Path
 from typing import Sequence
 
 from src.cli import PLAIN_NAME, device_name, non_negative_int, plain_name, positive_int, run_main, unit_fraction
+from src.detectors import FEATURE_DETECTORS
 
 logger = logging.getLogger("ddpm_ood")
-SCORES = {"mse+lpips": ["mse", "lpips"], "mse": ["mse"], "lpips": ["lpips"]}
-RESERVED = ("val", "in")
+RESERVED = ("val", "in", "fit")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,6 +51,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
     parser.add_argument("--lpips_weights", type=Path, default=None,
                         help="For --score_ids: torchvision AlexNet weights file; default: the torch hub cache.")
+    parser.add_argument("--fit_on", choices=("val", "fit"), default="val",
+                        help="In-distribution images the density fits of the path/msma/denoise detectors see: val "
+                             "(default, the validation split, as the paper's z-scores) or fit (reconstruct.py "
+                             "--fit_ids). Never test or OOD images.")
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="Write ood/figures/*.png (ROC curves, score histograms, AUROC per start point); "
                              "--no-figures (or --no_figures) skips them. Default on.")
@@ -129,10 +136,49 @@ def main(args: argparse.Namespace):
     import pandas as pd
 
     from src.files import save_csv_atomic
-    from src.scoring import (ScoringError, available_metrics, bootstrap_intervals, fit_validation_stats, ood_metrics,
-                             score_frame, select_t)
+    from src.scoring import ScoringError
 
     ood_dir = args.output_dir / args.model_name / "ood"
+    features_found = [d for d in FEATURE_DETECTORS if (ood_dir / d / f"results_{args.fit_on}.csv").exists()]
+    if not (ood_dir / "results_val.csv").exists() and not features_found:
+        raise ScoringError(f"{ood_dir / 'results_val.csv'} does not exist. Run reconstruct.py with --run_val=1 "
+                           "--run_in=1 first.")
+    if args.fit_on != "val" and not features_found:
+        raise ScoringError(f"--fit_on={args.fit_on}: no detector results_{args.fit_on}.csv in {ood_dir}/<detector>/; "
+                           "run reconstruct.py with --fit_ids and --detectors path,msma,denoise first.")
+    # Every check passes before anything is printed.
+    recon = check_recon(args, ood_dir) if (ood_dir / "results_val.csv").exists() else None
+    ood_sets = list(recon["ood"]) if recon else sorted(
+        {p.stem[len("results_"):] for d in features_found for p in (ood_dir / d).glob("results_*.csv")}
+        - set(RESERVED))
+    features = {name: check_features(ood_dir, name, ood_sets, args.fit_on, recon) for name in features_found}
+    if recon is None and not any(set(ood_sets) & set(f["frames"]) for f in features.values()):
+        raise ScoringError(f"No OOD results (results_<Name>.csv) in {ood_dir}. Run reconstruct.py with --run_out=1.")
+
+    rows, tables, main_scores = [], {}, {}
+    costs = {"recon": recon["nfe"]} if recon else {}
+    if recon is not None:
+        rows += score_recon(args, recon, tables, main_scores)
+    for name, found in features.items():
+        rows += score_features(args, found, tables, main_scores)
+        costs[name] = found["nfe"]
+    rows += score_combinations(args, main_scores, ood_sets, tables, costs)
+    summary = pd.DataFrame(rows)
+    print(detector_table(summary, ood_sets))
+    print(metrics_table(summary, args.bootstrap))
+    for name, table in tables.items():
+        save_csv_atomic(ood_dir / f"scores_{name}.csv", table)
+    if recon is not None:
+        write_recon_extras(args, recon, tables, summary, ood_dir)
+    save_csv_atomic(ood_dir / "summary_auroc.csv", summary)
+    logger.info("wrote %s and scores_<set>.csv for %s", ood_dir / "summary_auroc.csv", ", ".join(tables))
+    return summary
+
+
+def check_recon(args, ood_dir: Path) -> dict:
+    """Read and check the reconstruction results (the paper's detector) and fit its per-t statistics."""
+    from src.scoring import ScoringError, available_metrics, fit_validation_stats, read_settings, select_t
+
     val_all, in_frame, ood_frames = load_results(ood_dir)
     val = select_t(val_all, args.max_t, args.t_skip)
     if val.empty:
@@ -159,43 +205,168 @@ def main(args: argparse.Namespace):
                                "re-run reconstruct.py.")
         return frame
 
-    # Every check passes before anything is printed.
     sets = {"in": check_t(in_frame, ood_dir / "results_in.csv")}
     sets.update({name: check_t(frame, ood_dir / f"results_{name}.csv") for name, frame in ood_frames.items()})
-
     sets["val"] = val
-    rows, per_image = [], {name: {} for name in sets}
-    for score_name, chosen in SCORES.items():
-        if not set(chosen) <= set(metrics):
-            continue
-        scores = {name: score_frame(frame, stats, chosen, source=name) for name, frame in sets.items()}
-        for name, series in scores.items():
-            per_image[name]["score" if score_name == default_score(metrics) else f"score_{score_name}"] = series
-        for ood_name in ood_frames:
-            in_scores, ood_scores = scores["in"].to_numpy(), scores[ood_name].to_numpy()
-            row = {"ood_set": ood_name, "score": score_name, **ood_metrics(in_scores, ood_scores),
-                   "n_in": len(in_scores), "n_ood": len(ood_scores)}
-            if args.bootstrap:
-                for metric, (low, high) in bootstrap_intervals(in_scores, ood_scores, args.bootstrap,
-                                                               args.bootstrap_seed).items():
-                    row[f"{metric}_low"], row[f"{metric}_high"] = low, high
-            rows.append(row)
-            suffix = "" if score_name == default_score(metrics) else f" ({score_name})"
-            print(f"AUC for {args.model_name} vs {ood_name}{suffix}: {100 * row['auroc']:.1f}")
-    summary = pd.DataFrame(rows)
-    print(metrics_table(summary, args.bootstrap))
-    tables = {name: per_image_scores(frame, per_image[name], stats, metrics) for name, frame in sets.items()}
-    for name, table in tables.items():
-        save_csv_atomic(ood_dir / f"scores_{name}.csv", table)
-    from src.detector import THRESHOLD_FILE, fit_threshold
-    from src.files import write_text_atomic
-    from src.scoring import read_settings
+    settings = read_settings(ood_dir / "results_val.csv")
+    # The cost of the start points kept: reconstruct.py records each start's (grid index + 2).
+    per_start = settings.get("nfe_per_start") or {}
+    nfe = sum(per_start[str(int(t))] for t in kept_t) if all(str(int(t)) in per_start for t in kept_t) else None
+    return {"sets": sets, "ood": ood_frames, "stats": stats, "metrics": metrics, "settings": settings, "nfe": nfe}
 
-    threshold = {"score": default_score(metrics), "metrics": SCORES[default_score(metrics)], "tpr": args.tpr,
+
+def score_recon(args, recon: dict, tables: dict, main_scores: dict) -> list[dict]:
+    """The paper's scores: print the seed's AUC lines and return one summary row per (score, OOD set)."""
+    from src.detectors.recon import SCORES, available_scores, default_score
+    from src.scoring import score_frame
+
+    sets, stats, metrics = recon["sets"], recon["stats"], recon["metrics"]
+    paper = default_score(metrics)
+    rows, per_image = [], {name: {} for name in sets}
+    for score_name in available_scores(metrics):
+        scores = {name: score_frame(frame, stats, SCORES[score_name], source=name) for name, frame in sets.items()}
+        for name, series in scores.items():
+            per_image[name]["score" if score_name == paper else f"score_{score_name}"] = series
+        if score_name == paper:
+            main_scores["recon"] = {name: series for name, series in scores.items()}
+        for ood_name in recon["ood"]:
+            rows.append(summary_row(args, ood_name, "recon", score_name, recon["nfe"], scores["in"].to_numpy(),
+                                    scores[ood_name].to_numpy()))
+            suffix = "" if score_name == paper else f" ({score_name})"
+            print(f"AUC for {args.model_name} vs {ood_name}{suffix}: {100 * rows[-1]['auroc']:.1f}")
+    for name, frame in sets.items():
+        tables[name] = per_image_scores(frame, per_image[name], stats, metrics)
+    return rows
+
+
+def check_features(ood_dir: Path, name: str, ood_sets: list[str], fit_on: str, recon: dict | None) -> dict:
+    """Read and check one feature detector's results for the fit set, in and every OOD set."""
+    from src.detectors import feature_detector_class
+    from src.detectors.results import load_detector_sets
+    from src.scoring import ScoringError, read_settings
+
+    folder = ood_dir / name
+    settings = read_settings(folder / f"results_{fit_on}.csv")
+    if settings is None:
+        raise ScoringError(f"{folder / f'results_{fit_on}.csv'} has no settings manifest; re-run reconstruct.py "
+                           "with --restart for that set.")
+    detector = feature_detector_class(name).from_settings(settings)
+    wanted = list(dict.fromkeys([fit_on, "val", "in", *ood_sets]))
+    frames = load_detector_sets(folder, wanted, read_settings, detector.columns(),
+                                recon["settings"] if recon else None)
+    if "in" not in frames:
+        raise ScoringError(f"{folder / 'results_in.csv'} does not exist: run reconstruct.py --run_in=1 with "
+                           f"--detectors {name}.")
+    return {"name": name, "detector": detector, "frames": frames, "fit_on": fit_on,
+            "nfe": settings.get("nfe_per_image", detector.nfe())}
+
+
+def score_features(args, found: dict, tables: dict, main_scores: dict) -> list[dict]:
+    """Fit a feature detector on the fit set alone, score every set, one summary row per (score, OOD set)."""
+    import numpy as np
+
+    detector, frames = found["detector"], found["frames"]
+    columns = detector.columns()
+    fitted = detector.fit(frames[found["fit_on"]][columns].to_numpy(), seed=args.bootstrap_seed)
+    scored = {name: detector.score(fitted, frame[columns].to_numpy()) for name, frame in frames.items()}
+    main_scores[detector.name] = {name: _series(frames[name], values[detector.primary])
+                                  for name, values in scored.items()}
+    for name, values in scored.items():
+        for score_name, array in values.items():
+            add_column(tables, name, frames[name], f"score_{score_name}", array)
+    rows = []
+    for score_name in detector.score_names:
+        for ood_name in sorted(set(frames) - set(RESERVED)):
+            rows.append(summary_row(args, ood_name, detector.name, score_name, found["nfe"],
+                                    np.asarray(scored["in"][score_name]), np.asarray(scored[ood_name][score_name])))
+    return rows
+
+
+def score_combinations(args, main_scores: dict, ood_sets: list[str], tables: dict, costs: dict) -> list[dict]:
+    """combo (every detector's main score) and combo-cheap (all but recon), z-scored on the validation images."""
+    from src.detectors.combined import combine
+
+    rows = []
+    combos = {"combo": list(main_scores), "combo-cheap": [d for d in main_scores if d != "recon"]}
+    for combo, members in combos.items():
+        if len(members) < 2 or (combo == "combo-cheap" and members == list(main_scores)):
+            continue
+        sets = [s for s in ["val", "in", *ood_sets] if all(s in main_scores[d] for d in members)]
+        aligned = {}
+        for name in sets:
+            series = [main_scores[d][name] for d in members]
+            if any(not s.index.equals(series[0].index) for s in series):
+                logger.warning("%s: the detectors scored different images of %s; leaving it out.", combo, name)
+                continue
+            aligned[name] = {d: s.to_numpy() for d, s in zip(members, series)}
+        if not {"val", "in"} <= set(aligned):
+            continue
+        nfe = None if any(costs.get(d) is None for d in members) else sum(costs[d] for d in members)
+        combined = {name: combine(aligned["val"], values) for name, values in aligned.items()}
+        for name, values in combined.items():
+            index = main_scores[members[0]][name].index
+            add_column(tables, name, None, f"score_{combo}", values, index)
+        for ood_name in (s for s in ood_sets if s in combined):
+            rows.append(summary_row(args, ood_name, "combo", combo, nfe, combined["in"], combined[ood_name]))
+    return rows
+def summary_row(args, ood_name: str, detector: str, score: str, nfe, in_scores, ood_scores) -> dict:
+    """One row of summary_auroc.csv: the OOD metrics (and their bootstrap intervals) of one score."""
+    from src.scoring import bootstrap_intervals, ood_metrics
+
+    row = {"ood_set": ood_name, "detector": detector, "score": score, **ood_metrics(in_scores, ood_scores),
+           "n_in": len(in_scores), "n_ood": len(ood_scores), "nfe_per_image": nfe}
+    if args.bootstrap:
+        for metric, (low, high) in bootstrap_intervals(in_scores, ood_scores, args.bootstrap,
+                                                       args.bootstrap_seed).items():
+            row[f"{metric}_low"], row[f"{metric}_high"] = low, high
+    return row
+
+
+def _series(frame, values):
+    """Per-image values indexed by image_index (how the sets' scores are matched up)."""
+    import pandas as pd
+
+    return pd.Series(values, index=pd.Index(frame["image_index"].to_numpy(), name="image_index"))
+
+
+def add_column(tables: dict, set_name: str, frame, column: str, values, index=None) -> None:
+    """Add one per-image score to ``scores_<set>.csv``'s table, matched by image_index (a new table
+    with filename and image_index when the set has none yet)."""
+    import pandas as pd
+
+    index = frame["image_index"].to_numpy() if index is None else index
+    if set_name not in tables:
+        if frame is None:
+            return
+        tables[set_name] = pd.DataFrame({"filename": frame["filename"].to_numpy(), "image_index": index})
+    table = tables[set_name]
+    if "image_index" not in table:
+        logger.warning("scores_%s.csv: its images have no image_index; %s left out.", set_name, column)
+        return
+    by_index = pd.Series(values, index=index)
+    if not set(table["image_index"]) <= set(by_index.index):
+        logger.warning("scores_%s.csv: %s was measured on other images of %s; left out.", set_name, column, set_name)
+        return
+    table[column] = by_index.loc[table["image_index"].to_numpy()].to_numpy()
+
+
+def write_recon_extras(args, recon: dict, tables: dict, summary, ood_dir: Path) -> None:
+    """For the paper's score: the threshold for new images, AUROC per start point, figures, TensorBoard."""
+    import json
+
+    import pandas as pd
+
+    from src.detector import THRESHOLD_FILE, fit_threshold
+    from src.detectors.recon import SCORES, default_score
+    from src.files import save_csv_atomic, write_text_atomic
+
+    paper = default_score(recon["metrics"])
+    ood_sets = list(recon["ood"])
+    threshold = {"score": paper, "metrics": SCORES[paper], "tpr": args.tpr,
                  "threshold": fit_threshold(tables["val"]["score"].to_numpy(), args.tpr), "max_t": args.max_t,
-                 "t_skip": args.t_skip, "settings": read_settings(ood_dir / "results_val.csv")}
+                 "t_skip": args.t_skip, "settings": recon["settings"]}
     write_text_atomic(ood_dir / THRESHOLD_FILE, json.dumps(threshold, indent=1))
-    per_t = auroc_per_t(tables, list(ood_frames), SCORES[default_score(metrics)])
+    per_t = auroc_per_t(tables, ood_sets, SCORES[paper])
     save_csv_atomic(ood_dir / "auroc_per_t.csv", pd.DataFrame(
         [{"ood_set": name, "t": t, "auroc": value} for name, values in per_t.items() for t, value in values.items()]))
     if args.figures:
@@ -205,22 +376,32 @@ def main(args: argparse.Namespace):
 
         figures = ood_dir / "figures"
         in_scores = tables["in"]["score"].to_numpy()
-        ood_scores = {name: tables[name]["score"].to_numpy() for name in ood_frames}
-        label = f"{args.model_name}: {default_score(metrics)} score"
+        ood_scores = {name: tables[name]["score"].to_numpy() for name in ood_sets}
+        label = f"{args.model_name}: {paper} score"
         roc_figure(in_scores, ood_scores, figures / "roc.png", f"ROC, {label}")
         histogram_figure(in_scores, ood_scores, figures / "histograms.png", f"Scores, {label}")
         auroc_per_t_figure(per_t, figures / "auroc_per_t.png", f"AUROC per start point, {label}")
-        for name in sets:  # the reconstruction grids of the sets reconstruct.py kept examples of
+        for name in recon["sets"]:  # the reconstruction grids of the sets reconstruct.py kept examples of
             if (ood_dir / f"examples_{name}.npz").exists():
                 with np.load(ood_dir / f"examples_{name}.npz") as examples:
                     examples_figure(dict(examples), figures / f"examples_{name}.png",
                                     f"{name}: input, then its reconstruction from each start point")
         logger.info("figures in %s", figures)
-    log_to_tensorboard(args.output_dir / args.model_name / "tensorboard" / "ood_detection", summary, tables,
-                       list(ood_frames))
-    save_csv_atomic(ood_dir / "summary_auroc.csv", summary)
-    logger.info("wrote %s and scores_<set>.csv for %s", ood_dir / "summary_auroc.csv", ", ".join(sets))
-    return summary
+    log_to_tensorboard(args.output_dir / args.model_name / "tensorboard" / "ood_detection", summary, tables, ood_sets)
+
+
+def detector_table(summary, ood_sets: list[str]) -> str:
+    """Every detector and score against every OOD set: AUROC (%) and UNet evaluations per image."""
+    header = ["detector", "score", "NFE/img", *ood_sets]
+    lines = []
+    for (detector, score), group in summary.groupby(["detector", "score"], sort=False):
+        auroc = dict(zip(group["ood_set"], group["auroc"]))
+        nfe = group["nfe_per_image"].iloc[0]
+        lines.append([detector, score, "?" if nfe is None or nfe != nfe else str(int(nfe)),
+                      *(f"{100 * auroc[name]:.1f}" if name in auroc else "-" for name in ood_sets)])
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+    render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join(["AUROC (%) of every detector, OOD positive:", render(header), *map(render, lines)])
 
 
 def log_to_tensorboard(log_dir: Path, summary, tables: dict, ood_sets: list[str]) -> None:
@@ -271,10 +452,10 @@ def auroc_per_t(tables: dict, ood_sets: list[str], chosen: list[str]) -> dict[st
 
 def metrics_table(summary, bootstrap: int) -> str:
     """The metrics of every OOD set and score as an aligned table (percentages)."""
-    header = ["OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95%TPR"]
+    header = ["OOD set", "detector", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95%TPR"]
     lines = []
     for row in summary.to_dict("records"):
-        cells = [row["ood_set"], row["score"]]
+        cells = [row["ood_set"], row["detector"], row["score"]]
         for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
             cell = f"{100 * row[metric]:.1f}"
             if bootstrap:
@@ -286,11 +467,6 @@ def metrics_table(summary, bootstrap: int) -> str:
     note = (f"95% bootstrap intervals from {bootstrap} resamples; " if bootstrap else "") + \
         "OOD is the positive class, except for AUPR-In and the TPR of FPR@95%TPR (in-distribution positive)."
     return "\n".join([render(header), *map(render, lines), note])
-
-
-def default_score(metrics: list[str]) -> str:
-    """The paper's score: MSE + LPIPS z-scores, or MSE alone for an MSE-only run."""
-    return "mse+lpips" if "lpips" in metrics else "mse"
 
 
 if __name__ == "__main__":

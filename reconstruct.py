@@ -11,6 +11,10 @@ The model and schedule are rebuilt from the checkpoint. Writes OUTPUT_DIR/MODEL_
 results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD CSV's stem without
 "_test", e.g. MNIST, FashionMNIST_vflip), one row per (image, start t).
 
+``--detectors recon,path,msma,denoise`` (or ``all``) also measures the other detectors of
+src/detectors/ (DiffPath's path statistics, MSMA's score norms, the denoising error), each in
+ood/<detector>/results_<set>.csv, one row per image; the default is the paper's alone.
+
 ``torchrun --nproc_per_node=N reconstruct.py <the same flags>`` shares each set's chunks over
 N processes; ``--shard K/N`` does the same for independent jobs. Either way the results are
 byte-identical to one process.
@@ -26,12 +30,13 @@ from typing import Sequence
 
 from src.cli import (PLAIN_NAME, binary_int, device_name, non_negative_int, pick_device, plain_name, positive_int,
                      run_main, seed_value)
+from src.detectors import DEFAULT_DETECTORS, DETECTORS, parse_detectors
+from src.detectors.recon import METRICS
 from src.errors import DataError
 from src.precision import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
-METRICS = ("mse", "lpips")
-RESERVED_SETS = ("val", "in")  # results_val.csv and results_in.csv: never an OOD set's name
+RESERVED_SETS = ("val", "in", "fit")  # results_val/in/fit.csv: never an OOD set's name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,6 +46,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Run name, a plain name (OUTPUT_DIR/MODEL_NAME/ holds the model).")
     parser.add_argument("--validation_ids", help="Split CSV of in-distribution validation images (z-score fit).")
     parser.add_argument("--in_ids", help="Split CSV of in-distribution test images.")
+    parser.add_argument("--fit_ids", default=None,
+                        help="Optional split CSV of other in-distribution images (never test images) for the density "
+                             "fits of the path/msma/denoise detectors (ood_detection.py --fit_on=fit); measured by "
+                             "those detectors only, first --first_n_val of them. Default: none (fits use val).")
     parser.add_argument("--out_ids", default="",
                         help="Comma-separated split CSVs of OOD images; a _vflip/_hflip suffix flips the base split.")
     parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB.")
@@ -69,6 +78,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images per batch (each run from every start).")
     parser.add_argument("--metrics", default="mse,lpips",
                         help="Comma-separated metrics: mse, lpips. 'mse' alone skips LPIPS (no AlexNet weights needed).")
+    parser.add_argument("--detectors", type=detector_list, default=",".join(DEFAULT_DETECTORS),
+                        help=f"Comma-separated detectors to measure, from {', '.join(DETECTORS)}, or 'all'. Default "
+                             "recon, the paper's reconstruction score; path (DiffPath), msma (MSMA) and denoise "
+                             "(denoising error) cost about 10 UNet calls per image each. See README, 'Detectors'.")
+    parser.add_argument("--path_steps", type=positive_int, default=10,
+                        help="DDIM steps of the path detector's path from the image to noise (its UNet calls per "
+                             "image). Default 10, as DiffPath.")
+    parser.add_argument("--msma_levels", type=positive_int, default=10,
+                        help="Noise levels of the msma detector (its UNet calls per image). Default 10, as MSMA.")
+    parser.add_argument("--denoise_levels", type=positive_int, default=10,
+                        help="Timesteps of the denoise detector (its UNet calls per image). Default 10.")
     parser.add_argument("--lpips_weights", type=Path, default=None,
                         help="torchvision AlexNet weights file (alexnet-owt-7be5be79.pth); default: the torch hub cache.")
     parser.add_argument("--lpips_pad", type=non_negative_int, default=2,
@@ -119,6 +139,13 @@ def shard_spec(text: str) -> tuple[int, int]:
     return index, count
 
 
+def detector_list(text: str) -> list[str]:
+    try:
+        return parse_detectors(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_metrics(text: str) -> list[str]:
     metrics = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRICS]
@@ -134,9 +161,11 @@ def planned_sets(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
         sets.append(("val", args.validation_ids, args.first_n_val))
     if args.run_in:
         sets.append(("in", args.in_ids, args.first_n))
+    if args.fit_ids:
+        sets.append(("fit", args.fit_ids, args.first_n_val))
     for name, path, _ in sets:
         if not path:
-            raise DataError(f"--{'validation' if name == 'val' else name}_ids is required when that set is run "
+            raise DataError(f"--{ {'val': 'validation'}.get(name, name)}_ids is required when that set is run "
                             f"(or pass --run_{name}=0).")
         from src.data import resolve_split
 
@@ -177,7 +206,7 @@ def ood_set_name(path: str) -> str:
     if not PLAIN_NAME.fullmatch(name) or name in RESERVED_SETS:
         raise DataError(
             f"--out_ids {path}: its results name would be {name!r}, which "
-            + (f"is reserved for the {'validation' if name == 'val' else 'in-distribution'} results"
+            + (f"is reserved for the {dict(val='validation', fit='fit').get(name, 'in-distribution')} results"
                if name in RESERVED_SETS else "is not a plain name (letters, digits, . _ + -, starting with a "
                "letter or digit)")
             + ". Rename or copy the split CSV (the set is named after the file, without '_test').")
@@ -210,6 +239,9 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from src.precision import resolve_precision
     from src.reconstruction import (default_model_batch, in_chunks, measure_split, reconstruction_examples,
                                     unet_caller)
+    from src.detectors import feature_detector_class
+    from src.detectors.base import measure_features
+    from src.detectors.recon import nfe as recon_nfe
     from src.results_store import ResultsStore
     from src.runlock import run_lock
 
@@ -230,7 +262,12 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     logger.info("model %s (epoch %s); the config stored in it is used", model_file, info.get("epoch"))
     if args.config_diffusion_file is not None:
         warn_if_config_differs(args.config_diffusion_file, config, model_file)
-    lpips_metric = LPIPSMetric(args.lpips_weights, pad=args.lpips_pad).to(device) if "lpips" in metrics else None
+    use_recon = "recon" in args.detectors
+    lpips_metric = (LPIPSMetric(args.lpips_weights, pad=args.lpips_pad).to(device)
+                    if use_recon and "lpips" in metrics else None)
+    features = {name: feature_detector_class(name)(n, schedule.num_timesteps)
+                for name, n in (("path", args.path_steps), ("msma", args.msma_levels),
+                                ("denoise", args.denoise_levels)) if name in args.detectors}
 
     sampler = PLMSSampler(schedule)
     try:
@@ -244,9 +281,12 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     if not keep.any():
         raise DataError(f"--min_start_t/--max_start_t leave none of the start points {start_t.tolist()}.")
     start_indices = start_indices[keep]
-    n_evals = int(sum(j + 2 for j in start_indices))  # j + 1 steps, plus the first-step corrector
-    logger.info("%d reconstructions per image from t = %s; %d model evaluations per image",
-                len(start_indices), sampler.grid[start_indices].tolist(), n_evals)
+    nfe = {"recon": recon_nfe(start_indices), **{name: d.nfe() for name, d in features.items()}}
+    if use_recon:
+        logger.info("recon: %d reconstructions per image from t = %s; %d model evaluations per image",
+                    len(start_indices), sampler.grid[start_indices].tolist(), nfe["recon"])
+    for name, detector in features.items():
+        logger.info("%s: %s; %d model evaluations per image", name, detector.settings(), nfe[name])
     precision = resolve_precision(args.precision, device)
 
     unet = unet_caller(model, device, precision, args.channels_last, args.compile)
@@ -263,6 +303,13 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "chunk_size": args.chunk_size,
     }
 
+    def record_nfe(store, costs: dict) -> None:
+        """The cost per image (and, for recon, per start point), in the results' manifest for
+        ood_detection.py's table: derived from the settings, so never compared."""
+        for key, value in costs.items():
+            if store.extras().get(key) != value:
+                store.record_extra(key, value)
+
     def save_examples(store, name: str, image_set) -> None:
         """--save_examples: the first images and their reconstructions, once the set's results
         exist, recorded in its settings manifest (not a setting of the results themselves)."""
@@ -275,10 +322,44 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         save_npz_atomic(path, filenames=np.asarray(image_set.filenames[:n]), **examples)
         store.record_extra("examples", {"file": path.name, "n": n})
 
+    model_settings = {key: common[key] for key in ("model_file", "model_file_bytes", "model_file_mtime_ns", "seed",
+                                                   "precision", "is_grayscale", "chunk_size")}
     written = {}
     # Who does which chunks: chunk k goes to worker k % n_workers (torchrun ranks, or --shard jobs).
     worker, n_workers = (dist.rank, dist.world_size) if dist.active else args.shard or (0, 1)
     alone = args.shard is None  # no writer outside this process (group) touches the run
+
+    def run_set(store, n_images: int, measure, desc: str) -> bool:
+        """Measure the pending chunks of one (detector, set) and join them. True when this process
+        should write the add-ons (rank 0, once the results file exists; False while other --shard
+        jobs still hold chunks of it)."""
+        complete = store.is_complete() if dist.is_main else None
+        if dist.broadcast_object(complete):
+            if dist.is_main:
+                logger.info("%s is complete for these settings; skipping", store.final)
+            return dist.is_main  # only rank 0 writes
+        if dist.is_main:
+            store.prepare(alone=alone)
+        dist.barrier()
+        if not dist.is_main:
+            store.prepare(alone=False)  # reads the manifest rank 0 has just checked
+        mine = [c for c in store.pending(n_images, args.chunk_size) if c[0] % n_workers == worker]
+        # One bar per set, across its chunks (this process's share of them).
+        with tqdm(total=sum(stop - start for _, start, stop in mine), unit="img", desc=desc, dynamic_ncols=True,
+                  disable=not dist.is_main) as bar:
+            for k, start, stop in mine:
+                store.commit(k, measure(start, stop, bar.update))
+        dist.barrier()  # every rank's chunks are on disk
+        if dist.active and not dist.is_main:
+            return False
+        if alone:
+            store.finalise(n_images, args.chunk_size)
+        else:
+            finalise_shared(store, n_images, args.chunk_size, out_dir)
+        if store.final.exists():
+            logger.info("wrote %s (%d images)", store.final, n_images)
+        return store.final.exists()
+
     lock = run_lock(out_dir, "reconstruct", shared=not alone) if dist.is_main else contextlib.nullcontext()
     with lock:
         dist.barrier()  # the other ranks start once rank 0 holds the run
@@ -286,40 +367,36 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers,
                                    progress=dist.is_main)
             check_image_shape(image_set, info.get("image_shape"), f"the model {model_file}", path)
-            settings = {**common, "split": str(Path(path).resolve()), "first_n": first_n, "n_images": len(image_set),
-                        "files_digest": hashlib.sha256("\n".join(image_set.filenames).encode()).hexdigest()}
-            store = ResultsStore(out_dir, name, settings, restart=args.restart)
-            written[name] = store.final
-            complete = store.is_complete() if dist.is_main else None
-            if dist.broadcast_object(complete):
-                if dist.is_main:
-                    logger.info("%s is complete for these settings; skipping", store.final)
+            split_settings = {"split": str(Path(path).resolve()), "first_n": first_n, "n_images": len(image_set),
+                              "files_digest": hashlib.sha256("\n".join(image_set.filenames).encode()).hexdigest()}
+            images, filenames = image_set.images, image_set.filenames
+            if use_recon and name != "fit":  # the recon scores z-score with the validation set itself
+                store = ResultsStore(out_dir, name, {**common, **split_settings}, restart=args.restart)
+                written[name] = store.final
+
+                def measure(start, stop, advance):
+                    return measure_split(model_fn, schedule, sampler, images[start:stop], filenames[start:stop],
+                                         name, start_indices, args.batch_size, args.seed, device, lpips_metric,
+                                         fused=args.fused, progress=advance, index_offset=start,
+                                         clamp_for_lpips=args.clamp_for_lpips)
+
+                if run_set(store, len(image_set), measure, f"reconstructing {name}"):
+                    record_nfe(store, {"nfe_per_image": nfe["recon"], "nfe_per_start": {
+                        str(int(sampler.grid[j])): recon_nfe([j]) for j in start_indices}})
                     save_examples(store, name, image_set)
-                continue
-            if dist.is_main:
-                store.prepare(alone=alone)
-            dist.barrier()
-            if not dist.is_main:
-                store.prepare(alone=False)  # reads the manifest rank 0 has just checked
-            mine = [c for c in store.pending(len(image_set), args.chunk_size) if c[0] % n_workers == worker]
-            # One bar per set, across its chunks (this process's share of them).
-            with tqdm(total=sum(stop - start for _, start, stop in mine), unit="img", desc=f"reconstructing {name}",
-                      dynamic_ncols=True, disable=not dist.is_main) as bar:
-                for k, start, stop in mine:
-                    store.commit(k, measure_split(
-                        model_fn, schedule, sampler, image_set.images[start:stop], image_set.filenames[start:stop],
-                        name, start_indices, args.batch_size, args.seed, device, lpips_metric, fused=args.fused,
-                        progress=bar.update, index_offset=start, clamp_for_lpips=args.clamp_for_lpips))
-            dist.barrier()  # every rank's chunks are on disk
-            if dist.active and not dist.is_main:
-                continue
-            if alone:
-                store.finalise(len(image_set), args.chunk_size)
-            else:
-                finalise_shared(store, len(image_set), args.chunk_size, out_dir)
-            save_examples(store, name, image_set)
-            if store.final.exists():
-                logger.info("wrote %s (%d images x %d starts)", store.final, len(image_set), len(start_indices))
+            for detector_name, detector in features.items():
+                store = ResultsStore(out_dir / detector_name, name,
+                                     {**model_settings, "detector": detector_name, **detector.settings(),
+                                      **split_settings}, restart=args.restart)
+                written[f"{detector_name}/{name}"] = store.final
+
+                def measure(start, stop, advance, detector=detector):
+                    return measure_features(detector, model_fn, schedule, images[start:stop], filenames[start:stop],
+                                            name, args.batch_size, args.seed, device, progress=advance,
+                                            index_offset=start)
+
+                if run_set(store, len(image_set), measure, f"{detector_name} {name}"):
+                    record_nfe(store, {"nfe_per_image": nfe[detector_name]})
     shutdown(dist)
     return written
 

@@ -15,6 +15,7 @@ SKIP=${DEMO_SKIP:-2}
 MAX_START_T=${DEMO_MAX_START_T:-500}
 N_EVAL=${DEMO_N_EVAL:-300}
 MODEL=${DEMO_MODEL:-fashionmnist_demo}
+DETECTORS=${DEMO_DETECTORS:-all}
 
 echo "== 1/4 datasets: the embedded FashionMNIST subset and Digits =="
 $PYTHON get_datasets.py --data_root="$data_root" --datasets FashionMNIST Digits \
@@ -41,7 +42,7 @@ else
   echo "NOTE: LPIPS is unavailable (AlexNet weights neither cached nor downloadable); scoring with MSE only."
 fi
 
-echo "== 3/4 reconstructing from several start points (${METRICS}) =="
+echo "== 3/4 reconstructing from several start points (${METRICS}), and the other detectors (${DETECTORS}) =="
 $PYTHON reconstruct.py \
   --output_dir="$output_root" \
   --model_name="$MODEL" \
@@ -55,6 +56,7 @@ $PYTHON reconstruct.py \
   --first_n_val="$N_EVAL" --first_n="$N_EVAL" \
   --metrics="$METRICS" \
   --save_examples=6 \
+  --detectors="$DETECTORS" \
   --run_val=1 --run_in=1 --run_out=1
 
 echo "== 4/4 OOD detection =="
@@ -62,3 +64,4 @@ $PYTHON ood_detection.py --output_dir="$output_root" --model_name="$MODEL"
 echo
 echo "Figures: $output_root/$MODEL/ood/figures/ (roc.png, histograms.png, auroc_per_t.png, examples_<set>.png)"
 echo "Per-image scores: $output_root/$MODEL/ood/scores_<set>.csv; metrics: $output_root/$MODEL/ood/summary_auroc.csv"
+echo "Each detector's measurements: $output_root/$MODEL/ood/<detector>/results_<set>.csv (README, 'Detectors')"

@@ -40,7 +40,7 @@ class ResultsStore:
 
     # Entries of a results manifest that describe add-ons (files made beside the results), not
     # how the results were made: never compared.
-    EXTRA_KEYS = ("examples",)
+    EXTRA_KEYS = ("examples", "nfe_per_image", "nfe_per_start")
 
     def extras(self) -> dict:
         stored = self._read_settings(self.settings_file) or {}

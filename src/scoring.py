@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from src.detectors.recon import METRIC_COLUMNS
 from src.errors import ScoringError
 
 RESULT_COLUMNS = ("filename", "type", "t", "mse", "perceptual_difference")
-METRIC_COLUMNS = {"mse": "mse", "lpips": "perceptual_difference"}
 # Settings that every results file scored together must share (the rest, such as the split
 # and the number of images, differ by design). Each results file has its settings manifest.
 SHARED_SETTINGS = {

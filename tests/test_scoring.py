@@ -98,8 +98,11 @@ def test_per_image_scores_and_the_metrics_table(tmp_path, capsys):
                                                            "--bootstrap=20"]))
     out = capsys.readouterr().out
     assert "AUC for m vs Far: 100.0" in out
-    assert "OOD set  score  AUROC" in out and "100.0 [100.0, 100.0]" in out and "from 20 resamples" in out
-    assert list(summary.columns[:2]) == ["ood_set", "score"] and {"auroc", "n_in", "n_ood", "fpr95_high"} <= set(summary)
+    assert "OOD set  detector  score  AUROC" in out and "100.0 [100.0, 100.0]" in out and "from 20 resamples" in out
+    assert list(summary.columns[:3]) == ["ood_set", "detector", "score"]
+    assert {"auroc", "n_in", "n_ood", "fpr95_high", "nfe_per_image"} <= set(summary)
+    # Files without a recorded cost (written before reconstruct.py recorded it) show "?" for it.
+    assert summary["nfe_per_image"].isna().all() and "recon     mse    ?" in out
     far = pd.read_csv(ood / "scores_Far.csv")
     assert list(far.columns) == ["filename", "image_index", "score", "z_mse_t1", "z_mse_t11"]
     assert far["filename"].tolist() == ["f0.npy", "f1.npy", "f2.npy"]

@@ -1,0 +1,54 @@
+"""The denoising-error baseline: how well the model predicts the noise added to the image.
+
+At L timesteps t_l = l * (T // L) (l = 0..L-1; L = 10 by default), noise the image with seeded
+noise e (the same seeding as the reconstructions: one generator per (seed, image index, t)) and
+measure the training loss of that one sample:
+
+    denoise_mse_t = mean over pixels of (eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) e, t) - e)^2
+
+one UNet call per t (all L in one batch). Score ``denoise``: as the paper does with its
+reconstruction errors, each t is z-scored with the fit set's mean and std (ddof = 1) and the
+score is the mean over t.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from src.detectors.base import FeatureDetector, even_timesteps
+from src.errors import ScoringError
+
+
+class DenoiseDetector(FeatureDetector):
+    name = "denoise"
+    score_names = ("denoise",)
+    reference = "the DDPM training loss per image (Ho et al. 2020), a common baseline"
+
+    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000):
+        self.timesteps = even_timesteps(num_timesteps, n_levels)
+
+    def columns(self) -> list[str]:
+        return [f"denoise_mse_t{t}" for t in self.timesteps]
+
+    @torch.no_grad()
+    def features(self, model, schedule, x0, image_ids, seed):
+        from src.reconstruction import start_noise
+
+        n_levels, batch = len(self.timesteps), x0.shape[0]
+        noise = start_noise(x0.shape[1:], seed, image_ids, self.timesteps).to(x0.device)  # (B, L, C, H, W)
+        noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major
+        t = torch.tensor(self.timesteps, device=x0.device).repeat_interleave(batch)
+        x_t = schedule.add_noise(x0.repeat(n_levels, *([1] * (x0.dim() - 1))), noise, t)
+        error = ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
+        return {column: error[l] for l, column in enumerate(self.columns())}
+
+    def fit(self, features: np.ndarray, seed: int = 0):
+        mean, std = features.mean(0), features.std(0, ddof=1)
+        if len(features) < 2 or not (std > 0).all():
+            raise ScoringError("denoise: the fit set's errors have no spread at some t (fewer than two images, or "
+                               "identical ones); use more validation images.")
+        return mean, std
+
+    def score(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
+        mean, std = fitted
+        return {"denoise": ((features - mean) / std).mean(1)}

@@ -1,0 +1,82 @@
+"""Reading a feature detector's results (``ood/<detector>/results_<set>.csv``, one row per
+image) for scoring, checked as strictly as the reconstruction results are: every file of a
+detector from one model with one set of settings, every feature a finite number, one row per
+image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.errors import ScoringError
+from src.results_store import ResultsStore
+
+# Settings every results file scored together must share, besides the detector's own.
+MODEL_SETTINGS = ("model_file", "model_file_bytes", "model_file_mtime_ns", "seed", "precision", "is_grayscale")
+PER_SET_SETTINGS = ("split", "first_n", "n_images", "files_digest", "chunk_size")
+
+
+def shared_settings(settings: dict) -> dict:
+    """The part of a manifest that every file scored together must share."""
+    return {k: v for k, v in settings.items() if k not in PER_SET_SETTINGS and k not in ResultsStore.EXTRA_KEYS}
+
+
+def read_feature_results(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read one detector results file and check it: its columns, numbers, finiteness, one row per image."""
+    redo = "Re-run reconstruct.py with --restart for this set."
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ScoringError(f"Cannot read results file {path}: {err}. {redo}") from err
+    missing = [c for c in ("filename", "image_index", *columns) if c not in frame.columns]
+    if missing:
+        raise ScoringError(f"Results file {path} lacks column(s) {missing}. {redo}")
+    if frame.empty:
+        raise ScoringError(f"Results file {path} has no rows. {redo}")
+    for column in ("image_index", *columns):
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            at = int(np.argmax(bad))
+            value = frame[column].iloc[at]
+            value = value.item() if isinstance(value, np.generic) else value
+            raise ScoringError(f"{path} line {at + 2}: {column} = {value!r} is not a finite number. {redo}")
+        frame[column] = values
+    frame["image_index"] = frame["image_index"].astype(np.int64)
+    if frame["image_index"].duplicated().any():
+        at = int(np.argmax(frame["image_index"].duplicated().to_numpy()))
+        raise ScoringError(f"{path} line {at + 2}: a second row for image_index {frame['image_index'].iloc[at]}. {redo}")
+    return frame
+
+
+def load_detector_sets(folder: Path, set_names: list[str], settings_of, columns: list[str],
+                       reference: dict | None = None) -> dict[str, pd.DataFrame]:
+    """The results of one detector for each of ``set_names`` that it has (``folder/results_<set>.csv``).
+
+    ``settings_of(path)``: the manifest of a results file (None if it has none: refused).
+    ``reference``: settings (of the reconstruction results) whose model settings these must share.
+    Every file must share the settings of the detector's first set.
+    """
+    frames, first, first_path = {}, None, None
+    for name in set_names:
+        path = folder / f"results_{name}.csv"
+        if not path.exists():
+            continue
+        settings = settings_of(path)
+        if settings is None:
+            raise ScoringError(f"{path} has no settings manifest, so reconstruct.py did not write it (or it was "
+                               "deleted). Re-run reconstruct.py with --restart for that set.")
+        shared = shared_settings(settings)
+        if first is None:
+            first, first_path = shared, path
+        differing = sorted(k for k in set(first) | set(shared) if first.get(k) != shared.get(k))
+        if reference is not None:
+            differing += [k for k in MODEL_SETTINGS if reference.get(k) != settings.get(k) and k not in differing]
+        if differing:
+            other = first_path if first_path != path else "the reconstruction results"
+            raise ScoringError(f"{path} was made with other settings than {other} ({', '.join(differing)}). Re-run "
+                               "reconstruct.py for every set with one model and the same flags (--restart discards "
+                               "the old results).")
+        frames[name] = read_feature_results(path, columns)
+    return frames
