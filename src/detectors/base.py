@@ -34,7 +34,13 @@ class FeatureDetector:
         """The detector's main score (the one the combination uses)."""
         return self.score_names[0]
 
-    timesteps: list[int]  # where the detector calls the UNet, one call per image each
+    column_prefix: str = ""  # one feature column per timestep, <prefix><t>, unless columns() says otherwise
+
+    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000):
+        self.timesteps = even_timesteps(num_timesteps, n_levels)  # one UNet call per image at each
+
+    def columns(self) -> list[str]:
+        return [f"{self.column_prefix}{t}" for t in self.timesteps]
 
     def settings(self) -> dict:
         """What the features depend on besides the model: recorded in every results manifest."""
@@ -50,9 +56,6 @@ class FeatureDetector:
     def nfe(self) -> int:
         """UNet evaluations per image."""
         return len(self.timesteps)
-
-    def columns(self) -> list[str]:
-        raise NotImplementedError
 
     def features(self, model: ModelFn, schedule, x0: torch.Tensor, image_ids: Sequence[int],
                  seed: int) -> dict[str, torch.Tensor]:

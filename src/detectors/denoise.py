@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.detectors.base import FeatureDetector, even_timesteps
+from src.detectors.base import FeatureDetector
 from src.errors import ScoringError
 
 
@@ -24,11 +24,7 @@ class DenoiseDetector(FeatureDetector):
     score_names = ("denoise",)
     reference = "the DDPM training loss per image (Ho et al. 2020), a common baseline"
 
-    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000):
-        self.timesteps = even_timesteps(num_timesteps, n_levels)
-
-    def columns(self) -> list[str]:
-        return [f"denoise_mse_t{t}" for t in self.timesteps]
+    column_prefix = "denoise_mse_t"
 
     @torch.no_grad()
     def features(self, model, schedule, x0, image_ids, seed):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.detectors.base import FeatureDetector, even_timesteps
+from src.detectors.base import FeatureDetector
 from src.detectors.density import fit_gmm, ood_score
 
 
@@ -26,11 +26,7 @@ class MSMADetector(FeatureDetector):
     score_names = ("msma",)
     reference = "MSMA, Mahmood et al., ICLR 2021 (arXiv 2010.03759)"
 
-    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000):
-        self.timesteps = even_timesteps(num_timesteps, n_levels)
-
-    def columns(self) -> list[str]:
-        return [f"score_norm_t{t}" for t in self.timesteps]
+    column_prefix = "score_norm_t"
 
     @torch.no_grad()
     def features(self, model, schedule, x0, image_ids, seed):

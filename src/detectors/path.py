@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from src.detectors.base import FeatureDetector, ModelFn, even_timesteps
+from src.detectors.base import FeatureDetector, ModelFn
 from src.detectors.density import fit_gmm, fit_kde, ood_score
 
 STATISTICS = ("eps_sum", "eps_sum_sq", "eps_sum_cb", "deps_dt", "deps_dt_sq", "deps_dt_cb")
@@ -74,7 +74,7 @@ class PathDetector(FeatureDetector):
     def __init__(self, n_steps: int = 10, num_timesteps: int = 1000):
         if n_steps < 2:
             raise ValueError(f"the path needs at least 2 steps for its curvature, got {n_steps}")
-        self.timesteps = even_timesteps(num_timesteps, n_steps)
+        super().__init__(n_steps, num_timesteps)
 
     def columns(self) -> list[str]:
         return list(STATISTICS)
