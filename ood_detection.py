@@ -131,8 +131,6 @@ def score_new_images(args: argparse.Namespace):
 def main(args: argparse.Namespace):
     if args.score_ids:
         return score_new_images(args)
-    import json
-
     import pandas as pd
 
     from src.files import save_csv_atomic
