@@ -28,8 +28,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import (PLAIN_NAME, binary_int, device_name, non_negative_int, pick_device, plain_name, positive_int,
-                     run_main, seed_value)
+from src.cli import (PLAIN_NAME, binary_int, check_interrupted, device_name, non_negative_int, pick_device,
+                     plain_name, positive_int, run_main, seed_value)
 from src.detectors import DEFAULT_DETECTORS, DETECTORS, parse_detectors
 from src.detectors.recon import METRICS
 from src.errors import DataError
@@ -348,6 +348,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         with tqdm(total=sum(stop - start for _, start, stop in mine), unit="img", desc=desc, dynamic_ncols=True,
                   disable=not dist.is_main) as bar:
             for k, start, stop in mine:
+                check_interrupted()  # a Ctrl-C the interpreter swallowed still stops at the next chunk
                 store.commit(k, measure(start, stop, bar.update))
         dist.barrier()  # every rank's chunks are on disk
         if dist.active and not dist.is_main:

@@ -9,6 +9,7 @@ import argparse
 import logging
 import math
 import re
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -111,11 +112,29 @@ def pick_device(name: str):
     return device
 
 
+_interrupted = False
+
+
+def _on_sigint(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed. Long loops call this at safe points: a
+    KeyboardInterrupt raised inside a finalizer or a callback is only printed by Python and
+    lost, and the run would go on; the flag is not."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[[Sequence[str] | None], argparse.Namespace]) -> None:
     """Entry point: parse, run, and turn input errors into one message and exit status 2, and
     Ctrl-C into one line and exit status 130."""
     args = parse_args(None)
     setup_logging(getattr(args, "verbose", False))
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         main(args)
     except (UserError, PermissionError) as err:

@@ -32,6 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from src.cli import check_interrupted
 from src.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
 from src.distributed import Dist
@@ -380,6 +381,7 @@ class TrainLoop:
 
     def run_step(self, order: torch.Tensor, index: int) -> StepResult:
         """Batch ``index`` of the epoch: this rank's slice of it, the step's noise, one update."""
+        check_interrupted()
         batch = self.settings.batch_size
         batch_order = order[index * batch:(index + 1) * batch]  # the global batch (shorter at an epoch's end)
         n_rows = len(batch_order)
