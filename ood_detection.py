@@ -24,11 +24,11 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import PLAIN_NAME, device_name, non_negative_int, plain_name, positive_int, run_main, unit_fraction
+from src.cli import (PLAIN_NAME, RESERVED_SETS, device_name, non_negative_int, plain_name, positive_int, run_main,
+                     unit_fraction)
 from src.detectors import FEATURE_DETECTORS
 
 logger = logging.getLogger("ddpm_ood")
-RESERVED = ("val", "in", "fit")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,13 +77,13 @@ def load_results(ood_dir: Path):
     reference_path = ood_dir / "results_val.csv"
     reference = read_settings(reference_path)
     paths = [reference_path, ood_dir / "results_in.csv"]
-    paths += sorted(p for p in ood_dir.glob("results_*.csv") if p.stem[len("results_"):] not in RESERVED)
+    paths += sorted(p for p in ood_dir.glob("results_*.csv") if p.stem[len("results_"):] not in RESERVED_SETS)
     frames = {}
     for path in paths:
         name = path.stem[len("results_"):]
         settings = reference if path == reference_path else read_settings(path)
         if settings is None:
-            if name in RESERVED:
+            if name in RESERVED_SETS:
                 raise ScoringError(f"{path} has no settings manifest ({path.stem}.settings.json), so it was not "
                                    "written by reconstruct.py (or its manifest was deleted). Re-make it with "
                                    f"reconstruct.py --run_{name}=1 --restart.")
@@ -96,7 +96,7 @@ def load_results(ood_dir: Path):
                 "of different models or settings cannot be scored together. Re-run reconstruct.py for every set "
                 "with one model and the same flags (--restart discards the old results).")
         frames[name] = read_results(path)
-    ood = {name: frame for name, frame in frames.items() if name not in RESERVED}
+    ood = {name: frame for name, frame in frames.items() if name not in RESERVED_SETS}
     if not ood:
         raise ScoringError(f"No OOD results (results_<Name>.csv) in {ood_dir}. Run reconstruct.py with --run_out=1.")
     return frames["val"], frames["in"], ood
@@ -148,7 +148,7 @@ def main(args: argparse.Namespace):
     recon = check_recon(args, ood_dir) if (ood_dir / "results_val.csv").exists() else None
     ood_sets = list(recon["ood"]) if recon else sorted(
         {p.stem[len("results_"):] for d in features_found for p in (ood_dir / d).glob("results_*.csv")}
-        - set(RESERVED))
+        - set(RESERVED_SETS))
     features = {name: check_features(ood_dir, name, ood_sets, args.fit_on, recon) for name in features_found}
     if recon is None and not any(set(ood_sets) & set(f["frames"]) for f in features.values()):
         raise ScoringError(f"No OOD results (results_<Name>.csv) in {ood_dir}. Run reconstruct.py with --run_out=1.")
@@ -226,7 +226,7 @@ def score_recon(args, recon: dict, tables: dict, main_scores: dict) -> list[dict
         for name, series in scores.items():
             per_image[name]["score" if score_name == paper else f"score_{score_name}"] = series
         if score_name == paper:
-            main_scores["recon"] = {name: series for name, series in scores.items()}
+            main_scores["recon"] = scores
         for ood_name in recon["ood"]:
             rows.append(summary_row(args, ood_name, "recon", score_name, recon["nfe"], scores["in"].to_numpy(),
                                     scores[ood_name].to_numpy()))
@@ -250,12 +250,12 @@ def check_features(ood_dir: Path, name: str, ood_sets: list[str], fit_on: str, r
                            "with --restart for that set.")
     detector = feature_detector_class(name).from_settings(settings)
     wanted = list(dict.fromkeys([fit_on, "val", "in", *ood_sets]))
-    frames = load_detector_sets(folder, wanted, read_settings, detector.columns(),
+    frames = load_detector_sets(folder, wanted, detector.columns(),
                                 recon["settings"] if recon else None)
     if "in" not in frames:
         raise ScoringError(f"{folder / 'results_in.csv'} does not exist: run reconstruct.py --run_in=1 with "
                            f"--detectors {name}.")
-    return {"name": name, "detector": detector, "frames": frames, "fit_on": fit_on,
+    return {"detector": detector, "frames": frames, "fit_on": fit_on,
             "nfe": settings.get("nfe_per_image", detector.nfe())}
 
 
@@ -274,7 +274,7 @@ def score_features(args, found: dict, tables: dict, main_scores: dict) -> list[d
             add_column(tables, name, frames[name], f"score_{score_name}", array)
     rows = []
     for score_name in detector.score_names:
-        for ood_name in sorted(set(frames) - set(RESERVED)):
+        for ood_name in sorted(set(frames) - set(RESERVED_SETS)):
             rows.append(summary_row(args, ood_name, detector.name, score_name, found["nfe"],
                                     np.asarray(scored["in"][score_name]), np.asarray(scored[ood_name][score_name])))
     return rows

@@ -28,15 +28,14 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import (PLAIN_NAME, binary_int, check_interrupted, device_name, non_negative_int, pick_device,
-                     plain_name, positive_int, run_main, seed_value)
+from src.cli import (PLAIN_NAME, RESERVED_SETS, binary_int, check_interrupted, device_name, non_negative_int,
+                     pick_device, plain_name, positive_int, run_main, seed_value)
 from src.detectors import DEFAULT_DETECTORS, DETECTORS, parse_detectors
 from src.detectors.recon import METRICS
 from src.errors import DataError
 from src.precision import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
-RESERVED_SETS = ("val", "in", "fit")  # results_val/in/fit.csv: never an OOD set's name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -303,13 +302,6 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         "chunk_size": args.chunk_size,
     }
 
-    def record_nfe(store, costs: dict) -> None:
-        """The cost per image (and, for recon, per start point), in the results' manifest for
-        ood_detection.py's table: derived from the settings, so never compared."""
-        for key, value in costs.items():
-            if store.extras().get(key) != value:
-                store.record_extra(key, value)
-
     def save_examples(store, name: str, image_set) -> None:
         """--save_examples: the first images and their reconstructions, once the set's results
         exist, recorded in its settings manifest (not a setting of the results themselves)."""
@@ -320,7 +312,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         examples = reconstruction_examples(model_fn, schedule, sampler, image_set.images[:n], start_indices,
                                            args.seed, device)
         save_npz_atomic(path, filenames=np.asarray(image_set.filenames[:n]), **examples)
-        store.record_extra("examples", {"file": path.name, "n": n})
+        store.record_extras({"examples": {"file": path.name, "n": n}})
 
     model_settings = {key: common[key] for key in ("model_file", "model_file_bytes", "model_file_mtime_ns", "seed",
                                                    "precision", "is_grayscale", "chunk_size")}
@@ -382,7 +374,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                                          clamp_for_lpips=args.clamp_for_lpips)
 
                 if run_set(store, len(image_set), measure, f"reconstructing {name}"):
-                    record_nfe(store, {"nfe_per_image": nfe["recon"], "nfe_per_start": {
+                    # The cost, for ood_detection.py's table (per start point too, for its --max_t).
+                    store.record_extras({"nfe_per_image": nfe["recon"], "nfe_per_start": {
                         str(int(sampler.grid[j])): recon_nfe([j]) for j in start_indices}})
                     save_examples(store, name, image_set)
             for detector_name, detector in features.items():
@@ -397,7 +390,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                                             index_offset=start)
 
                 if run_set(store, len(image_set), measure, f"{detector_name} {name}"):
-                    record_nfe(store, {"nfe_per_image": nfe[detector_name]})
+                    store.record_extras({"nfe_per_image": nfe[detector_name]})
     shutdown(dist)
     return written
 

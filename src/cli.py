@@ -112,6 +112,10 @@ def pick_device(name: str):
     return device
 
 
+# Results set names that are not OOD sets: results_val/in/fit.csv (reconstruct.py names OOD sets
+# after their split CSVs, so it refuses these; ood_detection.py does not score them as OOD).
+RESERVED_SETS = ("val", "in", "fit")
+
 _interrupted = False
 
 

@@ -46,10 +46,12 @@ class ResultsStore:
         stored = self._read_settings(self.settings_file) or {}
         return {k: stored[k] for k in self.EXTRA_KEYS if k in stored}
 
-    def record_extra(self, key: str, value) -> None:
-        """Add an add-on's entry to the results' settings manifest."""
+    def record_extras(self, entries: dict) -> None:
+        """Add add-on entries (EXTRA_KEYS) to the results' settings manifest; written only if one changed."""
         stored = self._read_settings(self.settings_file) or dict(self.settings)
-        stored[key] = value
+        if all(stored.get(key) == value for key, value in json.loads(json.dumps(entries)).items()):
+            return
+        stored.update(entries)
         write_text_atomic(self.settings_file, json.dumps(stored, indent=1, sort_keys=True))
 
     def is_complete(self) -> bool:

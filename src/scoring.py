@@ -54,27 +54,33 @@ def settings_mismatch(reference: dict, other: dict) -> list[str]:
             if reference.get(key) != other.get(key)]
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """Read a results CSV written by reconstruct.py and check its columns."""
+def read_results_csv(path: Path, columns) -> pd.DataFrame:
+    """Read a results CSV written by reconstruct.py (any detector's): readable, with ``columns``, not empty."""
     try:
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ScoringError(f"Cannot read results file {path}: {err}. Re-run reconstruct.py for it.") from err
-    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ScoringError(f"Results file {path} lacks column(s) {missing}; it was not written by reconstruct.py.")
     if frame.empty:
         raise ScoringError(f"Results file {path} has no rows. Re-run reconstruct.py for it.")
+    return frame
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """Read a reconstruction results CSV and check its columns and rows."""
+    frame = read_results_csv(path, RESULT_COLUMNS)
     check_rows(frame, path)
     return frame
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
     """A value as a person reads it: 2, nan, 'abc' (not np.int64(2))."""
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def _line(frame: pd.DataFrame, position: int) -> str:
+def csv_line(frame: pd.DataFrame, position: int) -> str:
     """The CSV line of a row (the header is line 1)."""
     return f"line {int(frame.index[position]) + 2}"
 
@@ -89,24 +95,24 @@ def check_rows(frame: pd.DataFrame, path: Path) -> None:
         text = values.isna() & raw.notna()
         if text.any():
             at = int(np.argmax(text.to_numpy()))
-            raise ScoringError(f"{path} {_line(frame, at)}: {column} = {_show(raw.iloc[at])} is not a number. {redo}")
+            raise ScoringError(f"{path} {csv_line(frame, at)}: {column} = {show_value(raw.iloc[at])} is not a number. {redo}")
         if column == "perceptual_difference" and values.isna().all():
             frame[column] = values
             continue  # an MSE-only run
         bad = ~np.isfinite(values.to_numpy(dtype=float))
         if bad.any():
             at = int(np.argmax(bad))
-            raise ScoringError(f"{path} {_line(frame, at)}: {column} = {_show(raw.iloc[at])} is not a finite number. {redo}")
+            raise ScoringError(f"{path} {csv_line(frame, at)}: {column} = {show_value(raw.iloc[at])} is not a finite number. {redo}")
         frame[column] = values
     if (frame["t"] != frame["t"].round()).any():
         at = int(np.argmax((frame["t"] != frame["t"].round()).to_numpy()))
-        raise ScoringError(f"{path} {_line(frame, at)}: t = {_show(frame['t'].iloc[at])} is not an integer. {redo}")
+        raise ScoringError(f"{path} {csv_line(frame, at)}: t = {show_value(frame['t'].iloc[at])} is not an integer. {redo}")
     frame["t"] = frame["t"].astype(np.int64)
     key = image_key(frame)
     duplicated = frame.duplicated([key, "t"], keep="first").to_numpy()
     if duplicated.any():
         at = int(np.argmax(duplicated))
-        raise ScoringError(f"{path} {_line(frame, at)}: a second row for {key} {_show(frame[key].iloc[at])} and "
+        raise ScoringError(f"{path} {csv_line(frame, at)}: a second row for {key} {show_value(frame[key].iloc[at])} and "
                            f"t = {frame['t'].iloc[at]}. {redo}")
     all_t = set(frame["t"].unique())
     counts = frame.groupby(key, sort=False)["t"].size()
@@ -114,7 +120,7 @@ def check_rows(frame: pd.DataFrame, path: Path) -> None:
     if len(short):
         image = short.index[0]
         missing = sorted(int(t) for t in all_t - set(frame.loc[frame[key] == image, "t"]))
-        raise ScoringError(f"{path}: {key} {_show(image)} has no row for t = {missing} (the file's other images "
+        raise ScoringError(f"{path}: {key} {show_value(image)} has no row for t = {missing} (the file's other images "
                            f"have them). {redo}")
 
 
@@ -141,7 +147,7 @@ def fit_validation_stats(val: pd.DataFrame, metrics: list[str], source: str = "T
         flat = std[~(std > 0)]
         if len(flat):
             raise ScoringError(
-                f"{source}: {METRIC_COLUMNS[metric]} has standard deviation {_show(flat.iloc[0])} at t = {int(flat.index[0])} "
+                f"{source}: {METRIC_COLUMNS[metric]} has standard deviation {show_value(flat.iloc[0])} at t = {int(flat.index[0])} "
                 "over the validation images, so it cannot be z-scored. Use more (and different) validation images.")
     return stats
 

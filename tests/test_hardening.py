@@ -154,7 +154,7 @@ def test_model_name_must_be_a_plain_name(script, name, capsys):
 
 
 @pytest.mark.parametrize("csv_name,problem", [(".._test.csv", "not a plain name"), ("val_test.csv", "reserved"),
-                                              ("in.csv", "reserved")])
+                                              ("in.csv", "reserved"), ("fit_test.csv", "reserved for the fit")])
 def test_an_ood_set_name_can_be_neither_a_path_nor_reserved(tmp_path, synthetic_splits, csv_name, problem):
     out = tmp_path / "models"
     train_tiny(out, synthetic_splits)

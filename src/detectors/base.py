@@ -27,7 +27,6 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class FeatureDetector:
     name: str = ""
     score_names: tuple[str, ...] = ()
-    reference: str = ""  # the paper the detector follows
 
     @property
     def primary(self) -> str:
@@ -74,6 +73,14 @@ def even_timesteps(num_timesteps: int, count: int) -> list[int]:
     if not 1 <= count <= num_timesteps:
         raise ValueError(f"the number of timesteps must be between 1 and {num_timesteps}, got {count}")
     return list(range(0, num_timesteps, num_timesteps // count))[:count]
+
+
+def at_every_timestep(x: torch.Tensor, timesteps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) images -> (L*B, C, H, W) copies, timestep-major, and their (L*B,) timesteps, so
+    that one (chunked) UNet call covers all L timesteps; reshape its output to (L, B, ...)."""
+    batch = x.shape[0]
+    repeated = x.repeat(len(timesteps), *([1] * (x.dim() - 1)))
+    return repeated, torch.tensor(list(timesteps), device=x.device).repeat_interleave(batch)
 
 
 @torch.no_grad()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.detectors.base import FeatureDetector
+from src.detectors.base import FeatureDetector, at_every_timestep
 from src.errors import ScoringError
 
 
 class DenoiseDetector(FeatureDetector):
     name = "denoise"
     score_names = ("denoise",)
-    reference = "the DDPM training loss per image (Ho et al. 2020), a common baseline"
 
     column_prefix = "denoise_mse_t"
 
@@ -33,8 +32,8 @@ class DenoiseDetector(FeatureDetector):
         n_levels, batch = len(self.timesteps), x0.shape[0]
         noise = start_noise(x0.shape[1:], seed, image_ids, self.timesteps).to(x0.device)  # (B, L, C, H, W)
         noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major
-        t = torch.tensor(self.timesteps, device=x0.device).repeat_interleave(batch)
-        x_t = schedule.add_noise(x0.repeat(n_levels, *([1] * (x0.dim() - 1))), noise, t)
+        x, t = at_every_timestep(x0, self.timesteps)
+        x_t = schedule.add_noise(x, noise, t)
         error = ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
         return {column: error[l] for l, column in enumerate(self.columns())}
 

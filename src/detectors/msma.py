@@ -17,25 +17,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.detectors.base import FeatureDetector
+from src.detectors.base import FeatureDetector, at_every_timestep
 from src.detectors.density import fit_gmm, ood_score
 
 
 class MSMADetector(FeatureDetector):
     name = "msma"
     score_names = ("msma",)
-    reference = "MSMA, Mahmood et al., ICLR 2021 (arXiv 2010.03759)"
 
     column_prefix = "score_norm_t"
 
     @torch.no_grad()
     def features(self, model, schedule, x0, image_ids, seed):
         ab = torch.from_numpy(schedule.alphas_cumprod[self.timesteps]).to(x0.device)  # (L,) float64
-        n_levels, batch = len(self.timesteps), x0.shape[0]
-        scale = ab.sqrt().to(x0.dtype).repeat_interleave(batch).reshape(-1, *([1] * (x0.dim() - 1)))
-        x_in = x0.repeat(n_levels, *([1] * (x0.dim() - 1))) * scale  # (L*B, C, H, W), level-major
-        t = torch.tensor(self.timesteps, device=x0.device).repeat_interleave(batch)
-        eps = model(x_in, t).double().reshape(n_levels, batch, -1)  # (L, B, D)
+        x, t = at_every_timestep(x0, self.timesteps)  # (L*B, C, H, W), level-major
+        scale = ab.sqrt().to(x0.dtype).repeat_interleave(x0.shape[0]).reshape(-1, *([1] * (x0.dim() - 1)))
+        eps = model(x * scale, t).double().reshape(len(self.timesteps), x0.shape[0], -1)  # (L, B, D)
         norms = eps.norm(dim=2) / (1 - ab).sqrt()[:, None]  # (L, B)
         return {column: norms[l] for l, column in enumerate(self.columns())}
 

@@ -69,7 +69,6 @@ def path_statistics(eps: torch.Tensor) -> dict[str, torch.Tensor]:
 class PathDetector(FeatureDetector):
     name = "path"
     score_names = ("path-6d", "path-1d")
-    reference = "DiffPath, Heng et al., NeurIPS 2024 (arXiv 2405.11881)"
 
     def __init__(self, n_steps: int = 10, num_timesteps: int = 1000):
         if n_steps < 2:

@@ -16,7 +16,6 @@ from typing import Sequence
 METRIC_COLUMNS = {"mse": "mse", "lpips": "perceptual_difference"}  # metric -> its results column
 METRICS = tuple(METRIC_COLUMNS)
 SCORES = {"mse+lpips": ["mse", "lpips"], "mse": ["mse"], "lpips": ["lpips"]}
-REFERENCE = "Graham et al., CVPR 2023 workshops (arXiv 2211.07740)"
 
 
 def default_score(metrics: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from src.errors import ScoringError
 from src.results_store import ResultsStore
+from src.scoring import csv_line, read_results_csv, read_settings, show_value
 
 # Settings every results file scored together must share, besides the detector's own.
 MODEL_SETTINGS = ("model_file", "model_file_bytes", "model_file_mtime_ns", "seed", "precision", "is_grayscale")
@@ -19,43 +20,36 @@ PER_SET_SETTINGS = ("split", "first_n", "n_images", "files_digest", "chunk_size"
 
 def shared_settings(settings: dict) -> dict:
     """The part of a manifest that every file scored together must share."""
-    return {k: v for k, v in settings.items() if k not in PER_SET_SETTINGS and k not in ResultsStore.EXTRA_KEYS}
+    ignored = (*PER_SET_SETTINGS, *ResultsStore.EXTRA_KEYS)
+    return {k: v for k, v in settings.items() if k not in ignored}
 
 
 def read_feature_results(path: Path, columns: list[str]) -> pd.DataFrame:
     """Read one detector results file and check it: its columns, numbers, finiteness, one row per image."""
     redo = "Re-run reconstruct.py with --restart for this set."
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ScoringError(f"Cannot read results file {path}: {err}. {redo}") from err
-    missing = [c for c in ("filename", "image_index", *columns) if c not in frame.columns]
-    if missing:
-        raise ScoringError(f"Results file {path} lacks column(s) {missing}. {redo}")
-    if frame.empty:
-        raise ScoringError(f"Results file {path} has no rows. {redo}")
+    frame = read_results_csv(path, ["filename", "image_index", *columns])
     for column in ("image_index", *columns):
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(values)
         if bad.any():
             at = int(np.argmax(bad))
-            value = frame[column].iloc[at]
-            value = value.item() if isinstance(value, np.generic) else value
-            raise ScoringError(f"{path} line {at + 2}: {column} = {value!r} is not a finite number. {redo}")
+            raise ScoringError(f"{path} {csv_line(frame, at)}: {column} = {show_value(frame[column].iloc[at])} is "
+                               f"not a finite number. {redo}")
         frame[column] = values
     frame["image_index"] = frame["image_index"].astype(np.int64)
-    if frame["image_index"].duplicated().any():
-        at = int(np.argmax(frame["image_index"].duplicated().to_numpy()))
-        raise ScoringError(f"{path} line {at + 2}: a second row for image_index {frame['image_index'].iloc[at]}. {redo}")
+    duplicated = frame["image_index"].duplicated().to_numpy()
+    if duplicated.any():
+        at = int(np.argmax(duplicated))
+        raise ScoringError(f"{path} {csv_line(frame, at)}: a second row for image_index {frame['image_index'].iloc[at]}. "
+                           f"{redo}")
     return frame
 
 
-def load_detector_sets(folder: Path, set_names: list[str], settings_of, columns: list[str],
+def load_detector_sets(folder: Path, set_names: list[str], columns: list[str],
                        reference: dict | None = None) -> dict[str, pd.DataFrame]:
     """The results of one detector for each of ``set_names`` that it has (``folder/results_<set>.csv``).
 
-    ``settings_of(path)``: the manifest of a results file (None if it has none: refused).
-    ``reference``: settings (of the reconstruction results) whose model settings these must share.
+    A results file without a settings manifest is refused. ``reference``: settings (of the reconstruction results) whose model settings these must share.
     Every file must share the settings of the detector's first set.
     """
     frames, first, first_path = {}, None, None
@@ -63,7 +57,7 @@ def load_detector_sets(folder: Path, set_names: list[str], settings_of, columns:
         path = folder / f"results_{name}.csv"
         if not path.exists():
             continue
-        settings = settings_of(path)
+        settings = read_settings(path)
         if settings is None:
             raise ScoringError(f"{path} has no settings manifest, so reconstruct.py did not write it (or it was "
                                "deleted). Re-run reconstruct.py with --restart for that set.")
