@@ -21,9 +21,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import (binary_int, decay_rate, device_name, non_negative_float, non_negative_int, pick_device,
-                     plain_name, positive_float, positive_int, run_main, seed_value)
-from src.precision import PRECISIONS
+from src.cli import (binary_int, decay_rate, device_name, non_negative_float, non_negative_int, plain_name,
+                     positive_float, positive_int, run_main, seed_value)
+from src.runtime import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_same_config(run_dir: Path, cfg) -> None:
+def check_same_config(run, cfg) -> None:
     """An existing run keeps its config: the model and schedule its checkpoints were trained with.
 
     A run that has written no checkpoint or model file yet may take a new config. No key is
@@ -87,13 +87,11 @@ def check_same_config(run_dir: Path, cfg) -> None:
     """
     from omegaconf import OmegaConf
 
-    from src.checkpoint import MODEL_FILE_NAMES, PREVIOUS_CHECKPOINT
     from src.config import config_differences, to_container
     from src.errors import ConfigError
 
-    stored_file = run_dir / "config.yaml"
-    trained = any((run_dir / name).exists() for name in (*MODEL_FILE_NAMES, PREVIOUS_CHECKPOINT))
-    if not (stored_file.exists() and trained):
+    stored_file = run.config
+    if not (stored_file.exists() and run.trained_files()):
         return
     try:
         stored = to_container(OmegaConf.load(stored_file))
@@ -102,7 +100,7 @@ def check_same_config(run_dir: Path, cfg) -> None:
     differences = config_differences(stored, to_container(cfg))
     if differences:
         raise ConfigError(
-            f"The run {run_dir} was trained with the config in {stored_file}; this command asks for another: "
+            f"The run {run.dir} was trained with the config in {stored_file}; this command asks for another: "
             f"{'; '.join(differences)}. A trained run's model and schedule cannot change: use the same "
             "--config_diffusion_file and overrides to resume, or a new --model_name for a new run.")
 
@@ -116,10 +114,12 @@ def main(args: argparse.Namespace) -> dict:
     from src.errors import ConfigError
     from src.files import write_text_atomic
     from src.distributed import init_distributed, shutdown
+    from src.run_files import RunFiles
     from src.runlock import run_lock
+    from src.runtime import pick_device
     from src.training import TrainSettings, train
 
-    run_dir = args.output_dir / args.model_name
+    run = RunFiles(args.output_dir / args.model_name)
     logger.info("loading config...")
     cfg = load_config(args.config_diffusion_file or default_config_file(bool(args.is_grayscale)), args.overrides)
     check_channels(cfg, bool(args.is_grayscale), str(args.config_diffusion_file))
@@ -129,10 +129,10 @@ def main(args: argparse.Namespace) -> dict:
                           f"processes ({dist.world_size}).")
 
     # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
-    with run_lock(run_dir, "train") if dist.is_main else contextlib.nullcontext():
-        check_same_config(run_dir, cfg)
+    with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
+        check_same_config(run, cfg)
         if dist.is_main:
-            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+            write_text_atomic(run.config, OmegaConf.to_yaml(cfg))
 
         logger.info("loading data...")
         train_set = load_split(args.training_ids, bool(args.is_grayscale), first_n=args.first_n,
@@ -157,12 +157,12 @@ def main(args: argparse.Namespace) -> dict:
             channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
             lr_given=args.lr is not None,
         )
-        summary = train(model, schedule, train_set.images, val_set.images, settings, run_dir, to_container(cfg),
+        summary = train(model, schedule, train_set.images, val_set.images, settings, run.dir, to_container(cfg),
                         device, dist)
     shutdown(dist)
     if dist.is_main:
         logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],
-                    summary["best_val_loss"], run_dir)
+                    summary["best_val_loss"], run.dir)
     return summary
 
 

@@ -44,6 +44,7 @@ def worker(args) -> None:
     from src.config import CONFIG_DIR, build_schedule, build_unet, load_config
     from src.diffusion import PLMSSampler
     from src.distributed import init_distributed, shutdown
+    from src.inference import model_function
     from src.reconstruction import measure_split
     from src.training import TrainLoop, TrainSettings, epoch_order
 
@@ -67,7 +68,7 @@ def worker(args) -> None:
         dist.barrier()
         seconds, n_images = time.perf_counter() - start, args.train_steps * args.train_batch
     else:
-        model = model.to(device).eval()
+        model = model_function(model.to(device).eval(), device)  # as reconstruct.py calls it
         sampler = PLMSSampler(schedule)
         sampler.set_timesteps(20)
         starts = sampler.start_indices(4)

@@ -24,11 +24,6 @@ from src.unet import UNet
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pth"
-PREVIOUS_CHECKPOINT = "checkpoint_prev.pth"
-MODEL_FILE_NAMES = ("best_model.pth", "final_model.pth", CHECKPOINT)
-
-
 def save_model_file(path: Path, model_state: dict, config: dict, epoch: int, val_loss: float | None, ema: bool,
                     image_shape: list[int] | None = None) -> None:
     """``image_shape``: (C, H, W) of the training images; reconstruct.py refuses other sizes."""
@@ -53,19 +48,6 @@ def read_file(path: str | Path) -> dict:
     if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
         raise CheckpointError(f"Model file {path} is not a checkpoint written by train.py (no model/config entries).")
     return obj
-
-
-def find_model_file(model_dir: Path, eval_checkpoint: str | None) -> Path:
-    """The file to score with: ``--eval_checkpoint`` if given, else the best, final or latest model."""
-    if eval_checkpoint:
-        # A relative path means the run's folder, never the working directory (which may hold
-        # another run's file of the same name).
-        path = Path(eval_checkpoint)
-        return path if path.is_absolute() else model_dir / path
-    for name in MODEL_FILE_NAMES:
-        if (model_dir / name).exists():
-            return model_dir / name
-    raise CheckpointError(f"No model file ({', '.join(MODEL_FILE_NAMES)}) in {model_dir}. Run train.py first.")
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[UNet, DDPMSchedule, dict, dict]:

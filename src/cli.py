@@ -1,7 +1,8 @@
-"""Small helpers shared by the four scripts: logging, device choice, flag parsing, exit codes.
+"""What the four scripts share: flag types, the detectors' flags, logging, the error boundary.
 
-Imports nothing heavy: the scripts parse their flags (and answer ``--help``) before torch,
-pandas or scikit-learn are loaded.
+Only the scripts import this module (the library takes its facts from ``src.runtime`` and
+``src.run_files``). Imports nothing heavy: the scripts parse their flags (and answer ``--help``)
+before torch, pandas or scikit-learn are loaded.
 """
 from __future__ import annotations
 
@@ -9,20 +10,19 @@ import argparse
 import logging
 import math
 import re
-import signal
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
-from src.errors import ConfigError, UserError
+from src.errors import UserError
+from src.run_files import PLAIN_NAME
+from src.runtime import install_interrupt_handler
 
 logger = logging.getLogger("ddpm_ood")
 
 # Exit status for bad input: one clear line, no traceback. 130 is the shell's for Ctrl-C.
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-# A run or set name becomes a folder or file name: letters, digits and . _ + -, starting with a
-# letter or digit (so never "", ".", ".." or a hidden name), and no path separator.
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
@@ -98,39 +98,42 @@ def plain_name(value: str) -> str:
     return value
 
 
-def pick_device(name: str):
-    """``auto``: CUDA when present, else CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for but CUDA is not available; use --device cpu.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    return device
+def shard_spec(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 0 <= K < N."""
+    index, sep, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = -1
+    if not sep or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+    return index, count
 
 
-# Results set names that are not OOD sets: results_val/in/fit.csv (reconstruct.py names OOD sets
-# after their split CSVs, so it refuses these; ood_detection.py does not score them as OOD).
-RESERVED_SETS = ("val", "in", "fit")
+def detector_list(text: str) -> list[str]:
+    from src.detectors import parse_detectors
 
-_interrupted = False
-
-
-def _on_sigint(signum, frame) -> None:
-    global _interrupted
-    _interrupted = True
-    raise KeyboardInterrupt
+    try:
+        return parse_detectors(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def check_interrupted() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C was pressed. Long loops call this at safe points: a
-    KeyboardInterrupt raised inside a finalizer or a callback is only printed by Python and
-    lost, and the run would go on; the flag is not."""
-    if _interrupted:
-        raise KeyboardInterrupt
+def add_knobs(parser: argparse.ArgumentParser, knobs) -> None:
+    """One flag per detector knob (``src.detectors.Knob``): its type and range checked by the parser."""
+    for knob in knobs:
+        kwargs = {"default": knob.default, "help": knob.help}
+        if knob.kind == "switch":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif knob.kind == "path":
+            kwargs["type"] = Path
+        elif knob.kind == "int":
+            low, high = knob.minimum, knob.maximum
+            expected = ("an integer" + (f" of at least {low}" if low is not None else "")
+                        + (f" and at most {high}" if high is not None else ""))
+            kwargs["type"] = _ranged(_integer, lambda n, low=low, high=high: (low is None or n >= low) and
+                                     (high is None or n <= high), expected)
+        parser.add_argument(knob.flag, *knob.aliases, **kwargs)
 
 
 def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[[Sequence[str] | None], argparse.Namespace]) -> None:
@@ -138,7 +141,7 @@ def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[
     Ctrl-C into one line and exit status 130."""
     args = parse_args(None)
     setup_logging(getattr(args, "verbose", False))
-    signal.signal(signal.SIGINT, _on_sigint)
+    install_interrupt_handler()
     try:
         main(args)
     except (UserError, PermissionError) as err:

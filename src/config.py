@@ -70,10 +70,6 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def default_config_file(is_grayscale: bool) -> Path:
-    return CONFIG_DIR / ("diffusion_grayscale.yaml" if is_grayscale else "diffusion_colour.yaml")
-
-
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Read a YAML config, merge ``a.b.c=value`` overrides and check it."""
     path = Path(path)
@@ -174,3 +170,15 @@ def check_channels(cfg: DictConfig | dict, is_grayscale: bool, source: str) -> N
             f"means {expected}-channel images. Use diffusion_{'grayscale' if is_grayscale else 'colour'}.yaml "
             "or fix --is_grayscale."
         )
+
+
+def warn_if_config_differs(config_file: Path, stored: dict, model_file) -> None:
+    """The model file's config wins; say so when the config given on the command line disagrees."""
+    import logging
+
+    given = to_container(load_config(config_file)).get("ldm", {}).get("params", {})
+    stored_params = stored.get("ldm", {}).get("params", {})
+    differing = sorted(k for k in set(given) | set(stored_params) if given.get(k) != stored_params.get(k))
+    if differing:
+        logging.getLogger("ddpm_ood").warning("%s differs from the config stored in %s (%s); using the stored one.",
+                                              config_file, model_file, ", ".join(differing))

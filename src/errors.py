@@ -35,6 +35,10 @@ class ScoringError(UserError, ValueError):
     """Results that cannot be scored; the message names the file, row and value."""
 
 
+class ManifestError(ScoringError):
+    """A results file's settings manifest that cannot be read; the message names it."""
+
+
 class NonFiniteLoss(UserError, RuntimeError):
     """Training met a non-finite loss or gradient; nothing was updated or saved from it."""
 

@@ -22,49 +22,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, PLMSSampler, adams_bashforth
+from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, ModelFn, PLMSSampler, adams_bashforth
 from src.metrics import mse_per_image
-from src.precision import autocast
-from src.unet import compile_unet
-
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def unet_caller(model: torch.nn.Module, device: torch.device, precision: str = "fp32", channels_last: bool = False,
-                compile_model: bool = False) -> ModelFn:
-    """``model`` as the sampler calls it: autocast to ``precision``, optional channels_last and
-    torch.compile, float32 output."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    net = compile_unet(model) if compile_model else model
-
-    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with autocast(precision, device):
-            return net(x.contiguous(memory_format=memory_format), t).float()
-
-    return call
-
-
-def default_model_batch(batch_size: int, device: torch.device) -> int:
-    """Largest UNet call: the batch size on CPU (large calls outgrow the caches), no limit (0) on GPU."""
-    return batch_size if device.type == "cpu" else 0
-
-
-def in_chunks(model: ModelFn, max_batch: int | None) -> ModelFn:
-    """Call ``model`` on at most ``max_batch`` images at a time (None: no limit).
-
-    On a CPU, per-image UNet throughput falls once a batch outgrows the caches, so the fused
-    loop's large calls are split; on a GPU large calls are what make it fast.
-    """
-    if not max_batch:
-        return model
-
-    def chunked(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= max_batch:
-            return model(x, t)
-        return torch.cat([model(xc, tc) for xc, tc in zip(x.split(max_batch), t.split(max_batch))])
-
-    return chunked
 
 
 def noise_seed(seed: int, image_id: int, timestep: int) -> int:

@@ -1,78 +1,20 @@
-"""From reconstruction errors to OOD scores and AUROC.
+"""The arithmetic of scoring, on arrays and frames only: z-scores, OOD metrics, intervals, thresholds.
 
 Sign convention (stated once): a higher score means more out-of-distribution, and OOD images
 are the positive class of the AUROC.
 
-Per start t, each metric is z-scored with the mean and standard deviation (ddof = 1, pandas'
-default) of the validation set's values at that t; an image's score is the mean over t of the
-sum of its metrics' z-scores.
+No file I/O and no detector here: the detectors (:mod:`src.detectors`) and the evaluation
+(:mod:`src.evaluation`) call these.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from src.detectors.recon import METRIC_COLUMNS
 from src.errors import ScoringError
-
-RESULT_COLUMNS = ("filename", "type", "t", "mse", "perceptual_difference")
-# Settings that every results file scored together must share (the rest, such as the split
-# and the number of images, differ by design). Each results file has its settings manifest.
-SHARED_SETTINGS = {
-    "model_file": "model file", "model_file_bytes": "model file size", "model_file_mtime_ns": "model file time",
-    "num_inference_steps": "steps", "start_t": "start points", "metrics": "metrics", "lpips_pad": "LPIPS padding",
-    "clamp_for_lpips": "LPIPS clamp", "seed": "seed", "precision": "precision", "is_grayscale": "channels",
-}
-
-
-def settings_file(results_path: Path) -> Path:
-    """``results_<set>.csv`` -> ``results_<set>.settings.json`` (written by reconstruct.py)."""
-    return results_path.with_name(f"{results_path.stem}.settings.json")
-
-
-def read_settings(results_path: Path) -> dict | None:
-    """The settings manifest of a results file, or None if it has none (not written by reconstruct.py)."""
-    path = settings_file(results_path)
-    if not path.exists():
-        return None
-    try:
-        settings = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ScoringError(f"Cannot read {path} ({err}); re-run reconstruct.py with --restart for that set.") from err
-    if not isinstance(settings, dict):
-        raise ScoringError(f"{path} is not a settings manifest; re-run reconstruct.py with --restart for that set.")
-    return settings
-
-
-def settings_mismatch(reference: dict, other: dict) -> list[str]:
-    """Which shared settings differ between two manifests, each as 'name (a vs b)'."""
-    return [f"{label} ({reference.get(key)!r} vs {other.get(key)!r})" for key, label in SHARED_SETTINGS.items()
-            if reference.get(key) != other.get(key)]
-
-
-def read_results_csv(path: Path, columns) -> pd.DataFrame:
-    """Read a results CSV written by reconstruct.py (any detector's): readable, with ``columns``, not empty."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ScoringError(f"Cannot read results file {path}: {err}. Re-run reconstruct.py for it.") from err
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ScoringError(f"Results file {path} lacks column(s) {missing}; it was not written by reconstruct.py.")
-    if frame.empty:
-        raise ScoringError(f"Results file {path} has no rows. Re-run reconstruct.py for it.")
-    return frame
-
-
-def read_results(path: Path) -> pd.DataFrame:
-    """Read a reconstruction results CSV and check its columns and rows."""
-    frame = read_results_csv(path, RESULT_COLUMNS)
-    check_rows(frame, path)
-    return frame
 
 
 def show_value(value) -> str:
@@ -80,99 +22,67 @@ def show_value(value) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def csv_line(frame: pd.DataFrame, position: int) -> str:
-    """The CSV line of a row (the header is line 1)."""
-    return f"line {int(frame.index[position]) + 2}"
+class ZScore(NamedTuple):
+    """Mean and standard deviation (ddof = 1, pandas' default, as the paper's code) of each column
+    on the fit images (the validation set), per value of ``by`` (e.g. per start point t) or over
+    all rows (``by`` None). The one z-score of the code base: the paper's score, the denoising
+    error and the combination of detectors all use it."""
+
+    mean: pd.DataFrame | pd.Series  # index ``by`` values and columns ``columns``; or indexed by column
+    std: pd.DataFrame | pd.Series
+    by: str | None
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, columns: Sequence[str], by: str | None = None,
+            source: str = "The validation results") -> "ZScore":
+        """Fit on ``frame``; every column needs two or more rows (per ``by`` value) and some spread."""
+        columns = list(columns)
+        sizes = frame.groupby(by).size() if by else pd.Series([len(frame)])
+        if (sizes < 2).any():
+            per = f" per {by}" if by else ""
+            raise ScoringError(f"{source}: at least two images{per} are needed for a standard deviation.")
+        if by:
+            stats = frame.groupby(by)[columns].agg(["mean", "std"])
+            mean, std = stats.xs("mean", axis=1, level=1), stats.xs("std", axis=1, level=1)
+        else:
+            stats = frame[columns].agg(["mean", "std"])
+            mean, std = stats.loc["mean"], stats.loc["std"]
+        for column in columns:
+            spread = std[column] if by else pd.Series([std[column]])
+            flat = spread[~(spread > 0)]
+            if len(flat):
+                at = f" at {by} = {show_value(flat.index[0])}" if by else ""
+                raise ScoringError(
+                    f"{source}: {column} has standard deviation {show_value(flat.iloc[0])}{at} over the fit images "
+                    "(no spread), so it cannot be z-scored. Use more (and different) validation images.")
+        return cls(mean, std, by)
+
+    def keys(self) -> list:
+        """The ``by`` values the z-scores were fitted for."""
+        return list(self.mean.index) if self.by else []
+
+    def apply(self, frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+        """Each row's z-score of each column: (value - fit mean) / fit std, at the row's ``by`` value.
+        Rows whose ``by`` value was not fitted are an error (callers check start points first)."""
+        columns = list(columns)
+        if not self.by:
+            return (frame[columns] - self.mean[columns]) / self.std[columns]
+        unknown = sorted(v.item() if isinstance(v, np.generic) else v
+                         for v in set(frame[self.by].unique()) - set(self.mean.index))
+        if unknown:
+            raise ScoringError(f"{self.by} = {unknown} has no fitted mean and spread (the validation results lack it).")
+        key = frame[self.by]
+        return pd.DataFrame({c: (frame[c] - key.map(self.mean[c])) / key.map(self.std[c]) for c in columns},
+                            index=frame.index)
 
 
-def check_rows(frame: pd.DataFrame, path: Path) -> None:
-    """Every value a number, every metric finite (LPIPS may be empty throughout: an MSE-only
-    run), and exactly one row per (image, t) for every t the file holds."""
-    redo = "Re-run reconstruct.py with --restart for this set."
-    for column in ("t", *METRIC_COLUMNS.values()):
-        raw = frame[column]
-        values = pd.to_numeric(raw, errors="coerce")
-        text = values.isna() & raw.notna()
-        if text.any():
-            at = int(np.argmax(text.to_numpy()))
-            raise ScoringError(f"{path} {csv_line(frame, at)}: {column} = {show_value(raw.iloc[at])} is not a number. {redo}")
-        if column == "perceptual_difference" and values.isna().all():
-            frame[column] = values
-            continue  # an MSE-only run
-        bad = ~np.isfinite(values.to_numpy(dtype=float))
-        if bad.any():
-            at = int(np.argmax(bad))
-            raise ScoringError(f"{path} {csv_line(frame, at)}: {column} = {show_value(raw.iloc[at])} is not a finite number. {redo}")
-        frame[column] = values
-    if (frame["t"] != frame["t"].round()).any():
-        at = int(np.argmax((frame["t"] != frame["t"].round()).to_numpy()))
-        raise ScoringError(f"{path} {csv_line(frame, at)}: t = {show_value(frame['t'].iloc[at])} is not an integer. {redo}")
-    frame["t"] = frame["t"].astype(np.int64)
-    key = image_key(frame)
-    duplicated = frame.duplicated([key, "t"], keep="first").to_numpy()
-    if duplicated.any():
-        at = int(np.argmax(duplicated))
-        raise ScoringError(f"{path} {csv_line(frame, at)}: a second row for {key} {show_value(frame[key].iloc[at])} and "
-                           f"t = {frame['t'].iloc[at]}. {redo}")
-    all_t = set(frame["t"].unique())
-    counts = frame.groupby(key, sort=False)["t"].size()
-    short = counts[counts < len(all_t)]
-    if len(short):
-        image = short.index[0]
-        missing = sorted(int(t) for t in all_t - set(frame.loc[frame[key] == image, "t"]))
-        raise ScoringError(f"{path}: {key} {show_value(image)} has no row for t = {missing} (the file's other images "
-                           f"have them). {redo}")
-
-
-def available_metrics(frame: pd.DataFrame) -> list[str]:
-    """The metrics a results frame holds values for ("mse", and "lpips" unless it was MSE-only)."""
-    return [name for name, column in METRIC_COLUMNS.items() if frame[column].notna().all()]
-
-
-def select_t(frame: pd.DataFrame, max_t: int | None = None, t_skip: int = 1) -> pd.DataFrame:
-    """Keep rows with t < max_t, then every ``t_skip``-th remaining start point."""
-    if max_t is not None:
-        frame = frame[frame["t"] < max_t]
-    kept = np.sort(frame["t"].unique())[::t_skip]
-    return frame[frame["t"].isin(kept)]
-
-
-def fit_validation_stats(val: pd.DataFrame, metrics: list[str], source: str = "The validation results") -> pd.DataFrame:
-    """Per-t mean and std (ddof = 1) of each metric on the validation set; index t."""
-    if (val.groupby("t").size() < 2).any():
-        raise ScoringError(f"{source}: at least two images per t are needed for a standard deviation.")
-    stats = val.groupby("t")[[METRIC_COLUMNS[m] for m in metrics]].agg(["mean", "std"])
-    for metric in metrics:
-        std = stats[(METRIC_COLUMNS[metric], "std")]
-        flat = std[~(std > 0)]
-        if len(flat):
-            raise ScoringError(
-                f"{source}: {METRIC_COLUMNS[metric]} has standard deviation {show_value(flat.iloc[0])} at t = {int(flat.index[0])} "
-                "over the validation images, so it cannot be z-scored. Use more (and different) validation images.")
-    return stats
-
-
-def score_frame(frame: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], source: str = "results") -> pd.Series:
-    """OOD score per image: mean over t of the sum of the chosen metrics' z-scores."""
-    unknown_t = sorted(int(t) for t in set(frame["t"].unique()) - set(stats.index))
-    if unknown_t:
-        raise ScoringError(
-            f"{source} has start points t={unknown_t} that the validation results lack; "
-            "reconstruct both with the same --num_inference_steps and --inference_skip_factor."
-        )
-    per_row = sum(metric_z(frame, stats, metric) for metric in metrics)
-    return per_row.groupby(frame[image_key(frame)], sort=False).mean()
-
-
-def image_key(frame: pd.DataFrame) -> str:
-    """The column that names an image: image_index, or filename in files without it."""
-    return "image_index" if "image_index" in frame.columns else "filename"
-
-
-def metric_z(frame: pd.DataFrame, stats: pd.DataFrame, metric: str) -> pd.Series:
-    """Each row's z-score of ``metric``: (value - validation mean at its t) / validation std at its t."""
-    column = METRIC_COLUMNS[metric]
-    return (frame[column] - frame["t"].map(stats[(column, "mean")])) / frame["t"].map(stats[(column, "std")])
+def select_start_t(t_values: Sequence[int], max_start_t: int | None = None, min_start_t: int | None = None,
+                   t_skip: int = 1) -> list[int]:
+    """The start points kept: t < max_start_t and t >= min_start_t, then every ``t_skip``-th of
+    those (ascending). The one filter of both scripts' start-point flags."""
+    kept = sorted({int(t) for t in t_values if (max_start_t is None or t < max_start_t)
+                   and (min_start_t is None or t >= min_start_t)})
+    return kept[::t_skip]
 
 
 def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
@@ -217,15 +127,6 @@ def bootstrap_intervals(in_scores: np.ndarray, ood_scores: np.ndarray, n_resampl
     return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for name, v in samples.items()}
 
 
-def z_table(frame: pd.DataFrame, stats: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per image: its per-t z-score of every metric, as columns ``z_<metric>_t<t>``, indexed by
-    image (image_index, or filename for files without it), in the file's order."""
-    key = image_key(frame)
-    columns = {}
-    for metric in metrics:
-        z = metric_z(frame, stats, metric)
-        wide = pd.DataFrame({key: frame[key], "t": frame["t"], "z": z}).pivot(index=key, columns="t", values="z")
-        for t in wide.columns:
-            columns[f"z_{metric}_t{int(t)}"] = wide[t]
-    table = pd.DataFrame(columns)
-    return table.loc[pd.unique(frame[key])]
+def fit_threshold(val_scores: np.ndarray, tpr: float) -> float:
+    """The score at or below which a share ``tpr`` of the validation images fall."""
+    return float(np.quantile(val_scores, tpr, method="higher"))

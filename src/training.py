@@ -32,13 +32,14 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from src.cli import check_interrupted
-from src.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, read_file, save_model_file
+from src.checkpoint import CheckpointError, read_file, save_model_file
 from src.diffusion import DDPMSchedule, PLMSSampler
 from src.distributed import Dist
 from src.errors import ConfigError, NonFiniteLoss
 from src.files import remove_stale_temporaries, save_torch_atomic
-from src.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (PRECISIONS re-exported)
+from src.inference import model_function
+from src.run_files import RunFiles
+from src.runtime import autocast, check_interrupted, resolve_precision
 from src.unet import compile_unet
 
 logger = logging.getLogger(__name__)
@@ -157,21 +158,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_resume_state(run_dir: Path) -> dict | None:
+def load_resume_state(run: RunFiles) -> dict | None:
     """The newest whole training checkpoint of a run, or None for a fresh run.
 
     ``checkpoint.pth`` is tried first, then ``checkpoint_prev.pth`` (the one before it). A
     damaged file is reported and skipped; if checkpoints exist but none is whole, training
     stops rather than silently starting from scratch.
     """
-    candidates = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT) if p.exists()]
+    candidates = [p for p in (run.checkpoint, run.previous_checkpoint) if p.exists()]
     problems = []
     for path in candidates:
         try:
             state = read_file(path)
             if state.get("kind") != "checkpoint":
                 raise CheckpointError(f"{path} is not a training checkpoint (kind {state.get('kind')!r}).")
-            if path.name == PREVIOUS_CHECKPOINT:
+            if path == run.previous_checkpoint:
                 logger.warning("Resuming from the previous checkpoint %s.", path)
             return state
         except CheckpointError as err:
@@ -179,18 +180,17 @@ def load_resume_state(run_dir: Path) -> dict | None:
             problems.append(str(path))
     if problems:
         raise CheckpointError(
-            f"No whole training checkpoint in {run_dir} ({', '.join(problems)} damaged). Move them away to "
+            f"No whole training checkpoint in {run.dir} ({', '.join(problems)} damaged). Move them away to "
             "start training afresh, or restore a backup."
         )
     return None
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
+def save_checkpoint(run: RunFiles, state: dict) -> None:
     """Write checkpoint.pth atomically, keeping the one before as checkpoint_prev.pth."""
-    path = run_dir / CHECKPOINT
-    if path.exists():
-        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
-    save_torch_atomic(path, state)
+    if run.checkpoint.exists():
+        os.replace(run.checkpoint, run.previous_checkpoint)
+    save_torch_atomic(run.checkpoint, state)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -273,6 +273,7 @@ class TrainLoop:
                  dist: Dist = Dist()):
         self.settings, self.schedule, self.run_dir, self.config, self.device, self.dist = (
             settings, schedule, run_dir, config, device, dist)
+        self.files = RunFiles(run_dir)
         self.precision = resolve_precision(settings.precision, device)
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.memory_format)
@@ -366,11 +367,11 @@ class TrainLoop:
         collective: every rank calls this at the same steps), and rank 0 writes."""
         total = self.dist.all_reduce_sum(loss_sum.detach().clone()).item()
         if self.dist.is_main:
-            save_checkpoint(self.run_dir, self.checkpoint_state(epoch, batch_in_epoch, total, order))
+            save_checkpoint(self.files, self.checkpoint_state(epoch, batch_in_epoch, total, order))
 
-    def save_model(self, name: str, epochs_done: int) -> None:
+    def save_model(self, path: Path, epochs_done: int) -> None:
         if self.dist.is_main:
-            save_model_file(self.run_dir / name, self.scoring_model.state_dict(), self.config, epochs_done,
+            save_model_file(path, self.scoring_model.state_dict(), self.config, epochs_done,
                             self.val_loss, self.ema is not None, self.image_shape)
 
     # --- the loop -----------------------------------------------------------------------
@@ -397,7 +398,7 @@ class TrainLoop:
             result = train_step(self.net, self.model, self.schedule, self.optimizer, self.scaler, x0, t[rows],
                                 noise[rows], self.precision, weight, self.dist, float(self.out_of_time()))
         except NonFiniteLoss as err:
-            last = self.run_dir / CHECKPOINT
+            last = self.files.checkpoint
             raise NonFiniteLoss(
                 f"{err} at epoch {self.epoch + 1}, step {self.step + 1}; nothing was updated or saved from it. The "
                 f"last good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning rate, use "
@@ -461,17 +462,19 @@ class TrainLoop:
         self.writer.add_scalar("val/loss", self.val_loss, self.step)
         logger.info("epoch %d: validation loss %.5f (best %.5f)", epochs_done, self.val_loss, self.best_val)
         if self.settings.num_sample_images:
+            # The model as reconstruct.py calls it (fp32, one call per step: previews are small).
+            preview = model_function(self.scoring_model, self.device, "fp32", self.settings.channels_last, max_batch=0)
             shape = (self.settings.num_sample_images, *self.image_shape)
-            samples = sample_images(self.scoring_model, self.schedule, shape, self.settings.sample_steps, self.device,
+            samples = sample_images(preview, self.schedule, shape, self.settings.sample_steps, self.device,
                                     self.settings.seed)
             self.writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), self.step)
-            grid, timesteps = reconstruction_grid(self.scoring_model, self.schedule, self.val_images[:4],
+            grid, timesteps = reconstruction_grid(preview, self.schedule, self.val_images[:4],
                                                   self.settings.sample_steps, self.device, self.settings.seed)
             self.writer.add_image("reconstructions (input, then from t = " + ", ".join(map(str, timesteps)) + ")",
                                   grid, self.step)
         if self.val_loss < self.best_val:
             self.best_val = self.val_loss
-            self.save_model("best_model.pth", epochs_done)
+            self.save_model(self.files.best_model, epochs_done)
 
     def run_loop(self) -> dict:
         """Train to --n_epochs (or --max_minutes) and write final_model.pth. Returns a summary."""
@@ -480,13 +483,13 @@ class TrainLoop:
             if self.dist.is_main:
                 logger.info("The run in %s is already complete (%d of --n_epochs=%d epochs); nothing to train. "
                             "Raise --n_epochs to train further.", self.run_dir, self.epoch, settings.n_epochs)
-            if not (self.run_dir / "final_model.pth").exists():  # killed between the last checkpoint and this file
-                self.save_model("final_model.pth", self.epoch)
+            if not self.files.final_model.exists():  # killed between the last checkpoint and this file
+                self.save_model(self.files.final_model, self.epoch)
             return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val, "already_complete": True}
         if self.step and self.dist.is_main:
             logger.info("Resuming at epoch %d, batch %d (step %d).", self.epoch + 1, self.batch_in_epoch, self.step)
         if self.dist.is_main:
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=self.step)
+            self.writer = SummaryWriter(log_dir=str(self.files.tensorboard), purge_step=self.step)
             described = {**self.run_settings(), "n_epochs": settings.n_epochs, "eval_freq": settings.eval_freq,
                          "compile": settings.compile, "channels_last": settings.channels_last,
                          "parameters": sum(p.numel() for p in self.model.parameters())}
@@ -502,7 +505,7 @@ class TrainLoop:
         finally:
             if self.writer is not None:
                 self.writer.close()
-        self.save_model("final_model.pth", self.epoch)
+        self.save_model(self.files.final_model, self.epoch)
         return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val}
 
 
@@ -512,5 +515,5 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
     loop = TrainLoop(model, schedule, train_images, val_images, settings, run_dir, config, device, dist)
     if dist.is_main:
         remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
-    loop.restore(load_resume_state(run_dir))
+    loop.restore(load_resume_state(loop.files))
     return loop.run_loop()

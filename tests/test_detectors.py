@@ -14,18 +14,18 @@ import ood_detection
 import reconstruct
 import train
 from conftest import TINY_CONFIG, make_images, write_split
-from src.detectors import DETECTORS, feature_detector_class, parse_detectors
+from src.detectors import DETECTORS, detector_class, parse_detectors
 from src.detectors.base import measure_features
 from src.detectors.combined import combine
 from src.detectors.density import fit_gmm, fit_kde, ood_score
 from src.detectors.denoise import DenoiseDetector
 from src.detectors.msma import MSMADetector
 from src.detectors.path import STATISTICS, PathDetector, ddim_inversion, path_statistics
-from src.detectors.recon import nfe as recon_nfe
+from src.detectors.recon import ReconDetector, nfe as recon_nfe
 from src.diffusion import DDPMSchedule, PLMSSampler
 from src.errors import ScoringError
 from src.reconstruction import measure_split, start_noise
-from src.scoring import auroc, fit_validation_stats, score_frame
+from src.scoring import auroc
 from test_diffusion import point_mass_oracle
 
 SHAPE = (1, 16, 16)  # D = 256 pixels
@@ -160,17 +160,18 @@ def detector_scores(schedule, fit, sets):
         features = {name: measure_features(detector, model, schedule, images.float(), [str(i) for i in range(len(images))],
                                            name, 100, 0, cpu, progress=False)[detector.columns()].to_numpy()
                     for name, images in {"fit": fit, **sets}.items()}
-        fitted = detector.fit(features["fit"])
+        fitted = detector.fit_features(features["fit"])
         for name, values in features.items():
-            for score, array in detector.score(fitted, values).items():
+            for score, array in detector.score_features(fitted, values).items():
                 out.setdefault(score, {})[name] = array
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(10)
     starts = sampler.start_indices(3)
     frames = {name: measure_split(model, schedule, sampler, images.float(), [str(i) for i in range(len(images))], name,
                                   starts, 100, 0, cpu, progress=False) for name, images in {"fit": fit, **sets}.items()}
-    stats = fit_validation_stats(frames["fit"], ["mse"])
-    out["recon:mse"] = {name: score_frame(frame, stats, ["mse"]).to_numpy() for name, frame in frames.items()}
+    recon = ReconDetector(10, [int(sampler.grid[j]) for j in starts], ["mse"])
+    stats = recon.fit(frames["fit"])
+    out["recon:mse"] = {name: recon.score(stats, frame).scores["mse"].to_numpy() for name, frame in frames.items()}
     mains = ["recon:mse", "path-6d", "msma", "denoise"]
     out["combo"] = {name: combine({m: out[m]["fit"] for m in mains}, {m: out[m][name] for m in mains})
                     for name in out["msma"]}
@@ -220,7 +221,7 @@ def test_detector_names_parse():
         parse_detectors("recon,likelihood")
     with pytest.raises(SystemExit):
         reconstruct.parse_args(["--output_dir=x", "--model_name=m", "--detectors=nope"])
-    assert feature_detector_class("msma").from_settings({"msma_t": [0, 500]}).nfe() == 2
+    assert detector_class("msma").from_settings({"msma_t": [0, 500]}).nfe() == 2
 
 
 # --- through the scripts ---------------------------------------------------------------------------
@@ -265,9 +266,9 @@ def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch,
     # Record what every fit sees: the fit set's features, never an in or OOD image's.
     seen = {}
     for name in ("path", "msma", "denoise"):
-        cls = feature_detector_class(name)
-        original = cls.fit
-        monkeypatch.setattr(cls, "fit", lambda self, features, seed=0, _o=original, _n=name:
+        cls = detector_class(name)
+        original = cls.fit_features
+        monkeypatch.setattr(cls, "fit_features", lambda self, features, seed=0, _o=original, _n=name:
                             (seen.__setitem__(_n, features.copy()), _o(self, features, seed))[1])
     for fit_on in ("val", "fit"):
         seen.clear()
@@ -275,7 +276,7 @@ def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch,
                                                                "--bootstrap=0", f"--fit_on={fit_on}"]))
         printed = capsys.readouterr().out
         for name, features in seen.items():
-            columns = feature_detector_class(name).from_settings(
+            columns = detector_class(name).from_settings(
                 json.loads((ood / name / "results_in.settings.json").read_text())).columns()
             frames = {s: pd.read_csv(ood / name / f"results_{s}.csv")[columns].to_numpy() for s in ("val", "fit", "in", "Stripes")}
             np.testing.assert_array_equal(features, frames[fit_on])

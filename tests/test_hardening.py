@@ -18,7 +18,7 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG, make_images, write_results, write_split
-from src.checkpoint import find_model_file
+from src.run_files import RunFiles
 from src.errors import ConfigError, DataError, RunLocked, ScoringError
 from src.files import TEMP_PREFIX, remove_stale_temporaries, save_csv_atomic
 from src.runlock import run_lock
@@ -180,8 +180,8 @@ def test_a_relative_eval_checkpoint_means_the_runs_folder(tmp_path, monkeypatch)
     elsewhere.mkdir()
     (elsewhere / "best_model.pth").write_text("another run's model")
     monkeypatch.chdir(elsewhere)
-    assert find_model_file(run_dir, "best_model.pth") == run_dir / "best_model.pth"
-    assert find_model_file(run_dir, str(elsewhere / "best_model.pth")) == elsewhere / "best_model.pth"
+    assert RunFiles(run_dir).find_model_file("best_model.pth") == run_dir / "best_model.pth"
+    assert RunFiles(run_dir).find_model_file(str(elsewhere / "best_model.pth")) == elsewhere / "best_model.pth"
 
 
 
@@ -310,16 +310,16 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point(monkeypatch):
     """A KeyboardInterrupt raised inside a finalizer is only printed by Python; the run went on
     (seen once in CI as a Ctrl-C that never stopped training). The handler's flag stops it at
     the next training step or reconstruction chunk."""
-    from src import cli
+    from src import runtime
 
-    monkeypatch.setattr(cli, "_interrupted", False)
-    cli.check_interrupted()  # nothing pressed: nothing raised
+    monkeypatch.setattr(runtime, "_interrupted", False)
+    runtime.check_interrupted()  # nothing pressed: nothing raised
     try:
-        cli._on_sigint(signal.SIGINT, None)
+        runtime._on_sigint(signal.SIGINT, None)
     except KeyboardInterrupt:
         pass  # swallowed, as in a finalizer
     with pytest.raises(KeyboardInterrupt):
-        cli.check_interrupted()
+        runtime.check_interrupted()
 
 
 def test_offline_lpips_prints_no_download_line(tmp_path, no_alexnet, capfd, caplog):

@@ -105,7 +105,7 @@ def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_mode
 
 
 def test_chunked_unet_calls_give_the_same_reconstructions(tiny_model):
-    from src.reconstruction import in_chunks
+    from src.inference import in_chunks
 
     model, schedule = tiny_model
     sampler, starts, x0, noise = reconstruction_case(schedule, 10, 2, 4, seed=5)
@@ -143,7 +143,7 @@ def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatc
     import functools
 
     import torch._dynamo
-    from src.reconstruction import unet_caller
+    from src.inference import unet_caller
 
     model, schedule = tiny_model
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))

@@ -5,7 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.scoring import ScoringError, auroc, fit_validation_stats, score_frame, select_t
+from src.detectors.recon import ReconDetector
+from src.scoring import ScoringError, ZScore, auroc, select_start_t
+
+
+def fit_validation_stats(val, metrics, source="The validation results"):
+    """The paper's per-t statistics of each metric, as ood_detection.py fits them."""
+    return ReconDetector(10, sorted(val["t"].unique()), metrics).fit(val, source=source)
+
+
+def score_frame(frame, stats, metrics):
+    """The paper's score of each image, from the statistics of fit_validation_stats."""
+    detector = ReconDetector(10, sorted(frame["t"].unique()), metrics)
+    return detector.score(stats, frame).scores[detector.primary]
 
 
 def frame(values_by_t: dict[int, list[float]], lpips_offset: float = 0.0) -> pd.DataFrame:
@@ -20,8 +32,8 @@ def frame(values_by_t: dict[int, list[float]], lpips_offset: float = 0.0) -> pd.
 def test_validation_scores_are_z_scores():
     val = frame({1: [1.0, 2.0, 3.0, 6.0], 11: [10.0, 20.0, 30.0, 60.0]})
     stats = fit_validation_stats(val, ["mse"])
-    assert stats.loc[1, ("mse", "mean")] == 3.0
-    assert stats.loc[1, ("mse", "std")] == pytest.approx(np.std([1, 2, 3, 6], ddof=1))
+    assert stats.mean.loc[1, "mse"] == 3.0
+    assert stats.std.loc[1, "mse"] == pytest.approx(np.std([1, 2, 3, 6], ddof=1))
     scores = score_frame(val, stats, ["mse"])
     assert scores.mean() == pytest.approx(0.0, abs=1e-12)
     assert scores.std() == pytest.approx(1.0)  # both t give the same z, so the mean over t is that z
@@ -42,16 +54,24 @@ def test_auroc_known_answers():
     assert auroc(np.array([0.1, 0.3]), np.array([0.2, 0.4])) == 0.75
 
 
-def test_select_t_max_t_and_t_skip():
+def test_select_start_t_max_min_and_t_skip():
     f = frame({1: [0.0], 11: [0.0], 21: [0.0], 31: [0.0]})
-    assert sorted(select_t(f, max_t=21)["t"].unique()) == [1, 11]
-    assert sorted(select_t(f, t_skip=2)["t"].unique()) == [1, 21]
+    assert select_start_t(f["t"], max_start_t=21) == [1, 11]
+    assert select_start_t(f["t"], t_skip=2) == [1, 21]
+    assert select_start_t(f["t"], min_start_t=11, max_start_t=31) == [11, 21]
+    assert select_start_t([31, 1, 11, 1], min_start_t=2, t_skip=2) == [11]
 
 
 def test_t_values_missing_from_validation_are_an_error():
+    from src.detectors.recon import check_start_points
+
     stats = fit_validation_stats(frame({1: [0.0, 1.0]}), ["mse"])
-    with pytest.raises(ScoringError, match=r"t=\[11\]"):
-        score_frame(frame({1: [0.0], 11: [0.0]}), stats, ["mse"], source="results_X.csv")
+    with pytest.raises(ScoringError, match=r"t = \[11\] has no fitted"):
+        stats.apply(frame({1: [0.0], 11: [0.0]}), ["mse"])
+    with pytest.raises(ScoringError, match=r"results_X.csv has start points t=\[11\]"):
+        check_start_points(frame({1: [0.0], 11: [0.0]}), {1}, [1], "results_X.csv")
+    with pytest.raises(ScoringError, match=r"results_X.csv lacks start points t=\[11\]"):
+        check_start_points(frame({1: [0.0]}), {1, 11}, [1, 11], "results_X.csv")
 
 
 @pytest.mark.parametrize("in_scores,ood_scores,expected", [

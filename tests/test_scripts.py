@@ -107,7 +107,7 @@ def test_seed_readme_command_lines_parse():
                                "--run_out=1".split())
     assert r.inference_skip_factor == 16 and r.run_out == 1 and r.out_ids.count(",") == 2
     o = ood_detection.parse_args(["--output_dir=o", "--model_name=fashionmnist"])
-    assert o.t_skip == 1 and o.max_t is None
+    assert o.t_skip == 1 and o.max_start_t is None
 
 
 @pytest.mark.parametrize("script,args", [
@@ -130,11 +130,13 @@ def test_missing_input_exits_2_and_names_the_file(tmp_path, script, args):
 def test_a_config_flag_that_disagrees_with_the_checkpoint_is_reported(caplog):
     from omegaconf import OmegaConf
 
+    from src.config import warn_if_config_differs
+
     stored = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG))
     with caplog.at_level("WARNING", logger="ddpm_ood"):
-        reconstruct.warn_if_config_differs(TINY_CONFIG, stored, "m.pth")
+        warn_if_config_differs(TINY_CONFIG, stored, "m.pth")
         assert not caplog.records
-        reconstruct.warn_if_config_differs(TINY_CONFIG.with_name("diffusion_grayscale.yaml"), stored, "m.pth")
+        warn_if_config_differs(TINY_CONFIG.with_name("diffusion_grayscale.yaml"), stored, "m.pth")
     assert "unet_config" in caplog.text and "using the stored one" in caplog.text
 
 
@@ -265,7 +267,7 @@ def test_scoring_new_images_matches_the_pipeline_and_refuses_mismatches(tmp_path
     import numpy as np
 
     from conftest import make_images, write_split
-    from src.detector import OODDetector
+    from src.api import OODDetector
 
     out = tmp_path / "models"
     train.main(train_args(out, synthetic_splits, 1))

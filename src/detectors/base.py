@@ -1,69 +1,180 @@
-"""What a feature detector is: a few UNet calls per image give a fixed set of numbers
-(features); a fit on in-distribution images that are not test images turns them into scores.
+"""The one contract of every detector, and the base of those that reduce an image to a few numbers.
 
-A detector is a small object:
+A :class:`Detector` is a small object whose settings say how its results were made:
 
-- ``name`` and ``score_names`` (its scores, the first one its main score), ``primary``;
-- ``settings()``: what its features depend on (recorded in every results manifest);
-- ``nfe()``: UNet evaluations per image;
-- ``features(model, schedule, x0, image_ids, seed)``: ``{column: (B,) tensor}`` for a batch;
-- ``fit(features)`` on the fit set's (N, F) features, and ``score(fitted, features)`` ->
-  ``{score name: (N,) array}``, higher = more OOD.
+- ``name``, ``score_names`` (its scores, the first its main one), ``results_folder`` (its results
+  go to ``ood/<folder>/``), ``measures_fit_set`` (measured on reconstruct.py's ``--fit_ids``
+  images too) and ``expensive`` (left out of the cheap combination);
+- ``from_args(args, model)`` (reconstruct.py: its knobs from the registry) and
+  ``settings()`` / ``from_settings()`` (what its results' manifests record, and back);
+- ``nfe()`` and ``cost()``: UNet evaluations per image, as recorded beside the results;
+- ``measure(...)``: one results frame for a chunk of images (``read(path)`` reads it back, checked);
+- ``for_scoring(frames, paths, options)``: the detector and frames ood_detection.py scores with
+  (e.g. the start points it keeps), after checking the sets agree;
+- ``fit(frame)`` on in-distribution images that are not test images, and ``score(fitted,
+  frame)`` -> :class:`Scored`: per image, each score (higher = more OOD), indexed by image_index.
 
-:func:`measure_features` runs any detector over a set's images in batches.
+:class:`FeatureDetector` is the base of the detectors with one row per image and a fixed set of
+feature columns (DiffPath's statistics, MSMA's norms, the denoising error):
+:func:`measure_features` runs any of them over a set's images in batches.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from src.diffusion import ModelFn
 
 
-class FeatureDetector:
+class Scored(NamedTuple):
+    """What a detector's score gives for one set: each score per image (a Series indexed by image)
+    and, for detectors that explain their score, a long table of its parts (image, t, metric, z)."""
+
+    scores: dict[str, pd.Series]
+    details: pd.DataFrame | None = None
+
+
+class Detector:
     name: str = ""
     score_names: tuple[str, ...] = ()
+    results_folder: str | None = None  # None: the detector's name
+    measures_fit_set: bool = True  # False: fits on the validation images only
+    expensive: bool = False  # True: not a member of the cheap combination
 
     @property
     def primary(self) -> str:
         """The detector's main score (the one the combination uses)."""
         return self.score_names[0]
 
+    @classmethod
+    def folder(cls) -> str:
+        return cls.name if cls.results_folder is None else cls.results_folder
+
+    @classmethod
+    def from_args(cls, args, model) -> "Detector":
+        """The detector reconstruct.py's flags ask for, for a loaded model (src.inference.LoadedModel)."""
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """What the results depend on besides the model: recorded in every results manifest."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Detector":
+        """The detector that wrote results with this manifest."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.settings()}; {self.nfe()} model evaluations per image"
+
+    def progress_label(self, set_name: str) -> str:
+        return f"{self.name} {set_name}"
+
+    def nfe(self) -> int | None:
+        """UNet evaluations per image."""
+        raise NotImplementedError
+
+    def cost(self) -> dict:
+        """The add-on entries recorded beside the results: the cost per image."""
+        return {"nfe_per_image": self.nfe()}
+
+    def scoring_nfe(self, settings: dict) -> int | None:
+        """The cost per image of what is scored, from the fit set's manifest."""
+        return settings.get("nfe_per_image", self.nfe())
+
+    def measure(self, model: ModelFn, schedule, images: torch.Tensor, filenames: Sequence[str], split_type: str,
+                batch_size: int, seed: int, device: torch.device, progress: bool | Callable[[int], object] = True,
+                index_offset: int = 0) -> pd.DataFrame:
+        """The results rows of ``images`` (image ``index_offset + i`` of its split at row i)."""
+        raise NotImplementedError
+
+    def examples(self, model: ModelFn, schedule, images: torch.Tensor, seed: int, device: torch.device) -> dict | None:
+        """Arrays to keep for a figure of the first images (reconstruct.py --save_examples), or None."""
+        return None
+
+    def read(self, path: Path) -> pd.DataFrame:
+        """A results file of this detector, checked."""
+        raise NotImplementedError
+
+    def for_scoring(self, frames: dict[str, pd.DataFrame], paths: dict[str, Path], options) -> tuple["Detector", dict]:
+        """The detector and frames to score with under ``options`` (src.evaluation.Options)."""
+        return self, frames
+
+    def fit(self, frame: pd.DataFrame, seed: int = 0, source: str | None = None):
+        raise NotImplementedError
+
+    def score(self, fitted, frame: pd.DataFrame) -> Scored:
+        raise NotImplementedError
+
+    def per_t(self, details: pd.DataFrame) -> pd.DataFrame | None:
+        """Per image (rows) and start point t (columns), the part of the main score from t alone."""
+        return None
+
+
+class FeatureDetector(Detector):
+    """A detector with one results row per image: a few UNet calls give a fixed set of numbers
+    (features, one column each), and a fit on the fit set's features turns them into scores.
+
+    Subclasses give ``features(model, schedule, x0, image_ids, seed)`` -> ``{column: (B,) tensor}``,
+    and ``fit_features(features)`` / ``score_features(fitted, features)`` on (N, F) arrays.
+    """
+
+    knob: str = ""  # the registry knob that sets the number of timesteps, e.g. "path_steps"
     column_prefix: str = ""  # one feature column per timestep, <prefix><t>, unless columns() says otherwise
 
     def __init__(self, n_levels: int = 10, num_timesteps: int = 1000):
         self.timesteps = even_timesteps(num_timesteps, n_levels)  # one UNet call per image at each
 
+    @classmethod
+    def from_args(cls, args, model) -> "FeatureDetector":
+        return cls(getattr(args, cls.knob), model.schedule.num_timesteps)
+
     def columns(self) -> list[str]:
         return [f"{self.column_prefix}{t}" for t in self.timesteps]
 
     def settings(self) -> dict:
-        """What the features depend on besides the model: recorded in every results manifest."""
-        return {f"{self.name}_t": list(self.timesteps)}
+        return {"detector": self.name, f"{self.name}_t": list(self.timesteps)}
 
     @classmethod
     def from_settings(cls, settings: dict) -> "FeatureDetector":
-        """The detector that wrote results with this manifest."""
         detector = cls.__new__(cls)
         detector.timesteps = [int(t) for t in settings[f"{cls.name}_t"]]
         return detector
 
     def nfe(self) -> int:
-        """UNet evaluations per image."""
         return len(self.timesteps)
+
+    def measure(self, model, schedule, images, filenames, split_type, batch_size, seed, device, progress=True,
+                index_offset=0):
+        return measure_features(self, model, schedule, images, filenames, split_type, batch_size, seed, device,
+                                progress=progress, index_offset=index_offset)
+
+    def read(self, path: Path) -> pd.DataFrame:
+        from src.results import read_feature_results
+
+        return read_feature_results(path, self.columns())
+
+    def fit(self, frame: pd.DataFrame, seed: int = 0, source: str | None = None):
+        return self.fit_features(frame[self.columns()].to_numpy(), seed)
+
+    def score(self, fitted, frame: pd.DataFrame) -> Scored:
+        index = pd.Index(frame["image_index"].to_numpy(), name="image_index")
+        values = self.score_features(fitted, frame[self.columns()].to_numpy())
+        return Scored({name: pd.Series(np.asarray(array), index=index) for name, array in values.items()})
 
     def features(self, model: ModelFn, schedule, x0: torch.Tensor, image_ids: Sequence[int],
                  seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def fit(self, features: np.ndarray, seed: int = 0):
+    def fit_features(self, features: np.ndarray, seed: int = 0):
         raise NotImplementedError
 
-    def score(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
+    def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
 

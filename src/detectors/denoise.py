@@ -7,20 +7,22 @@ measure the training loss of that one sample:
     denoise_mse_t = mean over pixels of (eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) e, t) - e)^2
 
 one UNet call per t (all L in one batch). Score ``denoise``: as the paper does with its
-reconstruction errors, each t is z-scored with the fit set's mean and std (ddof = 1) and the
-score is the mean over t.
+reconstruction errors, each t is z-scored with the fit set's mean and std (ddof = 1, the one
+z-score of src.scoring) and the score is the mean over t.
 """
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from src.detectors.base import FeatureDetector, at_every_timestep
-from src.errors import ScoringError
+from src.scoring import ZScore
 
 
 class DenoiseDetector(FeatureDetector):
     name = "denoise"
+    knob = "denoise_levels"
     score_names = ("denoise",)
 
     column_prefix = "denoise_mse_t"
@@ -37,13 +39,9 @@ class DenoiseDetector(FeatureDetector):
         error = ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
         return {column: error[l] for l, column in enumerate(self.columns())}
 
-    def fit(self, features: np.ndarray, seed: int = 0):
-        mean, std = features.mean(0), features.std(0, ddof=1)
-        if len(features) < 2 or not (std > 0).all():
-            raise ScoringError("denoise: the fit set's errors have no spread at some t (fewer than two images, or "
-                               "identical ones); use more validation images.")
-        return mean, std
+    def fit_features(self, features: np.ndarray, seed: int = 0) -> ZScore:
+        return ZScore.fit(pd.DataFrame(features, columns=self.columns()), self.columns(), source=self.name)
 
-    def score(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
-        mean, std = fitted
-        return {"denoise": ((features - mean) / std).mean(1)}
+    def score_features(self, fitted: ZScore, features: np.ndarray) -> dict[str, np.ndarray]:
+        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns())
+        return {"denoise": z.mean(axis=1).to_numpy()}

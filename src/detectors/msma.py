@@ -23,6 +23,7 @@ from src.detectors.density import fit_gmm, ood_score
 
 class MSMADetector(FeatureDetector):
     name = "msma"
+    knob = "msma_levels"
     score_names = ("msma",)
 
     column_prefix = "score_norm_t"
@@ -36,8 +37,8 @@ class MSMADetector(FeatureDetector):
         norms = eps.norm(dim=2) / (1 - ab).sqrt()[:, None]  # (L, B)
         return {column: norms[l] for l, column in enumerate(self.columns())}
 
-    def fit(self, features: np.ndarray, seed: int = 0):
+    def fit_features(self, features: np.ndarray, seed: int = 0):
         return fit_gmm(features, seed, "msma")
 
-    def score(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
+    def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
         return {"msma": ood_score(fitted, features)}

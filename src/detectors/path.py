@@ -68,6 +68,7 @@ def path_statistics(eps: torch.Tensor) -> dict[str, torch.Tensor]:
 
 class PathDetector(FeatureDetector):
     name = "path"
+    knob = "path_steps"
     score_names = ("path-6d", "path-1d")
 
     def __init__(self, n_steps: int = 10, num_timesteps: int = 1000):
@@ -82,10 +83,10 @@ class PathDetector(FeatureDetector):
         eps, _ = ddim_inversion(model, schedule.alphas_cumprod, x0, self.timesteps)
         return path_statistics(eps)
 
-    def fit(self, features: np.ndarray, seed: int = 0):
+    def fit_features(self, features: np.ndarray, seed: int = 0):
         return {"path-6d": fit_gmm(features, seed, "path-6d"),
                 "path-1d": fit_kde(np.sqrt(features[:, STATISTICS.index("deps_dt_sq")]), seed, "path-1d")}
 
-    def score(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
+    def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
         return {"path-6d": ood_score(fitted["path-6d"], features),
                 "path-1d": ood_score(fitted["path-1d"], np.sqrt(features[:, STATISTICS.index("deps_dt_sq")]))}

@@ -1,0 +1,85 @@
+"""The shape of the code, checked: library modules import only modules below them, never the
+scripts' src/cli.py; the scripts hold no detector names and read like a table of contents; the
+old API path still works, with a warning."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from src.detectors import COMBINATIONS, DETECTORS
+
+# Lowest first: a module may import only modules listed before it.
+LAYERS = [
+    "errors", "dataset_names", "runtime", "files", "runlock", "data", "run_files", "distributed", "diffusion",
+    "unet", "config", "checkpoint", "inference", "metrics", "reconstruction", "scoring", "results",
+    "results_store", "figures", "datasets_download", "training",
+    "detectors", "detectors.base", "detectors.density", "detectors.recon", "detectors.path", "detectors.msma",
+    "detectors.denoise", "detectors.combined", "evaluation", "report", "api", "detector", "cli",
+]
+SCRIPTS = ("train.py", "reconstruct.py", "ood_detection.py", "get_datasets.py")
+
+
+def src_imports(path) -> set[str]:
+    """Every src module a file imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("src"):
+            if node.module == "src":
+                found.update(alias.name for alias in node.names)
+            else:
+                found.add(node.module[len("src."):])
+        elif isinstance(node, ast.Import):
+            found.update(a.name[len("src."):] for a in node.names if a.name.startswith("src."))
+    return found
+
+
+def module_name(path) -> str:
+    relative = path.relative_to(ROOT / "src").with_suffix("")
+    parts = [p for p in relative.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def test_every_module_imports_only_modules_below_it():
+    modules = sorted(p for p in (ROOT / "src").rglob("*.py") if module_name(p))
+    assert sorted(module_name(p) for p in modules) == sorted(LAYERS), "place every src module in LAYERS"
+    for path in modules:
+        name = module_name(path)
+        upward = [m for m in src_imports(path) if LAYERS.index(m) >= LAYERS.index(name)]
+        assert not upward, f"src/{path.relative_to(ROOT / 'src')} imports {upward}, which are not below it"
+
+
+def test_only_the_scripts_import_cli():
+    importers = [module_name(p) for p in (ROOT / "src").rglob("*.py") if "cli" in src_imports(p)]
+    assert importers == []
+    assert all("cli" in src_imports(ROOT / script) for script in SCRIPTS)
+
+
+def test_the_scripts_hold_no_detector_names():
+    names = {*DETECTORS, *COMBINATIONS, "combo-cheap"}
+    for script in SCRIPTS:
+        strings = {node.value for node in ast.walk(ast.parse((ROOT / script).read_text()))
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        assert not strings & names, f"{script} names detectors {strings & names}"
+
+
+@pytest.mark.parametrize("script", ["reconstruct.py", "ood_detection.py"])
+def test_the_scoring_scripts_are_parse_args_and_a_short_main(script):
+    tree = ast.parse((ROOT / script).read_text())
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert set(functions) == {"parse_args", "main"}
+    assert len((ROOT / script).read_text().splitlines()) <= 155
+    assert functions["main"].end_lineno - functions["main"].lineno < 60
+
+
+def test_the_old_api_path_works_with_a_deprecation_warning():
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "try:\n    import src.detector\nexcept DeprecationWarning as err:\n    print('warned:', err)\n"
+            "warnings.simplefilter('ignore')\nimport src.detector, src.api\n"
+            "assert src.detector.OODDetector is src.api.OODDetector")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "warned: src.detector is deprecated: import OODDetector from src.api" in result.stdout

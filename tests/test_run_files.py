@@ -1,0 +1,104 @@
+"""The run's file layout and the settings manifest: literal paths, key groups, one reader, one comparison."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src.errors import DataError, ManifestError
+from src.run_files import (RunFiles, build_manifest, made_with, manifest_differences, manifest_file, model_settings,
+                           planned_sets, read_manifest, scored_settings, set_entries, write_manifest)
+
+MODEL = {"model_file": "/r/m/best_model.pth", "model_file_bytes": 10, "model_file_mtime_ns": 5}
+RUN = {"seed": 0, "precision": "fp32", "is_grayscale": 1}
+
+
+def test_every_artefact_path_of_a_run(tmp_path):
+    run = RunFiles(tmp_path / "m")
+    root = tmp_path / "m"
+    assert run.name == "m"
+    assert [run.config, run.checkpoint, run.previous_checkpoint, run.best_model, run.final_model] == [
+        root / "config.yaml", root / "checkpoint.pth", root / "checkpoint_prev.pth", root / "best_model.pth",
+        root / "final_model.pth"]
+    # The paper's detector keeps the paper's file names; every other detector has a folder of its own.
+    assert run.results("", "val") == root / "ood" / "results_val.csv"
+    assert run.results("path", "MNIST") == root / "ood" / "path" / "results_MNIST.csv"
+    assert run.partial("msma", "in") == root / "ood" / "msma" / ".partial" / "in"
+    assert run.partial_manifest("", "in") == root / "ood" / ".partial" / "in" / "settings.json"
+    assert run.chunk("", "in", 3) == root / "ood" / ".partial" / "in" / "chunk_00003.csv"
+    assert manifest_file(run.results("", "in")) == root / "ood" / "results_in.settings.json"
+    assert [run.summary, run.auroc_per_t, run.threshold, run.scores("val"), run.examples("in"),
+            run.example_figure("in"), run.predictions("new")] == [
+        root / "ood" / "summary_auroc.csv", root / "ood" / "auroc_per_t.csv", root / "ood" / "threshold.json",
+        root / "ood" / "scores_val.csv", root / "ood" / "examples_in.npz", root / "ood" / "figures" / "examples_in.png",
+        root / "ood" / "predictions_new.csv"]
+    assert run.tensorboard_scoring == root / "tensorboard" / "ood_detection"
+
+
+def test_model_files_are_picked_best_then_final_then_checkpoint(tmp_path):
+    run = RunFiles(tmp_path)
+    with pytest.raises(Exception, match="No model file"):
+        run.find_model_file()
+    for path in (run.checkpoint, run.final_model, run.best_model):
+        path.write_text("x")
+        assert run.find_model_file() == path
+    assert run.trained_files() == [run.best_model, run.final_model, run.checkpoint]
+
+
+def test_result_sets_are_the_files_a_folder_holds(tmp_path):
+    run = RunFiles(tmp_path)
+    (tmp_path / "ood" / "path").mkdir(parents=True)
+    for name in ("results_val.csv", "results_MNIST.csv", "results_val.settings.json", "scores_in.csv"):
+        (tmp_path / "ood" / name).write_text("x")
+    assert run.result_sets("") == ["MNIST", "val"] and run.result_sets("path") == []
+
+
+def test_the_manifest_groups_and_what_each_comparison_sees(tmp_path):
+    entries = set_entries(tmp_path / "a.csv", 5, ["x.npy", "y.npy"])
+    assert entries["n_images"] == 2 and entries["first_n"] == 5 and entries["split"] == str((tmp_path / "a.csv").resolve())
+    assert entries["files_digest"] != set_entries(tmp_path / "a.csv", 5, ["y.npy", "x.npy"])["files_digest"]
+    manifest = build_manifest(MODEL, RUN, {"detector": "path", "path_t": (0, 500)}, entries, 64)
+    assert manifest["path_t"] == [0, 500] and manifest["chunk_size"] == 64  # as JSON reads it back
+    with_extras = {**manifest, "nfe_per_image": 2, "examples": {"file": "e.npz", "n": 1}}
+    assert made_with(with_extras) == manifest
+    # Scoring compares neither the set, nor the chunking, nor the add-ons ...
+    other_set = build_manifest(MODEL, RUN, {"detector": "path", "path_t": [0, 500]},
+                               set_entries(tmp_path / "b.csv", None, ["z.npy"]), 512)
+    assert scored_settings(with_extras) == scored_settings(other_set)
+    # ... and a detector's results are compared with another detector's on the model and run only.
+    assert model_settings(manifest) == {**MODEL, **RUN}
+
+
+def test_differences_name_each_setting_and_both_values():
+    a = {**MODEL, **RUN, "start_t": [1, 11], "path_t": [0]}
+    b = {**a, "model_file_mtime_ns": 6, "seed": 3, "path_t": [0, 5]}
+    assert manifest_differences(a, b) == ["model file time (5 vs 6)", "seed (0 vs 3)", "path_t ([0] vs [0, 5])"]
+    assert manifest_differences(a, a) == []
+    assert manifest_differences(a, {k: v for k, v in a.items() if k != "start_t"}) == ["start points ([1, 11] vs None)"]
+
+
+def test_one_reader_one_error_policy(tmp_path):
+    results = tmp_path / "results_in.csv"
+    assert read_manifest(results) is None  # no manifest: not written by reconstruct.py
+    write_manifest(manifest_file(results), {"seed": 1})
+    assert read_manifest(results) == {"seed": 1} == read_manifest(manifest_file(results))
+    assert json.loads(manifest_file(results).read_text()) == {"seed": 1}
+    manifest_file(results).write_text("{not json")
+    with pytest.raises(ManifestError, match=r"results_in.settings.json is damaged.*--restart"):
+        read_manifest(results)
+    manifest_file(results).write_text("[1, 2]")
+    with pytest.raises(ManifestError, match="results_in.settings.json is not a settings manifest"):
+        read_manifest(results)
+
+
+def test_planned_sets_are_checked_before_any_work(tmp_path, synthetic_splits):
+    val, test, ood = (str(synthetic_splits[k]) for k in ("val", "test", "ood"))
+    sets = planned_sets(val, test, None, f"{ood},{test.replace('_test', '_vflip_test')}", True, True, True, 4, None)
+    assert [(name, first_n) for name, _, first_n in sets] == [("val", 4), ("in", None), ("Stripes", None),
+                                                               ("Blobs_vflip", None)]
+    with pytest.raises(DataError, match="--validation_ids is required"):
+        planned_sets(None, test, None, "", True, True, False, None, None)
+    with pytest.raises(DataError, match="same results file"):
+        planned_sets(val, test, None, f"{ood},{ood}", True, True, True, None, None)
+    with pytest.raises(DataError, match="nope.csv does not exist"):
+        planned_sets(val, test, str(tmp_path / "nope.csv"), "", True, True, False, None, None)
