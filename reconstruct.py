@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
              "other than the paper's (ood_detection.py --fit_on=fit); measured by those detectors only, first "
              "--first_n_val of them. Default: none (fits use val).")
     add("--out_ids", default="", help="Comma-separated split CSVs of OOD images; a _vflip/_hflip suffix flips the base split.")
-    add("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB.")
+    add("--is_grayscale", type=binary_int, default=None, help="1: one-channel images, 0: RGB. Default: the model's.")
     add("--config_diffusion_file", type=Path, default=None,
         help="Optional: the model and schedule always come from the checkpoint; if this config describes a different "
              "model or schedule, a warning says so.")
@@ -58,6 +58,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--eval_checkpoint", default=None,
         help="Model file to use: an absolute path, or a path relative to the run's folder OUTPUT_DIR/MODEL_NAME/ (never "
              "the working directory). Default: best_model.pth, else final_model.pth, else checkpoint.pth.")
+    add("--pretrained", default=None, metavar="PATH_OR_ID",
+        help="Score with a pretrained diffusers model instead of a run's own (no training): a local folder (UNet2DModel "
+             "and scheduler config) or a Hugging Face hub id such as google/ddpm-cifar10-32. See README, 'Pretrained "
+             "models'. The results still go to OUTPUT_DIR/MODEL_NAME/ood/.")
     add("--batch_size", type=positive_int, default=64, help="Images per batch (each run from every start).")
     add("--detectors", type=detector_list, default=",".join(DEFAULT_DETECTORS),
         help=f"Comma-separated detectors to measure, from {detector_help()}, or 'all'. Default: the paper's "
@@ -96,7 +100,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from src.data import load_split
     from src.detectors import detector_class
     from src.distributed import init_distributed, shutdown
-    from src.inference import load_model_fn
+    from src.inference import ModelSource, load_model_fn
     from src.results_store import ResultsStore, Workers, run_chunks
     from src.run_files import RunFiles, build_manifest, planned_sets, set_entries
     from src.runlock import run_lock
@@ -109,22 +113,22 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     run = RunFiles(args.output_dir / args.model_name)
 
     logger.info("loading model...")
-    model = load_model_fn(run.find_model_file(args.eval_checkpoint), device, args.precision, args.channels_last,
-                          args.compile, args.max_model_batch, args.batch_size)
-    model.check_channels(bool(args.is_grayscale))
-    logger.info("model %s (epoch %s); the config stored in it is used", model.source, model.info.get("epoch"))
-    if args.config_diffusion_file is not None:
+    model = load_model_fn(ModelSource.choose(run, args.eval_checkpoint, args.pretrained), device, args.precision,
+                          args.channels_last, args.compile, args.max_model_batch, args.batch_size)
+    is_grayscale = model.is_grayscale(args.is_grayscale)
+    logger.info("%s", model.describe())
+    if args.config_diffusion_file is not None and model.source.kind == "run":
         warn_if_config_differs(args.config_diffusion_file, model.config, model.source)
     detectors = [detector_class(name).from_args(args, model) for name in args.detectors]
     for detector in detectors:
         logger.info("%s", detector.describe())
-    run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(args.is_grayscale)}
+    run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale)}
 
     written = {}
     with run_lock(run.ood, "reconstruct", shared=not workers.alone) if dist.is_main else contextlib.nullcontext():
         dist.barrier()  # the other ranks start once rank 0 holds the run
         for name, path, first_n in sets:
-            image_set = load_split(path, bool(args.is_grayscale), first_n=first_n, num_workers=args.num_workers,
+            image_set = load_split(path, is_grayscale, first_n=first_n, num_workers=args.num_workers,
                                    progress=dist.is_main)
             model.check_images(image_set, path)
             entries = set_entries(path, first_n, image_set.filenames)
@@ -134,16 +138,15 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 written["/".join(filter(None, (detector.folder(), name)))] = store.final
 
                 def measure(start, stop, advance, detector=detector):
-                    return detector.measure(model.model_fn, model.schedule, image_set.images[start:stop],
-                                            image_set.filenames[start:stop], name, args.batch_size, args.seed,
-                                            device, progress=advance, index_offset=start)
+                    return detector.measure(model, image_set.images[start:stop], image_set.filenames[start:stop],
+                                            name, args.batch_size, args.seed, progress=advance, index_offset=start)
 
                 if run_chunks(store, len(image_set), args.chunk_size, measure, dist, workers,
                               detector.progress_label(name)):
                     store.record_extras(detector.cost())
-                    store.save_examples(run.examples(name), min(args.save_examples, len(image_set)), lambda n: (
-                        detector.examples(model.model_fn, model.schedule, image_set.images[:n], args.seed, device)),
-                        image_set.filenames)
+                    store.save_examples(run.examples(name), min(args.save_examples, len(image_set)),
+                                        lambda n: detector.examples(model, image_set.images[:n], args.seed),
+                                        image_set.filenames)
     shutdown(dist)
     return written
 

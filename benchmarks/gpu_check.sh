@@ -3,8 +3,10 @@
 # benchmarks at the paper's model size (171M-parameter UNet, 28x28, training batch 180,
 # reconstruction batch 64, 100 PLMS steps, skip 16: 7 starts), in fp32 eager and in bf16 +
 # torch.compile, with FLOP/s as a share of the card's peak and a profile of the fast
-# reconstruction path; then train.py and reconstruct.py under torchrun (NPROC processes,
-# default 1) on a tiny model.
+# reconstruction path; every detector's cost on a pretrained diffusers model (the architecture of
+# google/ddpm-cifar10-32 with random weights, and the real weights where PRETRAINED names them:
+# a folder, or a hub id in the Hugging Face cache); then train.py and reconstruct.py under
+# torchrun (NPROC processes, default 1) on a tiny model.
 #
 #   bash benchmarks/prepare_gpu_check.sh              # here: wheels the GPU image lacks -> .whl/
 #   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh      # there, carrying .whl (dense bf16 peak:
@@ -27,9 +29,11 @@ run_all() {
   PEAK=${PEAK_TFLOPS:-989}
   if [[ "${SMOKE:-0}" == 1 ]]; then
     SETTING=(--setting cpu --device cpu); TRAIN_STEPS=(2 2); BATCHES=(4 4,8); RECON=(--steps 4 --skip 2)
+    PRETRAINED_BENCH=(--architecture tiny --device cpu --n 4 --batch_size 4 --steps 10 --skip 3)
     "$PYTHON" -c "import torch; print('torch', torch.__version__, '(smoke run on the CPU)')"
   else
     SETTING=(--setting paper); TRAIN_STEPS=(20 40); BATCHES=(64 64,256); RECON=()
+    PRETRAINED_BENCH=(--architecture ddpm-cifar10-32 --device cuda --n 256 --batch_size 64)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
     "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
   fi
@@ -51,6 +55,15 @@ run_all() {
   echo "== [${SECONDS}s] reconstruction, bf16 + compile: fused, then a profile of the last batch size =="
   "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[1]}" \
     --precision bf16 --compile --repeats 1 --skip_sequential --profile "${COMMON[@]}"
+  if "$PYTHON" -c "import diffusers" 2> /dev/null; then
+    echo "== [${SECONDS}s] every detector on a pretrained diffusers model: NFE and seconds per image =="
+    "$PYTHON" benchmarks/pretrained_bench.py "${PRETRAINED_BENCH[@]}"
+    if [[ -n "${PRETRAINED:-}" ]]; then
+      "$PYTHON" benchmarks/pretrained_bench.py "${PRETRAINED_BENCH[@]}" --pretrained "$PRETRAINED"
+    fi
+  else
+    echo "diffusers is not installed: the pretrained section is skipped (bash benchmarks/prepare_gpu_check.sh)"
+  fi
   echo "== [${SECONDS}s] torchrun --nproc_per_node=${NPROC:-1}: both scripts on the tiny model =="
   "$PYTHON" benchmarks/torchrun_smoke.py --nproc "${NPROC:-1}"
   echo "== [${SECONDS}s] done =="

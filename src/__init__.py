@@ -10,7 +10,8 @@ each importing only modules listed before it (``tests/test_layering.py`` checks)
 - ``run_files``: every artefact path of a run, and the settings manifest of every results file.
 - ``distributed``: torchrun process groups (DDP training, sharded reconstruction).
 - ``diffusion`` / ``unet`` / ``config``: the DDPM schedule and PLMS sampler, the UNet, YAML configs.
-- ``checkpoint`` / ``inference``: model files; the one model loader (``load_model_fn``).
+- ``checkpoint`` / ``pretrained`` / ``inference``: model files; diffusers models; the one model loader
+  (``load_model_fn``) for both.
 - ``metrics`` / ``reconstruction``: MSE and LPIPS; the multi-start PLMS reconstruction.
 - ``scoring``: the arithmetic: the one z-score, OOD metrics, bootstrap intervals, thresholds.
 - ``results`` / ``results_store``: reading results back, checked; writing them in resumable chunks.

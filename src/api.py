@@ -27,8 +27,9 @@ import torch
 from src.detectors import HEADLINE, detector_class
 from src.errors import DataError, ScoringError
 from src.evaluation import Options
-from src.inference import DEFAULT_BATCH_SIZE, load_model_fn
-from src.run_files import PLAIN_NAME, RunFiles, read_manifest
+from src.inference import DEFAULT_BATCH_SIZE, ModelSource, load_model_fn
+from src.run_files import (MODEL_KEYS, PLAIN_NAME, RunFiles, manifest_differences, model_settings,
+                           read_manifest)
 
 
 class OODDetector:
@@ -48,8 +49,14 @@ class OODDetector:
             raise ScoringError(f"{self.run.threshold} no longer matches {val_path}; re-run ood_detection.py to fit the "
                                "threshold again.")
         self.settings = settings
-        self.model = load_model_fn(settings["model_file"], device, settings["precision"], batch_size=batch_size)
-        self.model.check_channels(bool(settings["is_grayscale"]))
+        self.model = load_model_fn(ModelSource.from_manifest(settings), device, settings["precision"],
+                                   batch_size=batch_size)
+        changed = manifest_differences(model_settings(settings, [MODEL_KEYS]), model_settings(self.model.manifest(),
+                                                                                           [MODEL_KEYS]))
+        if changed:
+            raise ScoringError(f"The {self.model.source} model has changed since {val_path} was made ({'; '.join(changed)}):"
+                               " re-run reconstruct.py (with --restart) and ood_detection.py for this run.")
+        self.model.is_grayscale(settings["is_grayscale"])
         self.detector = cls.from_settings(settings)  # measures as the run's results were measured
         self.detector.load_lpips(device, lpips_weights)
         options = Options(max_start_t=self.saved["max_t"], min_start_t=self.saved.get("min_start_t"),
@@ -78,8 +85,7 @@ class OODDetector:
         """The detector's results rows of (N, C, H, W) images in [0, 1]."""
         self.check_images(images, filenames)
         filenames = filenames or [f"image_{i}" for i in range(len(images))]
-        return self.detector.measure(self.model.model_fn, self.model.schedule, images, filenames, "new",
-                                     self.batch_size, self.settings["seed"], self.device)
+        return self.detector.measure(self.model, images, filenames, "new", self.batch_size, self.settings["seed"])
 
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """The OOD score of each image (higher = more OOD), as ood_detection.py computes it."""

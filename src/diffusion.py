@@ -59,7 +59,21 @@ class DDPMSchedule:
         self.num_timesteps = int(num_timesteps)
         self.betas = make_betas(beta_schedule, self.num_timesteps, beta_start, beta_end)
         self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = np.cumprod(self.alphas)
+        self._set_alphas_cumprod(np.cumprod(self.alphas))
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray) -> "DDPMSchedule":
+        """A schedule given by its signal levels (e.g. a pretrained model's, as its own code computes them)."""
+        schedule = cls.__new__(cls)
+        schedule.num_timesteps = len(alphas_cumprod)
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        schedule.alphas = ac / np.concatenate([[1.0], ac[:-1]])
+        schedule.betas = 1.0 - schedule.alphas
+        schedule._set_alphas_cumprod(ac)
+        return schedule
+
+    def _set_alphas_cumprod(self, alphas_cumprod: np.ndarray) -> None:
+        self.alphas_cumprod = alphas_cumprod
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         # Cached on the device of first use, so indexing by a device tensor of timesteps

@@ -65,29 +65,103 @@ def model_function(model: torch.nn.Module, device: torch.device, precision: str 
     return in_chunks(unet, default_model_batch(batch_size, device) if max_batch is None else max_batch)
 
 
+@dataclass(frozen=True)
+class DataRange:
+    """The range of the images a model was trained on; the pipeline's images are in [0, 1]."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    @property
+    def identity(self) -> bool:
+        return (self.low, self.high) == (0.0, 1.0)
+
+    def to_model(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> the model's range (nothing to do for our own models)."""
+        return images if self.identity else images * (self.high - self.low) + self.low
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's range -> [0, 1], where MSE, LPIPS and the figures see the images."""
+        return x if self.identity else (x - self.low) / (self.high - self.low)
+
+
+IMAGE_RANGE = DataRange()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a model file of train.py ("run"), or a pretrained diffusers model
+    ("diffusers": a local folder or a Hugging Face hub id)."""
+
+    kind: str
+    location: str
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "ModelSource":
+        """The model that made results with this manifest."""
+        if manifest.get("pretrained"):
+            return cls("diffusers", manifest["pretrained"])
+        return cls("run", manifest["model_file"])
+
+    def __str__(self) -> str:
+        return self.location if self.kind == "run" else f"pretrained {self.location}"
+
+    @classmethod
+    def choose(cls, run, eval_checkpoint: str | None = None, pretrained: str | None = None) -> "ModelSource":
+        """reconstruct.py's model: --pretrained, or the run's model file (--eval_checkpoint or the best one)."""
+        if pretrained:
+            if eval_checkpoint:
+                from src.errors import ConfigError
+
+                raise ConfigError("--pretrained and --eval_checkpoint name two models; pass one of them.")
+            return cls("diffusers", pretrained)
+        return cls("run", str(run.find_model_file(eval_checkpoint)))
+
+
 @dataclass
 class LoadedModel:
     """A model ready to score with, and the facts about it the pipeline checks and records."""
 
-    model_fn: ModelFn
+    model_fn: ModelFn  # (x, t) -> eps, x in data_range
     schedule: DDPMSchedule
-    image_shape: tuple[int, ...] | None  # (C, H, W) of the training images; None: unknown (an older model file)
-    config: dict
-    source: Path
-    info: dict  # the model file's other entries (epoch, val_loss, ...)
+    image_shape: tuple[int, ...] | None  # (C, H, W) the model takes; None: unknown (an older model file)
+    channels: int
+    source: ModelSource
+    info: dict  # a model file's other entries (epoch, val_loss, config, ...)
     device: torch.device
     precision: str  # resolved: fp32, bf16 or fp16
+    data_range: DataRange
+    recorded: dict  # the model group of every results manifest
+
+    @property
+    def config(self) -> dict:
+        return self.info.get("config", {})
 
     def manifest(self) -> dict:
-        """The model group of every results manifest: which file, and its size and time."""
-        stat = self.source.stat()
-        return {"model_file": str(self.source.resolve()), "model_file_bytes": stat.st_size,
-                "model_file_mtime_ns": stat.st_mtime_ns}
+        """The model group of every results manifest: which model file (or pretrained source), its size
+        and time (and, for pretrained weights, their SHA-256)."""
+        return dict(self.recorded)
 
-    def check_channels(self, is_grayscale: bool) -> None:
-        from src.config import check_channels
+    def describe(self) -> str:
+        if self.source.kind == "run":
+            return f"model {self.source} (epoch {self.info.get('epoch')}); the config stored in it is used"
+        return f"{self.source}: {self.recorded['model_file']}, images {self.image_shape} in [{self.data_range.low}, " \
+               f"{self.data_range.high}]"
 
-        check_channels(self.config, is_grayscale, str(self.source))
+    def is_grayscale(self, flag: int | None) -> bool:
+        """--is_grayscale, checked against the model's channels (None: the model's)."""
+        if flag is None:
+            return self.channels == 1
+        if self.source.kind == "run":
+            from src.config import check_channels
+
+            check_channels(self.config, bool(flag), str(self.source))
+        elif self.channels != (1 if flag else 3):
+            from src.errors import ConfigError
+
+            raise ConfigError(f"The {self.source} model takes {self.channels}-channel images, but --is_grayscale="
+                              f"{int(bool(flag))} means {1 if flag else 3}-channel ones; fix --is_grayscale.")
+        return bool(flag)
 
     def check_images(self, image_set, split) -> None:
         """Images of another size or channel count than the model's are refused, naming the file."""
@@ -96,15 +170,32 @@ class LoadedModel:
         check_image_shape(image_set, self.image_shape, f"the model {self.source}", split)
 
 
-def load_model_fn(model_file: str | Path, device: torch.device, precision: str = "fp32", channels_last: bool = False,
-                  compile_model: bool = False, max_batch: int | None = None,
+def load_model_fn(source: ModelSource | str | Path, device: torch.device, precision: str = "fp32",
+                  channels_last: bool = False, compile_model: bool = False, max_batch: int | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE) -> LoadedModel:
-    """Rebuild the model and schedule stored in ``model_file`` (a model file or training checkpoint)."""
-    from src.checkpoint import load_model
-
-    model, schedule, config, info = load_model(model_file, device)
+    """The model of ``source`` (a model file or training checkpoint of train.py, or a pretrained
+    diffusers model), as the model function every detector calls."""
+    if not isinstance(source, ModelSource):
+        source = ModelSource("run", str(source))
     precision = resolve_precision(precision, device)
-    model_fn = model_function(model, device, precision, channels_last, compile_model, max_batch, batch_size)
-    shape = info.get("image_shape")
-    return LoadedModel(model_fn, schedule, tuple(int(d) for d in shape) if shape is not None else None, config,
-                       Path(model_file), info, device, precision)
+    if source.kind == "diffusers":
+        from src.pretrained import DATA_RANGE, load_pretrained
+
+        pretrained = load_pretrained(source.location)
+        source = ModelSource("diffusers", pretrained.files.given)
+        module, schedule, shape = pretrained.eps.to(device).eval(), pretrained.schedule, pretrained.image_shape
+        info, data_range, recorded = {"config": pretrained.config}, DataRange(*DATA_RANGE), pretrained.manifest()
+        channels = shape[0]
+    else:
+        from src.checkpoint import load_model
+
+        path = Path(source.location)
+        module, schedule, config, info = load_model(path, device)
+        shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
+        stat = path.stat()
+        recorded = {"model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
+                    "model_file_mtime_ns": stat.st_mtime_ns}
+        unet = config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
+        info, data_range, channels = {**info, "config": config}, IMAGE_RANGE, int(unet.get("in_channels", 1))
+    model_fn = model_function(module, device, precision, channels_last, compile_model, max_batch, batch_size)
+    return LoadedModel(model_fn, schedule, shape, channels, source, info, device, precision, data_range, recorded)

@@ -110,7 +110,7 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
                   progress: bool | Callable[[int], object] = True, index_offset: int = 0,
-                  clamp_for_lpips: bool = False) -> pd.DataFrame:
+                  clamp_for_lpips: bool = False, data_range=None) -> pd.DataFrame:
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
 
     As the paper's code: MSE compares the input with the reconstruction clamped to [0, 1];
@@ -119,8 +119,9 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
 
     ``images[i]`` is image ``index_offset + i`` of its split: that index seeds its noise and
     fills the ``image_index`` column. ``progress``: True for a progress bar of its own, or a
-    function called with the number of images each batch finished (the caller's bar). Returns
-    one row per (image, start t).
+    function called with the number of images each batch finished (the caller's bar).
+    ``data_range`` (src.inference.DataRange): the model's; images and metrics stay in [0, 1].
+    Returns one row per (image, start t).
     """
     reconstruct = reconstruct_fused if fused else reconstruct_sequential
     timesteps = [int(sampler.grid[j]) for j in start_indices]
@@ -132,7 +133,8 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
         x0 = images[first:first + batch_size].to(device)
         ids = list(range(index_offset + first, index_offset + first + len(x0)))
         noise = start_noise(x0.shape[1:], seed, ids, timesteps)
-        raw = reconstruct(model, schedule, sampler, x0, start_indices, noise)  # (B, K, C, H, W)
+        raw = reconstruct(model, schedule, sampler, to_model(x0, data_range), start_indices, noise)  # (B, K, C, H, W)
+        raw = to_image(raw, data_range)
         inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
         raw = raw.reshape(-1, *x0.shape[1:])
         clamped = raw.clamp(0, 1)
@@ -156,14 +158,24 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     })
 
 
+def to_model(x: torch.Tensor, data_range) -> torch.Tensor:
+    return x if data_range is None else data_range.to_model(x)
+
+
+def to_image(x: torch.Tensor, data_range) -> torch.Tensor:
+    return x if data_range is None else data_range.to_image(x)
+
+
 @torch.no_grad()
 def reconstruction_examples(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
-                            start_indices: Sequence[int], seed: int, device: torch.device) -> dict[str, np.ndarray]:
+                            start_indices: Sequence[int], seed: int, device: torch.device,
+                            data_range=None) -> dict[str, np.ndarray]:
     """The first images of a set and their reconstructions from every start point, exactly as
     the results were made (the same seeded noise): ``inputs`` (N, C, H, W), ``reconstructions``
     (N, K, C, H, W) clamped to [0, 1], ``t`` (K,)."""
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     x0 = images.to(device)
     noise = start_noise(x0.shape[1:], seed, range(len(x0)), timesteps)
-    recon = reconstruct_fused(model, schedule, sampler, x0, start_indices, noise).clamp(0, 1)
+    recon = to_image(reconstruct_fused(model, schedule, sampler, to_model(x0, data_range), start_indices, noise),
+                     data_range).clamp(0, 1)
     return {"inputs": x0.cpu().numpy(), "reconstructions": recon.cpu().numpy(), "t": np.asarray(timesteps)}

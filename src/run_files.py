@@ -132,7 +132,8 @@ class RunFiles:
 # Key groups, each key with the label an error message gives it. The model a result was made with
 # (the model loader says what to record) and the run settings every detector shares:
 MODEL_KEYS = {"model_file": "model file", "model_file_bytes": "model file size",
-              "model_file_mtime_ns": "model file time"}
+              "model_file_mtime_ns": "model file time", "pretrained": "pretrained model",
+              "model_sha256": "model weights (SHA-256)"}
 RUN_KEYS = {"seed": "seed", "precision": "precision", "is_grayscale": "channels"}
 # How the work was cut into chunks: must match to resume a set, never to score it.
 STORE_KEYS = {"chunk_size": "chunk size"}
@@ -204,9 +205,9 @@ def scored_settings(manifest: dict) -> dict:
     return without(manifest, SET_KEYS, STORE_KEYS, EXTRA_KEYS)
 
 
-def model_settings(manifest: dict) -> dict:
+def model_settings(manifest: dict, groups: Sequence[dict] = (MODEL_KEYS, RUN_KEYS)) -> dict:
     """The model and run groups: what the results of different detectors scored together must share."""
-    return {k: manifest.get(k) for k in (*MODEL_KEYS, *RUN_KEYS)}
+    return {k: manifest.get(k) for group in groups for k in group}
 
 
 def manifest_differences(reference: dict, other: dict) -> list[str]:

@@ -15,7 +15,7 @@ from src.detectors import COMBINATIONS, DETECTORS
 # Lowest first: a module may import only modules listed before it.
 LAYERS = [
     "errors", "dataset_names", "runtime", "files", "runlock", "data", "run_files", "distributed", "diffusion",
-    "unet", "config", "checkpoint", "inference", "metrics", "reconstruction", "scoring", "results",
+    "unet", "config", "checkpoint", "pretrained", "inference", "metrics", "reconstruction", "scoring", "results",
     "results_store", "figures", "datasets_download", "training",
     "detectors", "detectors.base", "detectors.density", "detectors.recon", "detectors.path", "detectors.msma",
     "detectors.denoise", "detectors.combined", "evaluation", "report", "api", "detector", "cli",

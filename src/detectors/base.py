@@ -87,13 +87,13 @@ class Detector:
         """The cost per image of what is scored, from the fit set's manifest."""
         return settings.get("nfe_per_image", self.nfe())
 
-    def measure(self, model: ModelFn, schedule, images: torch.Tensor, filenames: Sequence[str], split_type: str,
-                batch_size: int, seed: int, device: torch.device, progress: bool | Callable[[int], object] = True,
-                index_offset: int = 0) -> pd.DataFrame:
-        """The results rows of ``images`` (image ``index_offset + i`` of its split at row i)."""
+    def measure(self, model, images: torch.Tensor, filenames: Sequence[str], split_type: str, batch_size: int,
+                seed: int, progress: bool | Callable[[int], object] = True, index_offset: int = 0) -> pd.DataFrame:
+        """The results rows of ``images`` in [0, 1] (image ``index_offset + i`` of its split at row i),
+        with ``model`` (src.inference.LoadedModel: its model function, schedule, device and data range)."""
         raise NotImplementedError
 
-    def examples(self, model: ModelFn, schedule, images: torch.Tensor, seed: int, device: torch.device) -> dict | None:
+    def examples(self, model, images: torch.Tensor, seed: int) -> dict | None:
         """Arrays to keep for a figure of the first images (reconstruct.py --save_examples), or None."""
         return None
 
@@ -149,10 +149,10 @@ class FeatureDetector(Detector):
     def nfe(self) -> int:
         return len(self.timesteps)
 
-    def measure(self, model, schedule, images, filenames, split_type, batch_size, seed, device, progress=True,
-                index_offset=0):
-        return measure_features(self, model, schedule, images, filenames, split_type, batch_size, seed, device,
-                                progress=progress, index_offset=index_offset)
+    def measure(self, model, images, filenames, split_type, batch_size, seed, progress=True, index_offset=0):
+        return measure_features(self, model.model_fn, model.schedule, images, filenames, split_type, batch_size, seed,
+                                model.device, progress=progress, index_offset=index_offset,
+                                data_range=model.data_range)
 
     def read(self, path: Path) -> pd.DataFrame:
         from src.results import read_feature_results
@@ -197,17 +197,19 @@ def at_every_timestep(x: torch.Tensor, timesteps: Sequence[int]) -> tuple[torch.
 @torch.no_grad()
 def measure_features(detector: FeatureDetector, model: ModelFn, schedule, images: torch.Tensor,
                      filenames: Sequence[str], split_type: str, batch_size: int, seed: int, device: torch.device,
-                     progress: bool | Callable[[int], object] = True, index_offset: int = 0) -> pd.DataFrame:
+                     progress: bool | Callable[[int], object] = True, index_offset: int = 0,
+                     data_range=None) -> pd.DataFrame:
     """One row per image: filename, image_index, type and the detector's feature columns.
 
     ``images[i]`` is image ``index_offset + i`` of its split (its index seeds any noise), as in
-    :func:`src.reconstruction.measure_split`.
+    :func:`src.reconstruction.measure_split`; the features see it in the model's ``data_range``.
     """
     bar = tqdm(total=len(images), desc=f"{detector.name} {split_type}", unit="img", leave=False) if progress is True else None
     advance = bar.update if bar is not None else progress if callable(progress) else lambda n: None
     columns: dict[str, list[np.ndarray]] = {c: [] for c in detector.columns()}
     for first in range(0, len(images), batch_size):
         x0 = images[first:first + batch_size].to(device)
+        x0 = x0 if data_range is None else data_range.to_model(x0)
         ids = list(range(index_offset + first, index_offset + first + len(x0)))
         for column, values in detector.features(model, schedule, x0, ids, seed).items():
             columns[column].append(values.double().cpu().numpy())

@@ -147,21 +147,22 @@ class ReconDetector(Detector):
 
     # --- measuring ---------------------------------------------------------------------------
 
-    def measure(self, model, schedule, images, filenames, split_type, batch_size, seed, device, progress=True,
-                index_offset=0):
+    def measure(self, model, images, filenames, split_type, batch_size, seed, progress=True, index_offset=0):
         from src.reconstruction import measure_split
 
-        self.bind(schedule)
-        return measure_split(model, schedule, self._sampler, images, filenames, split_type, self.start_indices,
-                             batch_size, seed, device, self.lpips, fused=self.fused, progress=progress,
-                             index_offset=index_offset, clamp_for_lpips=self.clamp_for_lpips)
+        self.bind(model.schedule)
+        return measure_split(model.model_fn, model.schedule, self._sampler, images, filenames, split_type,
+                             self.start_indices, batch_size, seed, model.device, self.lpips, fused=self.fused,
+                             progress=progress, index_offset=index_offset, clamp_for_lpips=self.clamp_for_lpips,
+                             data_range=model.data_range)
 
-    def examples(self, model, schedule, images, seed, device) -> dict:
+    def examples(self, model, images, seed) -> dict:
         """The first images and their reconstructions from every start point, as the results were made."""
         from src.reconstruction import reconstruction_examples
 
-        self.bind(schedule)
-        return reconstruction_examples(model, schedule, self._sampler, images, self.start_indices, seed, device)
+        self.bind(model.schedule)
+        return reconstruction_examples(model.model_fn, model.schedule, self._sampler, images, self.start_indices,
+                                       seed, model.device, model.data_range)
 
     # --- scoring -----------------------------------------------------------------------------
 
