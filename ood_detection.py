@@ -46,6 +46,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Score new images (a split CSV or a folder of image files) with this run's model, "
                              "settings and saved threshold; writes ood/predictions_<name>.csv (filename, score, "
                              "is_ood). Run ood_detection.py without it first.")
+    parser.add_argument("--detector", default=None, metavar="NAME",
+                        help=f"For --score_ids: the detector ({detector_help(combinations=True)}; its main score) or "
+                             "one of their scores (README, 'Detectors') to score with; writes "
+                             "ood/predictions_<name>_<NAME>.csv. Default: the paper's score.")
     parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
     parser.add_argument("--fit_on", choices=("val", "fit"), default="val",
                         help="In-distribution images the fits of the detectors other than the paper's see: val "
@@ -68,9 +72,9 @@ def main(args: argparse.Namespace):
     if args.score_ids:
         from src.api import score_files
 
-        predictions, path, detector = score_files(run.dir, args.score_ids, args.device, args.lpips_weights)
-        print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD (score above "
-              f"{detector.threshold:.4g}, the threshold at {100 * detector.saved['tpr']:.0f}% in-distribution TPR); "
+        predictions, path, scorer = score_files(run.dir, args.score_ids, args.device, args.lpips_weights, args.detector)
+        print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD by {scorer.score_name} "
+              f"(score above {scorer.threshold:.4g}, the threshold at {100 * scorer.tpr:.0f}% in-distribution TPR); "
               f"wrote {path}")
         return predictions
     from src.evaluation import Options, evaluate

@@ -41,10 +41,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Run name, a plain name (OUTPUT_DIR/MODEL_NAME/ holds the model).")
     add("--validation_ids", help="Split CSV of in-distribution validation images (z-score fit).")
     add("--in_ids", help="Split CSV of in-distribution test images.")
-    add("--fit_ids", default=None,
-        help="Optional split CSV of other in-distribution images (never test images) for the fits of the detectors "
-             "other than the paper's (ood_detection.py --fit_on=fit); measured by those detectors only, first "
-             "--first_n_val of them. Default: none (fits use val).")
+    add("--fit_ids", default=None, help="Optional split CSV of other in-distribution images (never test images), the "
+        "first --first_n_val of them, for the fits of all but the paper's detector (ood_detection.py --fit_on=fit).")
     add("--out_ids", default="", help="Comma-separated split CSVs of OOD images; a _vflip/_hflip suffix flips the base split.")
     add("--is_grayscale", type=binary_int, default=None, help="1: one-channel images, 0: RGB. Default: the model's.")
     add("--config_diffusion_file", type=Path, default=None,
@@ -58,10 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--eval_checkpoint", default=None,
         help="Model file to use: an absolute path, or a path relative to the run's folder OUTPUT_DIR/MODEL_NAME/ (never "
              "the working directory). Default: best_model.pth, else final_model.pth, else checkpoint.pth.")
-    add("--pretrained", default=None, metavar="PATH_OR_ID",
-        help="Score with a pretrained diffusers model instead of a run's own (no training): a local folder (UNet2DModel "
-             "and scheduler config) or a Hugging Face hub id such as google/ddpm-cifar10-32. See README, 'Pretrained "
-             "models'. The results still go to OUTPUT_DIR/MODEL_NAME/ood/.")
+    add("--pretrained", default=None, metavar="PATH_OR_ID", help="Score with a pretrained diffusers model (a folder, or "
+        "a hub id such as google/ddpm-cifar10-32) instead of a run's own; README, 'Pretrained models'.")
     add("--batch_size", type=positive_int, default=64, help="Images per batch (each run from every start).")
     add("--detectors", type=detector_list, default=",".join(DEFAULT_DETECTORS),
         help=f"Comma-separated detectors to measure, from {detector_help()}, or 'all'. Default: the paper's "
@@ -101,6 +97,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from src.detectors import detector_class
     from src.distributed import init_distributed, shutdown
     from src.inference import ModelSource, load_model_fn
+    from src.reconstruction import NOISE
     from src.results_store import ResultsStore, Workers, run_chunks
     from src.run_files import RunFiles, build_manifest, planned_sets, set_entries
     from src.runlock import run_lock
@@ -122,7 +119,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     detectors = [detector_class(name).from_args(args, model) for name in args.detectors]
     for detector in detectors:
         logger.info("%s", detector.describe())
-    run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale)}
+    run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale), "noise": NOISE}
 
     written = {}
     with run_lock(run.ood, "reconstruct", shared=not workers.alone) if dist.is_main else contextlib.nullcontext():

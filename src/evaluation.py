@@ -4,8 +4,9 @@
 set of settings, every value finite, the same start points), fits each detector on its fit set
 (the validation images, or ``--fit_on=fit``'s), scores every set, combines the detectors, and
 returns an :class:`Evaluation`: for each detector, score and set the per-image scores, for each
-OOD set the metrics with their bootstrap intervals, the AUROC per start point and the threshold
-for new images. It prints nothing and writes nothing: :mod:`src.report` does.
+OOD set the metrics with their bootstrap intervals, the AUROC per start point, and for each
+detector its fit as plain JSON with a threshold per score (what scoring new images needs). It
+prints nothing and writes nothing: :mod:`src.report` does.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pandas as pd
 from src.detectors import COMBINATIONS, DETECTORS, HEADLINE, detector_class
 from src.detectors.base import Detector
 from src.errors import ScoringError
-from src.run_files import (RESERVED_SETS, RunFiles, manifest_differences, model_settings, read_manifest,
+from src.run_files import (RESERVED_SETS, RunFiles, made_with, manifest_differences, model_settings, read_manifest,
                            scored_settings)
 from src.scoring import auroc, bootstrap_intervals, fit_threshold, ood_metrics
 
@@ -55,12 +56,13 @@ class DetectorResult:
 
     name: str
     main: str  # its main score
-    nfe: int | None
+    nfe: dict[str, int | None]  # score -> UNet evaluations per image
     scores: dict[str, dict[str, pd.Series]]  # score -> set -> per image (indexed by image_index, or filename)
     images: dict[str, pd.DataFrame] = field(default_factory=dict)  # set -> filename (and image_index), per image
     details: dict[str, pd.DataFrame] = field(default_factory=dict)  # set -> long table (image, t, metric, z)
     members: dict[str, list[str]] = field(default_factory=dict)  # a combination's: score -> its detectors
     detector: Detector | None = None  # the detector as scored (e.g. with the start points kept)
+    fit: dict | None = None  # the fit as plain JSON and the thresholds, for new images (ood/fits/<name>.json)
 
 
 @dataclass
@@ -91,7 +93,6 @@ class Evaluation:
     rows: list[MetricRow]
     headline: DetectorResult | None  # the paper's detector, when it has results
     per_t: dict[str, dict[int, float]] = field(default_factory=dict)  # OOD set -> t -> AUROC of the headline from t
-    threshold: dict | None = None  # what new-image scoring needs (ood/threshold.json)
 
     def summary(self) -> pd.DataFrame:
         return pd.DataFrame([row.as_dict() for row in self.rows])
@@ -113,16 +114,14 @@ def evaluate(run: RunFiles, options: Options = Options()) -> Evaluation:
     for item in found:
         result = score_detector(item, options)
         results.append(result)
-        rows += metric_rows(result, [s for s in ood_sets if s in item.frames], options)
-    combined = combine_detectors(results, [f.detector for f in found], ood_sets)
+        rows += metric_rows(result, ood_sets, options)
+    combined = combine_detectors(results, [f.detector for f in found], ood_sets, options)
     for result in combined:
-        rows += metric_rows(result, [s for s in ood_sets if s in result.scores[result.main]], options)
+        rows += metric_rows(result, ood_sets, options)
     headline = next((r for r in results if r.name == HEADLINE), None)
     evaluation = Evaluation(run, options, ood_sets, results + combined, rows, headline)
     if headline is not None:
-        item = next(f for f in found if f.detector.name == HEADLINE)
         evaluation.per_t = auroc_per_t(headline, ood_sets)
-        evaluation.threshold = threshold_entry(item, headline, options)
     return evaluation
 
 
@@ -206,7 +205,8 @@ def score_detector(item: Found, options: Options) -> DetectorResult:
     detector, frames = item.detector.for_scoring({s: item.frames[s] for s in ["val", *order[:-1]]}, item.paths,
                                                  options)
     fitted = detector.fit(frames[item.fit_set], seed=options.bootstrap_seed, source=str(item.paths[item.fit_set]))
-    result = DetectorResult(detector.name, detector.primary, detector.scoring_nfe(item.settings),
+    nfe = detector.scoring_nfe(item.settings)
+    result = DetectorResult(detector.name, detector.primary, dict.fromkeys(detector.score_names, nfe),
                             {name: {} for name in detector.score_names}, detector=detector)
     for name in order:
         scored = detector.score(fitted, frames[name])
@@ -215,7 +215,21 @@ def score_detector(item: Found, options: Options) -> DetectorResult:
         result.images[name] = per_image(frames[name])
         if scored.details is not None:
             result.details[name] = scored.details
+    result.fit = fit_record(result, options, detector.fit_state(fitted), item.fit_set, settings=detector.settings(),
+                            fit_results=made_with(item.settings))
     return result
+
+
+def fit_record(result: DetectorResult, options: Options, state: dict, fit_set: str, **entries) -> dict:
+    """What scoring new images needs (ood/fits/<detector>.json, plain JSON): the fit, what it was
+    fitted on and with, and each score's threshold at ``options.tpr`` on the validation scores."""
+    threshold_set = "val" if all("val" in by_set for by_set in result.scores.values()) else fit_set
+    return {"detector": result.name, "main": result.main, "fit_set": fit_set, **entries,
+            "options": {k: getattr(options, k) for k in ("max_start_t", "min_start_t", "t_skip", "fit_on",
+                                                          "bootstrap_seed")},
+            "state": state, "tpr": options.tpr, "threshold_set": threshold_set,
+            "thresholds": {score: fit_threshold(by_set[threshold_set].to_numpy(), options.tpr)
+                           for score, by_set in result.scores.items()}}
 
 
 def per_image(frame: pd.DataFrame) -> pd.DataFrame:
@@ -226,11 +240,13 @@ def per_image(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates(key)[["filename", *(["image_index"] if key == "image_index" else [])]]
 
 
-def combine_detectors(results: list[DetectorResult], detectors: list[Detector], ood_sets: list[str]) -> list[DetectorResult]:
+def combine_detectors(results: list[DetectorResult], detectors: list[Detector], ood_sets: list[str],
+                      options: Options) -> list[DetectorResult]:
     """The combinations: each member's main score z-scored on the validation images, summed."""
     combination = detector_class(next(iter(COMBINATIONS)))
     by_name = {r.name: r for r in results}
-    combined = []
+    result = DetectorResult(combination.name, "", {}, {})
+    states = {}
     for combo, members in combination.members(detectors).items():
         mains = {name: by_name[name].scores[by_name[name].main] for name in members}
         aligned = {}
@@ -242,13 +258,17 @@ def combine_detectors(results: list[DetectorResult], detectors: list[Detector], 
             aligned[name] = pd.DataFrame({d: s.to_numpy() for d, s in zip(members, series)})
         if not {"val", "in"} <= set(aligned):
             continue
-        costs = [by_name[d].nfe for d in members]
+        costs = [by_name[d].nfe[by_name[d].main] for d in members]
         fitted = combination.fit(aligned["val"], members)
-        scores = {name: pd.Series(combination.score(fitted, values, members), index=mains[members[0]][name].index)
-                  for name, values in aligned.items()}
-        combined.append(DetectorResult(combination.name, combo, None if None in costs else sum(costs), {combo: scores},
-                                       members={combo: members}))
-    return combined
+        result.scores[combo] = {name: pd.Series(combination.score(fitted, values, members),
+                                                index=mains[members[0]][name].index) for name, values in aligned.items()}
+        result.nfe[combo] = None if None in costs else sum(costs)
+        result.members[combo], states[combo] = members, fitted.to_state()
+    if not result.scores:
+        return []
+    result.main = next(iter(result.scores))
+    result.fit = fit_record(result, options, states, "val", members=result.members)
+    return [result]
 
 
 def metric_rows(result: DetectorResult, ood_sets: list[str], options: Options) -> list[MetricRow]:
@@ -256,12 +276,12 @@ def metric_rows(result: DetectorResult, ood_sets: list[str], options: Options) -
     rows = []
     for score, by_set in result.scores.items():
         in_scores = by_set["in"].to_numpy()
-        for name in ood_sets:
+        for name in (s for s in ood_sets if s in by_set):
             ood_scores = by_set[name].to_numpy()
             intervals = (bootstrap_intervals(in_scores, ood_scores, options.bootstrap, options.bootstrap_seed)
                          if options.bootstrap else None)
             rows.append(MetricRow(name, result.name, score, ood_metrics(in_scores, ood_scores), len(in_scores),
-                                  len(ood_scores), result.nfe, intervals))
+                                  len(ood_scores), result.nfe[score], intervals))
     return rows
 
 
@@ -274,10 +294,21 @@ def auroc_per_t(result: DetectorResult, ood_sets: list[str]) -> dict[str, dict[i
     return {name: {t: auroc(parts["in"][t].to_numpy(), parts[name][t].to_numpy()) for t in ts} for name in ood_sets}
 
 
-def threshold_entry(item: Found, result: DetectorResult, options: Options) -> dict:
-    """What scoring new images needs: the main score's threshold at ``options.tpr`` on the validation scores."""
-    return {"score": result.main, "tpr": options.tpr,
-            "threshold": fit_threshold(result.scores[result.main]["val"].to_numpy(), options.tpr),
-            "max_t": options.max_start_t, "min_start_t": options.min_start_t, "t_skip": options.t_skip,
-            "settings": item.settings}
+def seal(record: dict) -> dict:
+    """``record`` with the SHA-256 of its content, so that a fit file changed by hand is refused."""
+    return {**record, "sha256": _digest(record)}
 
+
+def unseal(record: dict, path: Path) -> dict:
+    """The record of a fit file, checked against its SHA-256."""
+    if not isinstance(record, dict) or record.get("sha256") != _digest({k: v for k, v in record.items() if k != "sha256"}):
+        raise ScoringError(f"{path} was changed after ood_detection.py wrote it (its SHA-256 does not match its "
+                           "content). Re-run ood_detection.py on this run to fit the detectors again.")
+    return {k: v for k, v in record.items() if k != "sha256"}
+
+
+def _digest(record: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -10,11 +10,13 @@ Two implementations with the same result (to float32 rounding):
   covers all of them (up to B x K images); the trajectories starting at k add one extra call,
   the first-step corrector. Each trajectory keeps its own eps history (rows of one tensor).
 
-The start noise of each (image, start t) comes from a generator seeded by (seed, image id, t),
-so results do not depend on batch size, on the implementation, or on how work is split.
+The start noise of each (image, start t) comes from a generator seeded by (seed, a hash of the
+image's pixels, t), so results do not depend on batch size, on the implementation, on how work is
+split, or on where an image stands and what comes with it.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,18 +28,29 @@ from src.diffusion import ADAMS_BASHFORTH, DDPMSchedule, ModelFn, PLMSSampler, a
 from src.metrics import mse_per_image
 
 
-def noise_seed(seed: int, image_id: int, timestep: int) -> int:
-    """A 64-bit generator seed for one (image, start t), well mixed by numpy's SeedSequence."""
-    return int(np.random.SeedSequence([seed, image_id, timestep]).generate_state(1, dtype=np.uint64)[0])
+NOISE = "pixels-sha256"  # how the noise is seeded, recorded in every results manifest ("noise")
 
 
-def start_noise(image_shape: Sequence[int], seed: int, image_ids: Sequence[int], timesteps: Sequence[int]) -> torch.Tensor:
-    """Gaussian noise of shape (B, K, *image_shape) for B images and K start timesteps (on CPU)."""
-    noise = torch.empty(len(image_ids), len(timesteps), *image_shape)
+def image_keys(images: torch.Tensor) -> list[int]:
+    """Each image's noise key: 128 bits of the SHA-256 of its float32 pixels in [0, 1]. The noise
+    an image gets depends on the image alone: not on where it stands in its set or batch, nor on
+    what comes with it (a duplicate gets the same noise, hence the same score)."""
+    pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    return [int.from_bytes(hashlib.sha256(pixels[i].tobytes()).digest()[:16], "little") for i in range(len(pixels))]
+
+
+def noise_seed(seed: int, image_key: int, timestep: int) -> int:
+    """A 64-bit generator seed for one (image, t), well mixed by numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, image_key, timestep]).generate_state(1, dtype=np.uint64)[0])
+
+
+def start_noise(image_shape: Sequence[int], seed: int, keys: Sequence[int], timesteps: Sequence[int]) -> torch.Tensor:
+    """Gaussian noise of shape (B, K, *image_shape) for B images (their ``image_keys``) and K timesteps (on CPU)."""
+    noise = torch.empty(len(keys), len(timesteps), *image_shape)
     generator = torch.Generator()
-    for b, image_id in enumerate(image_ids):
+    for b, key in enumerate(keys):
         for k, t in enumerate(timesteps):
-            generator.manual_seed(noise_seed(seed, int(image_id), int(t)))
+            generator.manual_seed(noise_seed(seed, int(key), int(t)))
             noise[b, k] = torch.randn(tuple(image_shape), generator=generator)
     return noise
 
@@ -117,8 +130,8 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     LPIPS does too for one-channel images, but scores colour images on the *unclamped*
     reconstruction (``clamp_for_lpips`` clamps for colour LPIPS as well).
 
-    ``images[i]`` is image ``index_offset + i`` of its split: that index seeds its noise and
-    fills the ``image_index`` column. ``progress``: True for a progress bar of its own, or a
+    ``images[i]`` is image ``index_offset + i`` of its split: that index fills the ``image_index``
+    column; its noise comes from its pixels (:func:`image_keys`). ``progress``: True for a progress bar of its own, or a
     function called with the number of images each batch finished (the caller's bar).
     ``data_range`` (src.inference.DataRange): the model's; images and metrics stay in [0, 1].
     Returns one row per (image, start t).
@@ -130,9 +143,9 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     bar = tqdm(total=len(images), desc=f"reconstructing {split_type}", unit="img", leave=False) if progress is True else None
     advance = bar.update if bar is not None else progress if callable(progress) else lambda n: None
     for first in range(0, len(images), batch_size):
-        x0 = images[first:first + batch_size].to(device)
-        ids = list(range(index_offset + first, index_offset + first + len(x0)))
-        noise = start_noise(x0.shape[1:], seed, ids, timesteps)
+        batch = images[first:first + batch_size]
+        noise = start_noise(batch.shape[1:], seed, image_keys(batch), timesteps)
+        x0 = batch.to(device)
         raw = reconstruct(model, schedule, sampler, to_model(x0, data_range), start_indices, noise)  # (B, K, C, H, W)
         raw = to_image(raw, data_range)
         inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
@@ -175,7 +188,7 @@ def reconstruction_examples(model: ModelFn, schedule: DDPMSchedule, sampler: PLM
     (N, K, C, H, W) clamped to [0, 1], ``t`` (K,)."""
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     x0 = images.to(device)
-    noise = start_noise(x0.shape[1:], seed, range(len(x0)), timesteps)
+    noise = start_noise(x0.shape[1:], seed, image_keys(images), timesteps)
     recon = to_image(reconstruct_fused(model, schedule, sampler, to_model(x0, data_range), start_indices, noise),
                      data_range).clamp(0, 1)
     return {"inputs": x0.cpu().numpy(), "reconstructions": recon.cpu().numpy(), "t": np.asarray(timesteps)}

@@ -1,11 +1,12 @@
 """An :class:`~src.evaluation.Evaluation` as people and programs read it: the printed lines and
-tables, the CSV files, the threshold file, the figures and TensorBoard.
+tables, the CSV files, the fit files, the figures and TensorBoard.
 
 Printed: the seed's ``AUC for <model> vs <set>: NN.N`` lines first (the paper's detector), then
 one table of every detector and score against every OOD set, then every metric with its
 bootstrap interval. Written (``src.run_files.RunFiles`` names the paths): ``summary_auroc.csv``,
-``scores_<set>.csv`` (per image: every score, and the paper's per-t z-scores), and for the
-paper's detector ``auroc_per_t.csv``, ``threshold.json``, ``figures/*.png`` and TensorBoard.
+``scores_<set>.csv`` (per image: every score, and the paper's per-t z-scores), ``fits/<detector>.json``
+(each detector's fit and thresholds, plain JSON), and for the paper's detector ``auroc_per_t.csv``,
+``figures/*.png`` and TensorBoard.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from src.evaluation import DetectorResult, Evaluation
+from src.evaluation import DetectorResult, Evaluation, seal
 from src.files import save_csv_atomic, write_text_atomic
 from src.results import image_key
 from src.scoring import METRIC_NAMES
@@ -36,8 +37,9 @@ def write_report(evaluation: Evaluation, figures: bool = True) -> None:
     tables = score_tables(evaluation)
     for name, table in tables.items():
         save_csv_atomic(run.scores(name), table)
+    for result in evaluation.results:  # each detector's fit and thresholds, for new images
+        write_text_atomic(run.fit(result.name), json.dumps(seal(result.fit), indent=1))
     if evaluation.headline is not None:
-        write_text_atomic(run.threshold, json.dumps(evaluation.threshold, indent=1))
         save_csv_atomic(run.auroc_per_t, pd.DataFrame([{"ood_set": name, "t": t, "auroc": value}
                                                        for name, values in evaluation.per_t.items()
                                                        for t, value in values.items()]))
@@ -87,8 +89,10 @@ def metrics_table(summary: pd.DataFrame, bootstrap: int) -> str:
             cells.append(cell)
         lines.append(cells)
     note = (f"95% bootstrap intervals from {bootstrap} resamples; " if bootstrap else "") + \
-        "OOD is the positive class, except for AUPR-In and the TPR of FPR@95%TPR (in-distribution positive)."
-    header = ["OOD set", "detector", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95%TPR"]
+        "OOD is the positive class, except for AUPR-In and FPR@95%TPR-In (in-distribution positive: the OOD share " \
+        "accepted when 95% of in-distribution images are, ODIN's); FPR95TPR is pytorch-ood's and OpenOOD's (the " \
+        "in-distribution share flagged when 95% of OOD images are)."
+    header = ["OOD set", "detector", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95%TPR-In", "FPR95TPR"]
     return "\n".join([*_render(header, lines), note])
 
 

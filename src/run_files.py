@@ -12,7 +12,7 @@ A run is the folder ``OUTPUT_DIR/MODEL_NAME/``:
 ``.../results_<set>.settings.json``                    how a results file was made (its manifest)
 ``.../.partial/<set>/``                                the finished chunks of a set in progress
 ``ood/summary_auroc.csv``, ``ood/scores_<set>.csv``    ``ood_detection.py``'s metrics and per-image scores
-``ood/auroc_per_t.csv``, ``ood/threshold.json``        AUROC per start point; the threshold for new images
+``ood/auroc_per_t.csv``, ``ood/fits/<detector>.json``  AUROC per start point; each detector's fit and thresholds
 ``ood/figures/``, ``ood/examples_<set>.npz``           figures; the reconstructions ``--save_examples`` kept
 ``ood/predictions_<name>.csv``                         ``ood_detection.py --score_ids``'s verdicts
 =====================================================  ===============================================
@@ -65,7 +65,7 @@ class RunFiles:
         self.ood = self.dir / "ood"
         self.summary = self.ood / "summary_auroc.csv"
         self.auroc_per_t = self.ood / "auroc_per_t.csv"
-        self.threshold = self.ood / "threshold.json"
+        self.fits = self.ood / "fits"
         self.figures = self.ood / "figures"
 
     @property
@@ -123,8 +123,17 @@ class RunFiles:
     def example_figure(self, set_name: str) -> Path:
         return self.figures / f"examples_{set_name}.png"
 
-    def predictions(self, name: str) -> Path:
-        return self.ood / f"predictions_{name}.csv"
+    def predictions(self, name: str, detector: str | None = None) -> Path:
+        """``ood_detection.py --score_ids``'s verdicts: predictions_<name>.csv, or with --detector X
+        predictions_<name>_<X>.csv."""
+        return self.ood / (f"predictions_{name}.csv" if detector is None else f"predictions_{name}_{detector}.csv")
+
+    def fit(self, detector: str) -> Path:
+        """A detector's fit and thresholds, for scoring new images (ood_detection.py writes it)."""
+        return self.fits / f"{detector}.json"
+
+    def fit_files(self) -> list[Path]:
+        return sorted(self.fits.glob("*.json"))
 
 
 # --- the settings manifest ------------------------------------------------------------------------
@@ -134,7 +143,7 @@ class RunFiles:
 MODEL_KEYS = {"model_file": "model file", "model_file_bytes": "model file size",
               "model_file_mtime_ns": "model file time", "pretrained": "pretrained model",
               "model_sha256": "model weights (SHA-256)"}
-RUN_KEYS = {"seed": "seed", "precision": "precision", "is_grayscale": "channels"}
+RUN_KEYS = {"seed": "seed", "precision": "precision", "is_grayscale": "channels", "noise": "noise seeding"}
 # How the work was cut into chunks: must match to resume a set, never to score it.
 STORE_KEYS = {"chunk_size": "chunk size"}
 # Which images: differ between sets by design.

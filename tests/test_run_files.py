@@ -10,7 +10,7 @@ from src.run_files import (RunFiles, build_manifest, made_with, manifest_differe
                            planned_sets, read_manifest, scored_settings, set_entries, write_manifest)
 
 MODEL = {"model_file": "/r/m/best_model.pth", "model_file_bytes": 10, "model_file_mtime_ns": 5}
-RUN = {"seed": 0, "precision": "fp32", "is_grayscale": 1}
+RUN = {"seed": 0, "precision": "fp32", "is_grayscale": 1, "noise": "pixels-sha256"}
 
 
 def test_every_artefact_path_of_a_run(tmp_path):

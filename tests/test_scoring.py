@@ -75,17 +75,52 @@ def test_t_values_missing_from_validation_are_an_error():
 
 
 @pytest.mark.parametrize("in_scores,ood_scores,expected", [
-    ([0.1, 0.2], [0.3, 0.4], {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0}),  # perfect
-    ([0.3, 0.4], [0.1, 0.2], {"auroc": 0.0, "aupr_in": 5 / 12, "aupr_out": 5 / 12, "fpr95": 1.0}),  # inverted
-    ([0.5, 0.5], [0.5, 0.5], {"auroc": 0.5, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 1.0}),  # all tied
-    # By hand: 7 of 8 (in, OOD) pairs ordered; AUPR-Out (1 + 2/3) / 2; AUPR-In (1 + 1 + 1 + 4/5) / 4;
-    # accepting all four in-distribution images (score <= 0.4) also accepts the OOD 0.35: FPR 1/2.
-    ([0.1, 0.2, 0.3, 0.4], [0.35, 0.5], {"auroc": 0.875, "aupr_in": 0.95, "aupr_out": 5 / 6, "fpr95": 0.5}),
+    ([0.1, 0.2], [0.3, 0.4], {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0, "fpr95tpr": 0.0}),  # perfect
+    # Inverted: the precision-recall curve (recall 1, 0.5, 0; precision 1/2, 1/3, 0, then the end point
+    # (0, 1)) has trapezoids 0.5 (1/2 + 1/3) / 2 + 0.5 (1/3 + 0) / 2 = 7/24.
+    ([0.3, 0.4], [0.1, 0.2], {"auroc": 0.0, "aupr_in": 7 / 24, "aupr_out": 7 / 24, "fpr95": 1.0, "fpr95tpr": 1.0}),
+    # All tied: one threshold (recall 1, precision 1/2), then the end point (0, 1): (1/2 + 1) / 2.
+    ([0.5, 0.5], [0.5, 0.5], {"auroc": 0.5, "aupr_in": 0.75, "aupr_out": 0.75, "fpr95": 1.0, "fpr95tpr": 1.0}),
+    # By hand: 7 of 8 (in, OOD) pairs ordered. AUPR-Out: from recall 1 to 0.5 at precisions 2/3 and 1/2,
+    # then 0.5 to 0 at precision 1: 0.5 (2/3 + 1/2) / 2 + 0.5 = 19/24. AUPR-In: 0.25 (0.8 + 0.75) / 2 + 3 x 0.25
+    # = 151/160. FPR@95 (in positive): accepting all four in-distribution images (score <= 0.4) accepts the
+    # OOD 0.35: 1/2. FPR95TPR (OOD positive): catching both OOD images (score >= 0.35) flags the 0.4: 1/4.
+    ([0.1, 0.2, 0.3, 0.4], [0.35, 0.5], {"auroc": 0.875, "aupr_in": 151 / 160, "aupr_out": 19 / 24, "fpr95": 0.5,
+                                         "fpr95tpr": 0.25}),
 ])
 def test_ood_metrics_known_answers(in_scores, ood_scores, expected):
     from src.scoring import ood_metrics
     values = ood_metrics(np.array(in_scores), np.array(ood_scores))
     assert values == pytest.approx(expected)
+
+
+def scores_to_check():
+    """Random, heavily tied and hand-built scores (in-distribution, OOD)."""
+    rng = np.random.default_rng(0)
+    cases = [(rng.normal(0, 1, n), rng.normal(shift, 1, m)) for n, m, shift in ((50, 70, 1.0), (7, 300, -0.5),
+                                                                                 (400, 3, 2.0))]
+    cases += [(rng.integers(0, 3, n).astype(float), rng.integers(0, 4, m).astype(float)) for n, m in ((40, 60), (5, 5))]
+    cases += [(np.zeros(10), np.zeros(4)), (np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.35, 0.5])),
+              (np.array([1.0, 2.0]), np.array([-5.0, 7.0, 2.0])), (np.array([3.0]), np.array([1.0, 2.0, 3.0, 4.0]))]
+    return cases
+
+
+@pytest.mark.filterwarnings("ignore:AUTC is undefined")
+@pytest.mark.parametrize("case", range(len(scores_to_check())))
+def test_metrics_equal_pytorch_oods(case):
+    """Our AUROC, AUPR-In, AUPR-Out and fpr95tpr are pytorch-ood's OODMetrics (OOD labels < 0)."""
+    import torch
+
+    ood_metrics_class = pytest.importorskip("pytorch_ood.metrics").OODMetrics
+    from src.scoring import ood_metrics
+
+    in_scores, ood_scores = scores_to_check()[case]
+    theirs = ood_metrics_class().update(torch.tensor(np.r_[in_scores, ood_scores]),
+                                        torch.tensor(np.r_[np.zeros(len(in_scores)), -np.ones(len(ood_scores))]).long())
+    theirs = theirs.compute()
+    ours = ood_metrics(in_scores, ood_scores)
+    for key, name in (("auroc", "AUROC"), ("aupr_in", "AUPR-IN"), ("aupr_out", "AUPR-OUT"), ("fpr95tpr", "FPR95TPR")):
+        assert abs(ours[key] - theirs[name]) <= 1e-6, (key, ours[key], theirs[name])
 
 
 def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
@@ -99,7 +134,7 @@ def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
         low, high = a[name]
         assert low < value < high, name
     perfect = bootstrap_intervals(np.arange(5.0), np.arange(10.0, 15.0), 50)
-    assert perfect["auroc"] == (1.0, 1.0) and perfect["fpr95"] == (0.0, 0.0)
+    assert perfect["auroc"] == (1.0, 1.0) and perfect["fpr95"] == (0.0, 0.0) == perfect["fpr95tpr"]
 
 
 def test_per_image_scores_and_the_metrics_table(tmp_path, capsys):

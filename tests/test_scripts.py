@@ -275,7 +275,8 @@ def test_scoring_new_images_matches_the_pipeline_and_refuses_mismatches(tmp_path
     ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs", "--bootstrap=0",
                                                  "--no_figures"]))
     ood = out / "blobs" / "ood"
-    saved = json.loads((ood / "threshold.json").read_text())
+    saved = json.loads((ood / "fits" / "recon.json").read_text())
+    saved["threshold"] = saved["thresholds"]["mse"]
     val_scores = pd.read_csv(ood / "scores_val.csv")["score"]
     assert saved["tpr"] == 0.95 and (val_scores <= saved["threshold"]).mean() >= 0.95
 

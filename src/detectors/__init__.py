@@ -146,5 +146,5 @@ def detector_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def detector_help() -> str:
-    return ", ".join(DETECTORS)
+def detector_help(combinations: bool = False) -> str:
+    return ", ".join([*DETECTORS, *(COMBINATIONS if combinations else ())])

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from src.diffusion import ModelFn
+from src.reconstruction import image_keys
 
 
 class Scored(NamedTuple):
@@ -111,6 +112,14 @@ class Detector:
     def score(self, fitted, frame: pd.DataFrame) -> Scored:
         raise NotImplementedError
 
+    def fit_state(self, fitted) -> dict:
+        """The fit as plain JSON, saved by ood_detection.py for scoring new images (no pickle)."""
+        raise NotImplementedError
+
+    def load_fit(self, state: dict):
+        """The fit back from :meth:`fit_state`; it scores exactly as the original."""
+        raise NotImplementedError
+
     def per_t(self, details: pd.DataFrame) -> pd.DataFrame | None:
         """Per image (rows) and start point t (columns), the part of the main score from t alone."""
         return None
@@ -120,7 +129,7 @@ class FeatureDetector(Detector):
     """A detector with one results row per image: a few UNet calls give a fixed set of numbers
     (features, one column each), and a fit on the fit set's features turns them into scores.
 
-    Subclasses give ``features(model, schedule, x0, image_ids, seed)`` -> ``{column: (B,) tensor}``,
+    Subclasses give ``features(model, schedule, x0, image_keys, seed)`` -> ``{column: (B,) tensor}``,
     and ``fit_features(features)`` / ``score_features(fitted, features)`` on (N, F) arrays.
     """
 
@@ -167,7 +176,7 @@ class FeatureDetector(Detector):
         values = self.score_features(fitted, frame[self.columns()].to_numpy())
         return Scored({name: pd.Series(np.asarray(array), index=index) for name, array in values.items()})
 
-    def features(self, model: ModelFn, schedule, x0: torch.Tensor, image_ids: Sequence[int],
+    def features(self, model: ModelFn, schedule, x0: torch.Tensor, image_keys: Sequence[int],
                  seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -201,17 +210,18 @@ def measure_features(detector: FeatureDetector, model: ModelFn, schedule, images
                      data_range=None) -> pd.DataFrame:
     """One row per image: filename, image_index, type and the detector's feature columns.
 
-    ``images[i]`` is image ``index_offset + i`` of its split (its index seeds any noise), as in
+    ``images[i]`` is image ``index_offset + i`` of its split; any noise comes from its pixels, as in
     :func:`src.reconstruction.measure_split`; the features see it in the model's ``data_range``.
     """
     bar = tqdm(total=len(images), desc=f"{detector.name} {split_type}", unit="img", leave=False) if progress is True else None
     advance = bar.update if bar is not None else progress if callable(progress) else lambda n: None
     columns: dict[str, list[np.ndarray]] = {c: [] for c in detector.columns()}
     for first in range(0, len(images), batch_size):
-        x0 = images[first:first + batch_size].to(device)
+        batch = images[first:first + batch_size]
+        keys = image_keys(batch)  # any noise a detector draws comes from the image's pixels
+        x0 = batch.to(device)
         x0 = x0 if data_range is None else data_range.to_model(x0)
-        ids = list(range(index_offset + first, index_offset + first + len(x0)))
-        for column, values in detector.features(model, schedule, x0, ids, seed).items():
+        for column, values in detector.features(model, schedule, x0, keys, seed).items():
             columns[column].append(values.double().cpu().numpy())
         advance(len(x0))
     if bar is not None:

@@ -70,3 +70,36 @@ def ood_score(fitted: Pipeline, features: np.ndarray) -> np.ndarray:
     """Negative log-likelihood of each row under the fitted density (higher = more OOD)."""
     features = np.asarray(features, dtype=np.float64)
     return -fitted.score_samples(features[:, None] if features.ndim == 1 else features)
+
+
+def density_state(fitted: Pipeline) -> dict:
+    """A fitted density as plain JSON (no pickle): the standardisation and the mixture's weights,
+    means, covariances and precision factors, or the KDE's points and bandwidth. JSON keeps every
+    digit, so :func:`density_from_state` scores exactly as the fit it was made from."""
+    scaler, density = fitted.named_steps["scale"], fitted.named_steps["density"]
+    state = {"scale": {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()}}
+    if isinstance(density, GaussianMixture):
+        state["gmm"] = {"covariance_type": density.covariance_type, "weights": density.weights_.tolist(),
+                        "means": density.means_.tolist(), "covariances": density.covariances_.tolist(),
+                        "precisions_cholesky": density.precisions_cholesky_.tolist()}
+    else:
+        state["kde"] = {"kernel": density.kernel, "bandwidth": float(density.bandwidth_),
+                        "points": np.asarray(density.tree_.data).tolist()}
+    return state
+
+
+def density_from_state(state: dict) -> Pipeline:
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_ = (np.asarray(state["scale"][k], dtype=np.float64) for k in ("mean", "scale"))
+    scaler.var_, scaler.n_features_in_ = scaler.scale_ ** 2, len(scaler.mean_)
+    if "gmm" in state:
+        gmm = state["gmm"]
+        density = GaussianMixture(n_components=len(gmm["weights"]), covariance_type=gmm["covariance_type"])
+        for name in ("weights", "means", "covariances", "precisions_cholesky"):
+            setattr(density, f"{name}_", np.asarray(gmm[name], dtype=np.float64))
+        density.n_features_in_, density.converged_ = len(scaler.mean_), True
+    else:
+        kde = state["kde"]
+        density = KernelDensity(kernel=kde["kernel"], bandwidth=kde["bandwidth"]).fit(
+            np.asarray(kde["points"], dtype=np.float64))
+    return Pipeline([("scale", scaler), ("density", density)])

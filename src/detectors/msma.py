@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from src.detectors.base import FeatureDetector, at_every_timestep
-from src.detectors.density import fit_gmm, ood_score
+from src.detectors.density import density_from_state, density_state, fit_gmm, ood_score
 
 
 class MSMADetector(FeatureDetector):
@@ -29,7 +29,7 @@ class MSMADetector(FeatureDetector):
     column_prefix = "score_norm_t"
 
     @torch.no_grad()
-    def features(self, model, schedule, x0, image_ids, seed):
+    def features(self, model, schedule, x0, image_keys, seed):
         ab = torch.from_numpy(schedule.alphas_cumprod[self.timesteps]).to(x0.device)  # (L,) float64
         x, t = at_every_timestep(x0, self.timesteps)  # (L*B, C, H, W), level-major
         scale = ab.sqrt().to(x0.dtype).repeat_interleave(x0.shape[0]).reshape(-1, *([1] * (x0.dim() - 1)))
@@ -42,3 +42,9 @@ class MSMADetector(FeatureDetector):
 
     def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
         return {"msma": ood_score(fitted, features)}
+
+    def fit_state(self, fitted) -> dict:
+        return density_state(fitted)
+
+    def load_fit(self, state: dict):
+        return density_from_state(state)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from src.detectors.base import FeatureDetector, ModelFn
-from src.detectors.density import fit_gmm, fit_kde, ood_score
+from src.detectors.density import density_from_state, density_state, fit_gmm, fit_kde, ood_score
 
 STATISTICS = ("eps_sum", "eps_sum_sq", "eps_sum_cb", "deps_dt", "deps_dt_sq", "deps_dt_cb")
 
@@ -79,7 +79,7 @@ class PathDetector(FeatureDetector):
     def columns(self) -> list[str]:
         return list(STATISTICS)
 
-    def features(self, model, schedule, x0, image_ids, seed):
+    def features(self, model, schedule, x0, image_keys, seed):
         eps, _ = ddim_inversion(model, schedule.alphas_cumprod, x0, self.timesteps)
         return path_statistics(eps)
 
@@ -90,3 +90,9 @@ class PathDetector(FeatureDetector):
     def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
         return {"path-6d": ood_score(fitted["path-6d"], features),
                 "path-1d": ood_score(fitted["path-1d"], np.sqrt(features[:, STATISTICS.index("deps_dt_sq")]))}
+
+    def fit_state(self, fitted: dict) -> dict:
+        return {name: density_state(pipeline) for name, pipeline in fitted.items()}
+
+    def load_fit(self, state: dict) -> dict:
+        return {name: density_from_state(part) for name, part in state.items()}

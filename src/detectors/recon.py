@@ -199,6 +199,12 @@ class ReconDetector(Detector):
         """Per start point t, the mean and std of each metric over the validation images."""
         return ZScore.fit(frame, self.metric_columns(), by="t", source=source or "The validation results")
 
+    def fit_state(self, fitted: ZScore) -> dict:
+        return fitted.to_state()
+
+    def load_fit(self, state: dict) -> ZScore:
+        return ZScore.from_state(state)
+
     def metric_columns(self) -> list[str]:
         return [METRIC_COLUMNS[m] for m in self.metrics]
 
