@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import add_knobs, device_name, non_negative_int, plain_name, run_main, unit_fraction
+from src.cli import add_knobs, device_name, flags_given, non_negative_int, plain_name, run_main, unit_fraction
 from src.detectors import detector_help, score_knobs
 
 logger = logging.getLogger("ddpm_ood")
@@ -66,11 +66,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
+    import os
+
+    from src.errors import ConfigError
     from src.run_files import RunFiles
 
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")):
+        return None  # under torchrun: it takes seconds, on rank 0 alone (one output, one set of files)
     run = RunFiles(args.output_dir / args.model_name)
     if args.score_ids:
         from src.api import score_files
+
+        fitting = flags_given(args, parse_args, ("max_start_t", "min_start_t", "t_skip", "fit_on", "tpr",
+                                                 "bootstrap_seed"))
+        if fitting:
+            raise ConfigError(f"--score_ids scores with the fits ood_detection.py saved (ood/fits/), which record "
+                              f"{', '.join('--' + f for f in fitting)}: re-run ood_detection.py with them first, then "
+                              "--score_ids without them.")
 
         predictions, path, scorer = score_files(run.dir, args.score_ids, args.device, args.lpips_weights, args.detector)
         print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD by {scorer.score_name} "

@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             image_set = load_split(path, is_grayscale, first_n=first_n, num_workers=args.num_workers,
                                    progress=dist.is_main)
             model.check_images(image_set, path)
-            entries = set_entries(path, first_n, image_set.filenames)
+            entries = set_entries(path, first_n, image_set.filenames, image_set.images)
             for detector in (d for d in detectors if name != "fit" or d.measures_fit_set):
                 store = ResultsStore(run, detector.folder(), name, build_manifest(
                     model.manifest(), run_settings, detector.settings(), entries, args.chunk_size), args.restart)

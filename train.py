@@ -71,6 +71,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Stop at the first training step after this many minutes, with a checkpoint at that "
                              "step (re-run to continue). Default: no limit.")
     parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
+    parser.add_argument("--init_weights", default=None, metavar="MODEL_FILE",
+                        help="Start training from this model file's weights (e.g. final_model.pth of a run whose "
+                             "checkpoints were deleted), with a fresh optimizer: an absolute path or one relative to "
+                             "the run's folder. Default: a fresh model, or the run's checkpoint.")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="Config overrides (OmegaConf dotlist), e.g. ldm.params.unet_config.params.model_channels=64; "
@@ -157,8 +161,9 @@ def main(args: argparse.Namespace) -> dict:
             channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
             lr_given=args.lr is not None,
         )
+        init = run.find_model_file(args.init_weights) if args.init_weights else None
         summary = train(model, schedule, train_set.images, val_set.images, settings, run.dir, to_container(cfg),
-                        device, dist)
+                        device, dist, init)
     shutdown(dist)
     if dist.is_main:
         logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],

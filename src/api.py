@@ -37,7 +37,7 @@ from src.errors import DataError, ScoringError
 from src.evaluation import unseal
 from src.inference import DEFAULT_BATCH_SIZE, ModelSource, load_model_fn
 from src.run_files import (MODEL_KEYS, PLAIN_NAME, RunFiles, made_with, manifest_differences, model_settings,
-                           read_manifest)
+                           read_manifest, same_results)
 
 
 class OODDetector:
@@ -58,7 +58,7 @@ class OODDetector:
         self.parts = {member: read_fit(self.run, member) if member != name else record for member in members}
         manifest = next(iter(self.parts.values()))["fit_results"]
         self.settings = manifest
-        self.model = load_model_fn(ModelSource.from_manifest(manifest), device, manifest["precision"],
+        self.model = load_model_fn(ModelSource.from_manifest(manifest, self.run.dir), device, manifest["precision"],
                                    batch_size=batch_size)
         changed = manifest_differences(model_settings(manifest, [MODEL_KEYS]), model_settings(self.model.manifest(),
                                                                                            [MODEL_KEYS]))
@@ -92,7 +92,11 @@ class OODDetector:
                             f"takes {expected or (channels, 'H', 'W')}: convert or resize them.")
 
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
-        """The OOD score of each image (higher = more OOD), as ood_detection.py computes it."""
+        """The OOD score of each image (higher = more OOD), as ood_detection.py computes it. Images are
+        prepared as the split loader prepares image files (each min-max scaled to [0, 1])."""
+        from src.data import prepare_images
+
+        images = prepare_images(images, filenames)
         self.check_images(images, filenames)
         filenames = filenames or [f"image_{i}" for i in range(len(images))]
         scores = {}
@@ -143,7 +147,7 @@ def read_fit(run: RunFiles, name: str) -> dict:
     if "fit_results" in record:  # a measured detector: its results must be those it was fitted on
         results = run.results(detector_class(name).folder(), record["fit_set"])
         current = read_manifest(results)
-        if current is None or made_with(current) != record["fit_results"]:
+        if current is None or not same_results(current, record["fit_results"]):
             changed = manifest_differences(record["fit_results"], made_with(current or {}))
             raise ScoringError(f"{path} was fitted on other results than {results} holds now ({'; '.join(changed)}): "
                                "re-run ood_detection.py on this run.")
@@ -216,7 +220,9 @@ class ImageDetector:
         return self.predict(x)
 
     def _measure(self, images: torch.Tensor) -> pd.DataFrame:
-        images = images.detach().to("cpu", torch.float32)
+        from src.data import prepare_images
+
+        images = prepare_images(images)
         return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",
                                      self.batch_size, self.seed, progress=False)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from src.errors import UserError
-from src.run_files import PLAIN_NAME
+from src.run_files import MAX_NAME, PLAIN_NAME
 from src.runtime import install_interrupt_handler
 
 logger = logging.getLogger("ddpm_ood")
@@ -91,6 +91,9 @@ def device_name(value: str) -> str:
 
 def plain_name(value: str) -> str:
     """A run name: one plain folder name inside --output_dir, never a path."""
+    if len(value) > MAX_NAME:
+        raise argparse.ArgumentTypeError(f"{len(value)} characters is too long a name ({MAX_NAME} at most: it becomes "
+                                         "file names)")
     if not PLAIN_NAME.fullmatch(value):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a plain name: use letters, digits and . _ + - (starting with a letter or digit), "
@@ -134,6 +137,13 @@ def add_knobs(parser: argparse.ArgumentParser, knobs) -> None:
             kwargs["type"] = _ranged(_integer, lambda n, low=low, high=high: (low is None or n >= low) and
                                      (high is None or n <= high), expected)
         parser.add_argument(knob.flag, *knob.aliases, **kwargs)
+
+
+def flags_given(args: argparse.Namespace, parse_args, dests: Sequence[str]) -> list[str]:
+    """Which of ``dests`` were set to other values than their defaults."""
+    required = [f"--{action}=x" for action in ("output_dir", "model_name")]
+    defaults = vars(parse_args(required))
+    return [dest for dest in dests if getattr(args, dest) != defaults[dest]]
 
 
 def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[[Sequence[str] | None], argparse.Namespace]) -> None:

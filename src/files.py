@@ -7,6 +7,7 @@ temporary file in the destination folder, flushed to disk, then moved into place
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import tempfile
@@ -32,10 +33,12 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, before_replace=None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds.
 
     On failure the temporary file is removed and the previous ``path`` (if any) stays as it was.
+    ``before_replace``: called once the new file is whole and on disk, just before the move (e.g.
+    to keep the previous version under another name).
     """
     path = Path(path)
     try:
@@ -54,6 +57,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as err:
         raise WriteError(
@@ -103,6 +108,25 @@ def save_csv_atomic(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False))
 
 
-def save_torch_atomic(path: str | os.PathLike, obj: object) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def save_torch_atomic(path: str | os.PathLike, obj: object, before_replace=None) -> None:
+    with atomic_path(path, before_replace) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch reports a full disk (or a file size limit) as RuntimeError
+            raise OSError(errno.EIO, f"{str(err).splitlines()[0]} (a full disk or a file size limit?)") from err
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -97,11 +97,25 @@ class ModelSource:
     location: str
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "ModelSource":
-        """The model that made results with this manifest."""
+    def from_manifest(cls, manifest: dict, run_dir: Path | None = None) -> "ModelSource":
+        """The model that made results with this manifest. A run's model file is looked for in
+        ``run_dir`` (the run may have been moved or copied) and where it was, the one with the
+        recorded SHA-256 first; the caller checks the loaded model's SHA-256 against the manifest's."""
         if manifest.get("pretrained"):
             return cls("diffusers", manifest["pretrained"])
-        return cls("run", manifest["model_file"])
+        from src.files import file_sha256
+
+        recorded = Path(manifest["model_file"])
+        candidates = [p for p in dict.fromkeys([*([Path(run_dir) / recorded.name] if run_dir else []), recorded])
+                      if p.is_file()]
+        match = next((p for p in candidates if file_sha256(p) == manifest.get("model_sha256")), None)
+        if match is None and not candidates:
+            from src.errors import CheckpointError
+
+            raise CheckpointError(f"The model file {recorded} that made these results is gone"
+                                  f"{f' (and {run_dir} holds no {recorded.name})' if run_dir else ''}; re-run "
+                                  "reconstruct.py and ood_detection.py with the run's model.")
+        return cls("run", str(match or candidates[0]))
 
     def __str__(self) -> str:
         return self.location if self.kind == "run" else f"pretrained {self.location}"
@@ -192,9 +206,11 @@ def load_model_fn(source: ModelSource | str | Path, device: torch.device, precis
         path = Path(source.location)
         module, schedule, config, info = load_model(path, device)
         shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
+        from src.files import file_sha256
+
         stat = path.stat()
         recorded = {"model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
-                    "model_file_mtime_ns": stat.st_mtime_ns}
+                    "model_file_mtime_ns": stat.st_mtime_ns, "model_sha256": file_sha256(path)}
         unet = config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
         info, data_range, channels = {**info, "config": config}, IMAGE_RANGE, int(unet.get("in_channels", 1))
     model_fn = model_function(module, device, precision, channels_last, compile_model, max_batch, batch_size)

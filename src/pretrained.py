@@ -26,7 +26,6 @@ imported only here, only when a pretrained model is asked for.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -38,6 +37,7 @@ import torch
 
 from src.diffusion import DDPMSchedule
 from src.errors import CheckpointError, ConfigError
+from src.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +154,6 @@ def cosine_betas(steps: int, max_beta: float = 0.999) -> list[float]:
     return [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_weights(path: Path) -> dict:
     """A state dict from safetensors, or from a .bin through weights-only loading (no pickle code runs)."""
     try:
@@ -209,7 +201,7 @@ class PretrainedModel:
         stat = self.files.weights.stat()
         return {"pretrained": self.files.given, "model_file": str(self.files.weights.resolve()),
                 "model_file_bytes": stat.st_size, "model_file_mtime_ns": stat.st_mtime_ns,
-                "model_sha256": sha256(self.files.weights)}
+                "model_sha256": file_sha256(self.files.weights)}
 
 
 def load_pretrained(given: str) -> PretrainedModel:

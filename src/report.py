@@ -29,6 +29,8 @@ def print_report(evaluation: Evaluation) -> None:
     for line in auc_lines(evaluation):
         print(line)
     print(detector_table(summary, evaluation.ood_sets))
+    if members_line(evaluation):
+        print(members_line(evaluation))
     print(metrics_table(summary, evaluation.options.bootstrap))
 
 
@@ -75,6 +77,13 @@ def detector_table(summary: pd.DataFrame, ood_sets: list[str]) -> str:
                       *(f"{100 * auroc[name]:.1f}" if name in auroc else "-" for name in ood_sets)])
     return "\n".join(["AUROC (%) of every detector, OOD positive:",
                       *_render(["detector", "score", "NFE/img", *ood_sets], lines)])
+
+
+def members_line(evaluation: Evaluation) -> str | None:
+    """Which detectors each combination sums (they change with the detectors that have results)."""
+    parts = [f"{score} = {' + '.join(members)}" for result in evaluation.results
+             for score, members in result.members.items()]
+    return "; ".join(parts) or None
 
 
 def metrics_table(summary: pd.DataFrame, bootstrap: int) -> str:
@@ -185,6 +194,9 @@ def log_to_tensorboard(evaluation: Evaluation) -> None:
 
     headline = evaluation.headline
     scores = headline.scores[headline.main]
+    # One evaluation's events: the previous evaluation's would show stale metrics beside these.
+    for events in evaluation.run.tensorboard_scoring.glob("events.out.tfevents.*"):
+        events.unlink()
     with SummaryWriter(log_dir=str(evaluation.run.tensorboard_scoring)) as writer:
         for row in evaluation.rows:
             for metric in METRIC_NAMES:

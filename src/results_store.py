@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from src.errors import DataError, ManifestError
-from src.files import remove_stale_temporaries, save_csv_atomic
+from src.files import remove_stale_temporaries, save_csv_atomic, text_sha256, write_text_atomic
 from src.run_files import (PLAIN_NAME, EXTRA_KEYS, RunFiles, made_with, manifest_differences, manifest_file,
-                           read_manifest, write_manifest)
+                           read_manifest, same_results, without, write_manifest, LOCATION_KEYS)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ResultsStore:
         stored = read_manifest(self.settings_file) or dict(self.settings)
         if all(stored.get(key) == value for key, value in json.loads(json.dumps(entries)).items()):
             return
-        write_manifest(self.settings_file, {**stored, **entries})
+        write_manifest(self.settings_file, {**stored, **entries}, sealed=True)
 
     def save_examples(self, path: Path, n: int, make: Callable[[int], dict | None], filenames) -> None:
         """An add-on of finished results: arrays ``make(n)`` of the set's first ``n`` images (and their
@@ -81,9 +81,7 @@ class ResultsStore:
         if not self.final.exists():
             return False
         stored = self._stored(self.settings_file)
-        if isinstance(stored, dict):
-            stored = made_with(stored)
-        if stored == self.settings:
+        if isinstance(stored, dict) and same_results(stored, self.settings):
             return True
         if self.restart:
             self.final.unlink()
@@ -116,7 +114,7 @@ class ResultsStore:
             stored = self._stored(manifest)
             if stored is None and not alone:
                 stored = self._start_partial(manifest)  # another shard has just created the folder
-            if stored != self.settings:
+            if not (isinstance(stored, dict) and same_results(stored, self.settings)):
                 if not (self.restart and alone):
                     raise DataError(self._mismatch(self.partial, stored))
                 shutil.rmtree(self.partial)
@@ -142,8 +140,10 @@ class ResultsStore:
         """Join the chunks into the results file (with its manifest) and remove them."""
         frame = pd.concat([pd.read_csv(self.chunk_file(k)) for k, _, _ in self.chunks(n_images, chunk_size)],
                           ignore_index=True)
-        write_manifest(self.settings_file, self.settings)
-        save_csv_atomic(self.final, frame)
+        text = frame.to_csv(index=False)
+        # Sealed: the results file's SHA-256 and the manifest's own, so that an edit of either is caught.
+        write_manifest(self.settings_file, {**self.settings, "results_sha256": text_sha256(text)}, sealed=True)
+        write_text_atomic(self.final, text)
         shutil.rmtree(self.partial)
         return self.final
 
@@ -159,7 +159,9 @@ class ResultsStore:
         if not isinstance(stored, dict):
             detail = "with unknown settings (its manifest is missing or cannot be read)"
         else:
-            detail = "with other settings (" + "; ".join(manifest_differences(stored, self.settings)) + ")"
+            differences = manifest_differences(without(made_with(stored), LOCATION_KEYS),
+                                               without(self.settings, LOCATION_KEYS))
+            detail = "with other settings (" + "; ".join(differences) + ")"
         return (f"{where} was made {detail}. Pass --restart to discard it and start this set over, "
                 "or use another --output_dir/--model_name.")
 

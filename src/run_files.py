@@ -138,28 +138,42 @@ class RunFiles:
 
 # --- the settings manifest ------------------------------------------------------------------------
 
-# Key groups, each key with the label an error message gives it. The model a result was made with
-# (the model loader says what to record) and the run settings every detector shares:
-MODEL_KEYS = {"model_file": "model file", "model_file_bytes": "model file size",
-              "model_file_mtime_ns": "model file time", "pretrained": "pretrained model",
-              "model_sha256": "model weights (SHA-256)"}
+# Key groups, each key with the label an error message gives it. The model's identity (the
+# SHA-256 of its weights; the model loader says what to record) and the run settings every detector
+# shares, compared wherever results meet:
+MODEL_KEYS = {"model_sha256": "model weights (SHA-256)"}
 RUN_KEYS = {"seed": "seed", "precision": "precision", "is_grayscale": "channels", "noise": "noise seeding"}
+# Where the model was: recorded, never compared (a run folder may be moved or copied).
+LOCATION_KEYS = {"model_file": "model file", "model_file_bytes": "model file size",
+                 "model_file_mtime_ns": "model file time", "pretrained": "pretrained model"}
 # How the work was cut into chunks: must match to resume a set, never to score it.
 STORE_KEYS = {"chunk_size": "chunk size"}
 # Which images: differ between sets by design.
-SET_KEYS = {"split": "split", "first_n": "first_n", "n_images": "images", "files_digest": "image files"}
+SET_KEYS = {"split": "split", "first_n": "first_n", "n_images": "images", "files_digest": "image files",
+            "images_sha256": "image pixels"}
 # Add-ons: files made beside the results and their cost, never compared.
 EXTRA_KEYS = ("examples", "nfe_per_image", "nfe_per_start")
+# Seals: the SHA-256 of the results file and of the manifest itself, checked when read.
+SEAL_KEYS = {"results_sha256": "results file (SHA-256)", "sha256": "manifest (SHA-256)"}
 # Labels of the detectors' own keys (each detector's settings() adds its keys to a manifest).
 DETECTOR_LABELS = {"num_inference_steps": "steps", "start_t": "start points", "metrics": "metrics",
                    "lpips_pad": "LPIPS padding", "clamp_for_lpips": "LPIPS clamp", "detector": "detector"}
-LABELS = {**MODEL_KEYS, **RUN_KEYS, **STORE_KEYS, **SET_KEYS, **DETECTOR_LABELS}
+LABELS = {**MODEL_KEYS, **RUN_KEYS, **LOCATION_KEYS, **STORE_KEYS, **SET_KEYS, **DETECTOR_LABELS, **SEAL_KEYS}
+MAX_NAME = 100  # run and set names become file names (with prefixes and suffixes, under 255 bytes)
 
 
-def set_entries(split: str | Path, first_n: int | None, filenames: Sequence[str]) -> dict:
-    """The manifest's set group: which split, how many of its images, and a digest of their names."""
-    return {"split": str(Path(split).resolve()), "first_n": first_n, "n_images": len(filenames),
-            "files_digest": hashlib.sha256("\n".join(filenames).encode()).hexdigest()}
+def files_digest(filenames: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(filenames).encode()).hexdigest()
+
+
+def set_entries(split: str | Path, first_n: int | None, filenames: Sequence[str], images=None) -> dict:
+    """The manifest's set group: which split, how many of its images, a digest of their names and,
+    given the loaded images, of their pixels (a split re-made from other files is not the same set)."""
+    entries = {"split": str(Path(split).resolve()), "first_n": first_n, "n_images": len(filenames),
+               "files_digest": files_digest(filenames)}
+    if images is not None:
+        entries["images_sha256"] = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+    return entries
 
 
 def build_manifest(model: dict, run: dict, detector: dict, image_set: dict, chunk_size: int) -> dict:
@@ -174,8 +188,8 @@ def manifest_file(results_path: Path) -> Path:
 
 
 def read_manifest(results_path: Path) -> dict | None:
-    """The manifest of a results file; None if it has none. A manifest that cannot be read is an
-    error naming the file (ManifestError), wherever it is read."""
+    """The manifest of a results file; None if it has none. A manifest that cannot be read, or was
+    changed after it was sealed, is an error naming the file (ManifestError), wherever it is read."""
     path = manifest_file(results_path) if results_path.suffix == ".csv" else results_path
     try:
         text = path.read_text()
@@ -190,13 +204,25 @@ def read_manifest(results_path: Path) -> dict | None:
         raise ManifestError(f"{path} is damaged ({err}); re-run reconstruct.py with --restart for that set.") from err
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path} is not a settings manifest; re-run reconstruct.py with --restart for that set.")
+    if "sha256" in manifest and manifest["sha256"] != _digest(manifest):
+        raise ManifestError(f"{path} was changed after reconstruct.py wrote it (its SHA-256 does not match its "
+                            "content); re-run reconstruct.py with --restart for that set.")
     return manifest
 
 
-def write_manifest(path: Path, manifest: dict) -> None:
+def write_manifest(path: Path, manifest: dict, sealed: bool = False) -> None:
+    """Write a manifest; ``sealed``: with the SHA-256 of its content, so that an edit is caught."""
     from src.files import write_text_atomic
 
+    manifest = {k: v for k, v in json.loads(json.dumps(manifest)).items() if k != "sha256"}
+    if sealed:
+        manifest["sha256"] = _digest(manifest)
     write_text_atomic(path, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _digest(manifest: dict) -> str:
+    content = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def without(manifest: dict, *groups: Iterable[str]) -> dict:
@@ -205,13 +231,19 @@ def without(manifest: dict, *groups: Iterable[str]) -> dict:
 
 
 def made_with(manifest: dict) -> dict:
-    """What the results themselves depend on: the manifest without its add-ons."""
-    return without(manifest, EXTRA_KEYS)
+    """What the results depend on, and where the model was: the manifest without add-ons and seals."""
+    return without(manifest, EXTRA_KEYS, SEAL_KEYS)
+
+
+def same_results(a: dict, b: dict) -> bool:
+    """Whether two manifests describe results made the same way (wherever the model file was)."""
+    return without(made_with(a), LOCATION_KEYS) == without(made_with(b), LOCATION_KEYS)
 
 
 def scored_settings(manifest: dict) -> dict:
-    """What every results file scored together must share: all but the set, the chunking and the add-ons."""
-    return without(manifest, SET_KEYS, STORE_KEYS, EXTRA_KEYS)
+    """What every results file scored together must share: all but the set, the chunking, the model's
+    location, the add-ons and the seals."""
+    return without(manifest, SET_KEYS, STORE_KEYS, LOCATION_KEYS, EXTRA_KEYS, SEAL_KEYS)
 
 
 def model_settings(manifest: dict, groups: Sequence[dict] = (MODEL_KEYS, RUN_KEYS)) -> dict:
@@ -234,6 +266,9 @@ def ood_set_name(path: str) -> str:
     from src.data import resolve_split
 
     name = resolve_split(path).name
+    if len(name) > MAX_NAME:
+        raise DataError(f"--out_ids {path}: its results name would be {len(name)} characters long; {MAX_NAME} at most "
+                        "(it becomes file names). Rename or copy the split CSV.")
     if not PLAIN_NAME.fullmatch(name) or name in RESERVED_SETS:
         raise DataError(
             f"--out_ids {path}: its results name would be {name!r}, which "

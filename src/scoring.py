@@ -54,7 +54,8 @@ class ZScore(NamedTuple):
                 at = f" at {by} = {show_value(flat.index[0])}" if by else ""
                 raise ScoringError(
                     f"{source}: {column} has standard deviation {show_value(flat.iloc[0])}{at} over the fit images "
-                    "(no spread), so it cannot be z-scored. Use more (and different) validation images.")
+                    "(no spread), so it cannot be z-scored. Use more (and different) fit images: the validation set, or "
+                    "reconstruct.py --fit_ids.")
         return cls(mean, std, by)
 
     def keys(self) -> list:

@@ -187,10 +187,14 @@ def load_resume_state(run: RunFiles) -> dict | None:
 
 
 def save_checkpoint(run: RunFiles, state: dict) -> None:
-    """Write checkpoint.pth atomically, keeping the one before as checkpoint_prev.pth."""
-    if run.checkpoint.exists():
-        os.replace(run.checkpoint, run.previous_checkpoint)
-    save_torch_atomic(run.checkpoint, state)
+    """Write checkpoint.pth atomically, keeping the one before as checkpoint_prev.pth. The new file
+    is written whole first and the two rotated only then: a write that fails (a full disk) leaves
+    both the checkpoint and the one before it as they were."""
+    def rotate() -> None:
+        if run.checkpoint.exists():
+            os.replace(run.checkpoint, run.previous_checkpoint)
+
+    save_torch_atomic(run.checkpoint, state, before_replace=rotate)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -310,11 +314,17 @@ class TrainLoop:
                 "seed": self.settings.seed, "precision": self.precision, "ema_decay": self.settings.ema_decay,
                 "world_size": self.dist.world_size}
 
-    def restore(self, state: dict | None) -> None:
-        """Continue from a checkpoint (or start afresh with ``None``); makes the EMA copy after
-        the model's weights are loaded."""
+    def restore(self, state: dict | None, weights: dict | None = None) -> None:
+        """Continue from a checkpoint (or start afresh with ``None``, from ``weights`` if given);
+        makes the EMA copy after the model's weights are loaded."""
         if state is None:
             torch.manual_seed(self.settings.seed)
+            if weights is not None:
+                try:
+                    self.model.load_state_dict(weights)
+                except RuntimeError as err:
+                    raise CheckpointError(f"--init_weights does not match this run's architecture ({str(err)[:200]})"
+                                          "; pass a model file trained with the same config.") from None
         else:
             self.check_resume_settings(state.get("settings"))
             self.model.load_state_dict(state["model"])
@@ -510,10 +520,26 @@ class TrainLoop:
 
 
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
-          settings: TrainSettings, run_dir: Path, config: dict, device: torch.device, dist: Dist = Dist()) -> dict:
-    """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary."""
+          settings: TrainSettings, run_dir: Path, config: dict, device: torch.device, dist: Dist = Dist(),
+          init_weights: Path | None = None) -> dict:
+    """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary.
+
+    A run with model files but no checkpoint is never trained afresh over them (that would
+    overwrite a finished model): ``init_weights`` (a model file) starts it from those weights.
+    """
     loop = TrainLoop(model, schedule, train_images, val_images, settings, run_dir, config, device, dist)
     if dist.is_main:
         remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
-    loop.restore(load_resume_state(loop.files))
+    state = load_resume_state(loop.files)
+    models = [p.name for p in (loop.files.best_model, loop.files.final_model) if p.exists()]
+    if state is not None and init_weights is not None:
+        raise ConfigError(f"--init_weights starts a run from a model's weights, but {run_dir} has a checkpoint to "
+                          "resume from: drop --init_weights to resume, or use a new --model_name.")
+    if state is None and models and init_weights is None:
+        raise CheckpointError(
+            f"{run_dir} holds {' and '.join(models)} but no checkpoint to resume from (deleted?): training it again "
+            f"would start from scratch and overwrite them. To train it further from its weights, re-run with "
+            f"--init_weights={models[-1]} (a fresh optimizer; the model files are replaced as training goes on); "
+            "to keep them, train a new --model_name.")
+    loop.restore(state, read_file(init_weights)["model"] if init_weights is not None else None)
     return loop.run_loop()

@@ -84,7 +84,8 @@ def no_alexnet(tmp_path: Path, monkeypatch) -> None:
 
 # The settings manifest reconstruct.py writes beside each results file (shared keys only).
 RESULTS_SETTINGS = {
-    "model_file": "/runs/m/best_model.pth", "model_file_bytes": 1000, "model_file_mtime_ns": 1, "num_inference_steps": 10,
+    "model_file": "/runs/m/best_model.pth", "model_file_bytes": 1000, "model_file_mtime_ns": 1,
+    "model_sha256": "9" * 64, "num_inference_steps": 10,
     "start_t": [1, 11], "metrics": ["mse"], "lpips_pad": 2, "clamp_for_lpips": False, "seed": 0, "precision": "fp32",
     "is_grayscale": 1, "noise": "pixels-sha256",
 }
@@ -93,7 +94,15 @@ RESULTS_SETTINGS = {
 def write_results(ood_dir: Path, name: str, frame: pd.DataFrame, **settings) -> Path:
     """A results file as reconstruct.py leaves it: the CSV and its settings manifest."""
     ood_dir.mkdir(parents=True, exist_ok=True)
+    frame = frame.assign(filename=[f"{name}/{f}" for f in frame["filename"]])  # each set's images in a folder of its own
     frame.to_csv(ood_dir / f"results_{name}.csv", index=False)
     manifest = {**RESULTS_SETTINGS, **settings, "split": f"{name}.csv", "n_images": int(frame["image_index"].nunique())}
     (ood_dir / f"results_{name}.settings.json").write_text(json.dumps(manifest))
     return ood_dir / f"results_{name}.csv"
+
+
+def reseal(manifest_path: Path, **changes) -> None:
+    """Change a results manifest as another run of reconstruct.py would have written it (sealed anew)."""
+    from src.run_files import write_manifest
+
+    write_manifest(manifest_path, {**json.loads(manifest_path.read_text()), **changes}, sealed=True)

@@ -14,7 +14,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import TINY_CONFIG, make_images, write_split
+from conftest import TINY_CONFIG, make_images, reseal, write_split
 from src.api import ImageDetector, OODDetector, pytorch_ood_detector
 from src.data import load_split
 from src.errors import ScoringError
@@ -115,8 +115,7 @@ def test_a_fit_that_was_changed_missing_or_made_from_other_results_is_refused(sc
         fit.unlink()
         match = "msma.json does not exist"
     else:  # the fit set re-made with other settings (reconstruct.py --restart), ood_detection.py not re-run
-        manifest = run / "ood" / "msma" / "results_val.settings.json"
-        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "msma_t": [0, 1, 2]}))
+        reseal(run / "ood" / "msma" / "results_val.settings.json", msma_t=[0, 1, 2])
         match = "was fitted on other results"
     with pytest.raises(ScoringError, match=match):
         OODDetector.load(run, device="cpu", detector="msma")

@@ -13,7 +13,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import TINY_CONFIG, make_images, write_split
+from conftest import TINY_CONFIG, make_images, reseal, write_split
 from src.detectors import DETECTORS, detector_class, parse_detectors
 from src.detectors.base import measure_features
 from src.detectors.combined import combine
@@ -325,7 +325,10 @@ def test_scoring_refuses_broken_or_mixed_detector_results(detector_run):
     (ood / "msma" / "results_in.csv").write_bytes(original)
     ood_detection.main(args)
     manifest = ood / "msma" / "results_Stripes.settings.json"
-    settings = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**settings, "msma_t": [0, 1, 2]}))
+    original_manifest = manifest.read_text()
+    reseal(manifest, msma_t=[0, 1, 2])  # as if another run had measured it with other levels
     with pytest.raises(ScoringError, match="msma_t"):
+        ood_detection.main(args)
+    manifest.write_text(original_manifest.replace('"msma_t": [', '"msma_t": [1, '))  # edited by hand: the seal breaks
+    with pytest.raises(ScoringError, match="results_Stripes.settings.json was changed after reconstruct.py wrote it"):
         ood_detection.main(args)

@@ -21,12 +21,12 @@ def recon_results(values, ts=(1, 11), scale=1.0):
 def feature_results(folder, name, values, **settings):
     """A denoise-style results file (one row per image, columns denoise_mse_t0, denoise_mse_t500)."""
     folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"filename": [f"f{i}.npy" for i in range(len(values))], "image_index": range(len(values)),
+    frame = pd.DataFrame({"filename": [f"{name}/f{i}.npy" for i in range(len(values))], "image_index": range(len(values)),
                           "type": name, "denoise_mse_t0": values, "denoise_mse_t500": np.asarray(values) * 2})
     frame.to_csv(folder / f"results_{name}.csv", index=False)
     from conftest import RESULTS_SETTINGS
 
-    model = {k: RESULTS_SETTINGS[k] for k in ("model_file", "model_file_bytes", "model_file_mtime_ns", "seed",
+    model = {k: RESULTS_SETTINGS[k] for k in ("model_file", "model_file_bytes", "model_file_mtime_ns", "model_sha256", "seed",
                                               "precision", "is_grayscale", "noise")}
     manifest = {**model, "detector": "denoise", "denoise_t": [0, 500], "chunk_size": 512, "split": f"{name}.csv",
                 "n_images": len(values), **settings}
@@ -93,14 +93,15 @@ def test_start_point_options_select_what_is_scored(run):
 
 
 def test_a_detector_of_another_model_is_refused_naming_both_files(run):
-    feature_results(run.ood / "denoise", "Far", [10.0, 0.0, 6.0], model_file_mtime_ns=99)
+    other = {"model_sha256": "7" * 64}
+    feature_results(run.ood / "denoise", "Far", [10.0, 0.0, 6.0], **other)
     with pytest.raises(ScoringError, match=r"denoise/results_Far.csv was made with other settings than .*"
-                                           r"denoise/results_val.csv: model file time \(1 vs 99\)"):
+                                           r"denoise/results_val.csv: model weights \(SHA-256\)"):
         evaluate(run, Options(bootstrap=0))
-    feature_results(run.ood / "denoise", "val", [1.0, 2.0, 4.0, 5.0], model_file_mtime_ns=99)
-    feature_results(run.ood / "denoise", "in", [3.0, 3.0], model_file_mtime_ns=99)
+    feature_results(run.ood / "denoise", "val", [1.0, 2.0, 4.0, 5.0], **other)
+    feature_results(run.ood / "denoise", "in", [3.0, 3.0], **other)
     with pytest.raises(ScoringError, match=r"denoise/results_val.csv was made with other settings than .*"
-                                           r"ood/results_val.csv: model file time \(1 vs 99\)"):
+                                           r"ood/results_val.csv: model weights \(SHA-256\)"):
         evaluate(run, Options(bootstrap=0))
 
 

@@ -59,12 +59,12 @@ def test_results_of_another_model_are_refused_before_anything_is_printed(tmp_pat
     write_results(ood, "val", results())
     write_results(ood, "in", results())
     write_results(ood, "A", results(offset=1))
-    write_results(ood, "B", results(offset=1), model_file_mtime_ns=2, seed=3)  # after training went on
+    write_results(ood, "B", results(offset=1), model_file_mtime_ns=2, model_sha256="8" * 64, seed=3)  # retrained
     with pytest.raises(ScoringError) as err:
         score(tmp_path)
     message = str(err.value)
     assert "results_B.csv" in message and "results_val.csv" in message
-    assert "model file time" in message and "seed" in message and "reconstruct.py" in message
+    assert "model weights (SHA-256)" in message and "seed" in message and "reconstruct.py" in message
     assert capsys.readouterr().out == ""
 
 

@@ -17,7 +17,7 @@ import torch
 
 import ood_detection
 import reconstruct
-from conftest import ROOT, write_split
+from conftest import ROOT, reseal, write_split
 from src.errors import CheckpointError, ConfigError, ScoringError
 from src.inference import ModelSource, load_model_fn
 from src.pretrained import DiffusersEps, load_pretrained, locate, schedule_from_config
@@ -244,7 +244,7 @@ def test_a_pretrained_model_that_changed_is_refused_for_new_images(pretrained_ru
     copy = tmp_path / "copy"
     shutil.copytree(out / "p", copy / "p")
     for manifest in (copy / "p" / "ood").rglob("results_*.settings.json"):  # as if made with other weights
-        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "model_sha256": "0" * 64}))
+        reseal(manifest, model_sha256="0" * 64)
     ood_detection.main(ood_detection.parse_args([f"--output_dir={copy}", "--model_name=p", "--bootstrap=0",
                                                  "--no-figures", "--fit_on=val"]))
     from src.api import OODDetector

@@ -27,11 +27,11 @@ def test_every_artefact_path_of_a_run(tmp_path):
     assert run.partial_manifest("", "in") == root / "ood" / ".partial" / "in" / "settings.json"
     assert run.chunk("", "in", 3) == root / "ood" / ".partial" / "in" / "chunk_00003.csv"
     assert manifest_file(run.results("", "in")) == root / "ood" / "results_in.settings.json"
-    assert [run.summary, run.auroc_per_t, run.threshold, run.scores("val"), run.examples("in"),
-            run.example_figure("in"), run.predictions("new")] == [
-        root / "ood" / "summary_auroc.csv", root / "ood" / "auroc_per_t.csv", root / "ood" / "threshold.json",
+    assert [run.summary, run.auroc_per_t, run.fit("msma"), run.scores("val"), run.examples("in"),
+            run.example_figure("in"), run.predictions("new"), run.predictions("new", "path-1d")] == [
+        root / "ood" / "summary_auroc.csv", root / "ood" / "auroc_per_t.csv", root / "ood" / "fits" / "msma.json",
         root / "ood" / "scores_val.csv", root / "ood" / "examples_in.npz", root / "ood" / "figures" / "examples_in.png",
-        root / "ood" / "predictions_new.csv"]
+        root / "ood" / "predictions_new.csv", root / "ood" / "predictions_new_path-1d.csv"]
     assert run.tensorboard_scoring == root / "tensorboard" / "ood_detection"
 
 
@@ -66,13 +66,13 @@ def test_the_manifest_groups_and_what_each_comparison_sees(tmp_path):
                                set_entries(tmp_path / "b.csv", None, ["z.npy"]), 512)
     assert scored_settings(with_extras) == scored_settings(other_set)
     # ... and a detector's results are compared with another detector's on the model and run only.
-    assert model_settings(manifest) == {**MODEL, "pretrained": None, "model_sha256": None, **RUN}
+    assert model_settings(manifest) == {"model_sha256": None, **RUN}  # identity by content, not by location
 
 
 def test_differences_name_each_setting_and_both_values():
     a = {**MODEL, **RUN, "start_t": [1, 11], "path_t": [0]}
     b = {**a, "model_file_mtime_ns": 6, "seed": 3, "path_t": [0, 5]}
-    assert manifest_differences(a, b) == ["model file time (5 vs 6)", "seed (0 vs 3)", "path_t ([0] vs [0, 5])"]
+    assert manifest_differences(a, b) == ["seed (0 vs 3)", "model file time (5 vs 6)", "path_t ([0] vs [0, 5])"]
     assert manifest_differences(a, a) == []
     assert manifest_differences(a, {k: v for k, v in a.items() if k != "start_t"}) == ["start points ([1, 11] vs None)"]
 

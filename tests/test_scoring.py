@@ -160,7 +160,7 @@ def test_per_image_scores_and_the_metrics_table(tmp_path, capsys):
     assert summary["nfe_per_image"].isna().all() and "recon     mse    ?" in out
     far = pd.read_csv(ood / "scores_Far.csv")
     assert list(far.columns) == ["filename", "image_index", "score", "z_mse_t1", "z_mse_t11"]
-    assert far["filename"].tolist() == ["f0.npy", "f1.npy", "f2.npy"]
+    assert far["filename"].tolist() == ["Far/f0.npy", "Far/f1.npy", "Far/f2.npy"]
     # z at t = 1: (mse - mean) / std over the validation values at t = 1; the score is their mean over t.
     val_t1 = np.array([1.0, 2.0, 3.0, 6.0]) * 1.01
     expected_z = (9.0 * 1.01 - val_t1.mean()) / val_t1.std(ddof=1)

@@ -98,15 +98,16 @@ DETECTORS = {
     )),
     "path": Entry("src.detectors.path:PathDetector", (
         Knob("--path_steps", 10, "DDIM steps of the path detector's path from the image to noise (its UNet calls per "
-             "image). Default 10, as DiffPath.", minimum=1),
+             "image; at least 2, for its curvature; at most the model's timesteps). Default 10, as DiffPath.",
+             minimum=2, maximum=1000),
     )),
     "msma": Entry("src.detectors.msma:MSMADetector", (
-        Knob("--msma_levels", 10, "Noise levels of the msma detector (its UNet calls per image). Default 10, as MSMA.",
-             minimum=1),
+        Knob("--msma_levels", 10, "Noise levels of the msma detector (its UNet calls per image; at most the model's "
+             "timesteps). Default 10, as MSMA.", minimum=1, maximum=1000),
     )),
     "denoise": Entry("src.detectors.denoise:DenoiseDetector", (
-        Knob("--denoise_levels", 10, "Timesteps of the denoise detector (its UNet calls per image). Default 10.",
-             minimum=1),
+        Knob("--denoise_levels", 10, "Timesteps of the denoise detector (its UNet calls per image; at most the "
+             "model's timesteps). Default 10.", minimum=1, maximum=1000),
     )),
 }
 # Scored from the measured detectors' scores, never measured themselves.

@@ -141,7 +141,13 @@ class FeatureDetector(Detector):
 
     @classmethod
     def from_args(cls, args, model) -> "FeatureDetector":
-        return cls(getattr(args, cls.knob), model.schedule.num_timesteps)
+        count, steps = getattr(args, cls.knob), model.schedule.num_timesteps
+        try:
+            return cls(count, steps)
+        except ValueError as err:
+            from src.errors import DataError
+
+            raise DataError(f"--{cls.knob} {count}: {err} (the model has {steps} timesteps).") from None
 
     def columns(self) -> list[str]:
         return [f"{self.column_prefix}{t}" for t in self.timesteps]

@@ -34,10 +34,16 @@ def _check(features: np.ndarray, what: str) -> np.ndarray:
     if features.ndim == 1:
         features = features[:, None]
     if len(features) < MIN_FIT_IMAGES:
-        raise ScoringError(f"{what}: {len(features)} fit images; a density fit needs at least {MIN_FIT_IMAGES} "
-                           "(reconstruct more validation images).")
+        raise ScoringError(f"{what}: {len(features)} fit images; a density fit needs at least {MIN_FIT_IMAGES}. Measure "
+                           "more of the fit set (reconstruct.py --first_n_val sets how many of the --validation_ids "
+                           "or --fit_ids images; ood_detection.py --fit_on chooses which).")
     if not np.isfinite(features).all():
         raise ScoringError(f"{what}: the fit features hold NaN or inf values.")
+    constant = np.flatnonzero(features.std(0) == 0)
+    if len(constant):
+        raise ScoringError(f"{what}: feature {int(constant[0])} has the same value for all {len(features)} fit images "
+                           "(identical images?), so a density fitted to it would be a point mass. Fit on images that "
+                           "differ (the validation split, or --fit_ids).")
     return features
 
 
