@@ -40,6 +40,16 @@ def make_images(folder: Path, prefix: str, n: int, seed: int, kind: str = "blobs
     return files
 
 
+def blob_splits(folder: Path) -> dict[str, Path]:
+    """The detector tests' splits: Blobs train (16), val (12), fit (12) and test (6), Stripes (6)."""
+    splits = folder / "data_splits"
+    return {"train": write_split(splits / "Blobs_train.csv", make_images(folder / "bt", "b", 16, 0)),
+            "val": write_split(splits / "Blobs_val.csv", make_images(folder / "bv", "b", 12, 1)),
+            "fit": write_split(splits / "Blobs_fit.csv", make_images(folder / "bf", "b", 12, 4)),
+            "test": write_split(splits / "Blobs_test.csv", make_images(folder / "bte", "b", 6, 2)),
+            "ood": write_split(splits / "Stripes_test.csv", make_images(folder / "st", "s", 6, 3, "stripes"))}
+
+
 @pytest.fixture
 def synthetic_splits(tmp_path: Path) -> dict[str, Path]:
     """train / val / test CSVs of 'blob' images (in-distribution) and a 'stripes' OOD test CSV."""

@@ -14,7 +14,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import TINY_CONFIG, make_images, reseal, write_split
+from conftest import blob_splits, TINY_CONFIG, reseal
 from src.api import ImageDetector, OODDetector, pytorch_ood_detector
 from src.data import load_split
 from src.errors import ScoringError
@@ -24,12 +24,7 @@ from src.errors import ScoringError
 def scored_run(tmp_path_factory):
     """A tiny trained model, every detector measured (val 12, fit 12, in 6, one OOD set of 6) and scored."""
     tmp = tmp_path_factory.mktemp("api")
-    splits = tmp / "data_splits"
-    paths = {"train": write_split(splits / "Blobs_train.csv", make_images(tmp / "bt", "b", 16, 0)),
-             "val": write_split(splits / "Blobs_val.csv", make_images(tmp / "bv", "b", 12, 1)),
-             "fit": write_split(splits / "Blobs_fit.csv", make_images(tmp / "bf", "b", 12, 4)),
-             "test": write_split(splits / "Blobs_test.csv", make_images(tmp / "bte", "b", 6, 2)),
-             "ood": write_split(splits / "Stripes_test.csv", make_images(tmp / "st", "s", 6, 3, "stripes"))}
+    paths = blob_splits(tmp)
     out = tmp / "models"
     train.main(train.parse_args([
         f"--output_dir={out}", "--model_name=blobs", f"--training_ids={paths['train']}",

@@ -13,14 +13,14 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import TINY_CONFIG, make_images, reseal, write_split
+from conftest import blob_splits, TINY_CONFIG, reseal
 from src.detectors import DETECTORS, detector_class, parse_detectors
 from src.detectors.base import measure_features
 from src.detectors.combined import combine
 from src.detectors.density import fit_gmm, fit_kde, ood_score
 from src.detectors.denoise import DenoiseDetector
 from src.detectors.msma import MSMADetector
-from src.detectors.path import STATISTICS, PathDetector, ddim_inversion, path_statistics
+from src.detectors.path import STATISTICS, PathDetector, ddim_inversion
 from src.detectors.recon import ReconDetector, nfe as recon_nfe
 from src.diffusion import DDPMSchedule, PLMSSampler
 from src.errors import ScoringError
@@ -230,12 +230,7 @@ def test_detector_names_parse():
 def detector_run(tmp_path):
     """A tiny trained model and every detector measured on val (12 images), a fit split (12),
     in (6) and one OOD set (6)."""
-    splits = tmp_path / "data_splits"
-    paths = {"train": write_split(splits / "Blobs_train.csv", make_images(tmp_path / "bt", "b", 16, 0)),
-             "val": write_split(splits / "Blobs_val.csv", make_images(tmp_path / "bv", "b", 12, 1)),
-             "fit": write_split(splits / "Blobs_fit.csv", make_images(tmp_path / "bf", "b", 12, 4)),
-             "test": write_split(splits / "Blobs_test.csv", make_images(tmp_path / "bte", "b", 6, 2)),
-             "ood": write_split(splits / "Stripes_test.csv", make_images(tmp_path / "st", "s", 6, 3, "stripes"))}
+    paths = blob_splits(tmp_path)
     out = tmp_path / "models"
     train.main(train.parse_args([
         f"--output_dir={out}", "--model_name=blobs", f"--training_ids={paths['train']}",

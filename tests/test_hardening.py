@@ -2,7 +2,6 @@
 outside the run, one process per run, changed settings refused, clear exits."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from src.detectors.recon import ReconDetector
-from src.scoring import ScoringError, ZScore, auroc, select_start_t
+from src.scoring import ScoringError, auroc, select_start_t
 
 
 def fit_validation_stats(val, metrics, source="The validation results"):

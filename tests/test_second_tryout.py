@@ -15,7 +15,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import ROOT, TINY_CONFIG, make_images, reseal, write_results, write_split
+from conftest import blob_splits, ROOT, TINY_CONFIG, make_images, reseal, write_results, write_split
 from src.api import OODDetector
 from src.data import load_split
 from src.errors import CheckpointError, ConfigError, DataError, ScoringError, WriteError
@@ -44,11 +44,7 @@ def score(out, *extra):
 def scored(tmp_path_factory):
     """Splits, and a tiny run trained, measured by the paper's detector and msma, and scored."""
     tmp = tmp_path_factory.mktemp("tryout")
-    splits = tmp / "splits"
-    paths = {"train": write_split(splits / "Blobs_train.csv", make_images(tmp / "tr", "b", 16, 0)),
-             "val": write_split(splits / "Blobs_val.csv", make_images(tmp / "va", "b", 12, 1)),
-             "test": write_split(splits / "Blobs_test.csv", make_images(tmp / "te", "b", 6, 2)),
-             "ood": write_split(splits / "Stripes_test.csv", make_images(tmp / "st", "s", 6, 3, "stripes"))}
+    paths = blob_splits(tmp)
     out = tmp / "runs"
     train.main(train_args(out, paths))
     reconstruct.main(reconstruct_args(out, paths, "--detectors=recon,msma"))
