@@ -20,7 +20,7 @@ from src.detectors import COMBINATIONS, DETECTORS, HEADLINE, detector_class
 from src.detectors.base import Detector
 from src.errors import ScoringError
 from src.run_files import (RESERVED_SETS, RunFiles, made_with, manifest_differences, model_settings, read_manifest,
-                           scored_settings)
+                           record_sha256, scored_settings)
 from src.scoring import auroc, bootstrap_intervals, fit_threshold, ood_metrics
 
 logger = logging.getLogger("ddpm_ood")
@@ -339,19 +339,12 @@ def auroc_per_t(result: DetectorResult, ood_sets: list[str]) -> dict[str, dict[i
 
 def seal(record: dict) -> dict:
     """``record`` with the SHA-256 of its content, so that a fit file changed by hand is refused."""
-    return {**record, "sha256": _digest(record)}
+    return {**record, "sha256": record_sha256(record)}
 
 
 def unseal(record: dict, path: Path) -> dict:
     """The record of a fit file, checked against its SHA-256."""
-    if not isinstance(record, dict) or record.get("sha256") != _digest({k: v for k, v in record.items() if k != "sha256"}):
+    if not isinstance(record, dict) or record.get("sha256") != record_sha256(record):
         raise ScoringError(f"{path} was changed after ood_detection.py wrote it (its SHA-256 does not match its "
                            "content). Re-run ood_detection.py on this run to fit the detectors again.")
     return {k: v for k, v in record.items() if k != "sha256"}
-
-
-def _digest(record: dict) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -29,7 +29,7 @@ import pandas as pd
 from src.errors import DataError, ManifestError
 from src.files import remove_stale_temporaries, save_csv_atomic, text_sha256, write_text_atomic
 from src.run_files import (PLAIN_NAME, EXTRA_KEYS, RunFiles, made_with, manifest_differences, manifest_file,
-                           read_manifest, same_results, without, write_manifest, LOCATION_KEYS)
+                           read_manifest, results_identity, same_results, write_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,7 @@ class ResultsStore:
         if not isinstance(stored, dict):
             detail = "with unknown settings (its manifest is missing or cannot be read)"
         else:
-            differences = manifest_differences(without(made_with(stored), LOCATION_KEYS),
-                                               without(self.settings, LOCATION_KEYS))
+            differences = manifest_differences(results_identity(stored), results_identity(self.settings))
             detail = "with other settings (" + "; ".join(differences) + ")"
         return (f"{where} was made {detail}. Pass --restart to discard it and start this set over, "
                 "or use another --output_dir/--model_name.")

@@ -204,7 +204,7 @@ def read_manifest(results_path: Path) -> dict | None:
         raise ManifestError(f"{path} is damaged ({err}); re-run reconstruct.py with --restart for that set.") from err
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path} is not a settings manifest; re-run reconstruct.py with --restart for that set.")
-    if "sha256" in manifest and manifest["sha256"] != _digest(manifest):
+    if "sha256" in manifest and manifest["sha256"] != record_sha256(manifest):
         raise ManifestError(f"{path} was changed after reconstruct.py wrote it (its SHA-256 does not match its "
                             "content); re-run reconstruct.py with --restart for that set.")
     return manifest
@@ -216,12 +216,14 @@ def write_manifest(path: Path, manifest: dict, sealed: bool = False) -> None:
 
     manifest = {k: v for k, v in json.loads(json.dumps(manifest)).items() if k != "sha256"}
     if sealed:
-        manifest["sha256"] = _digest(manifest)
+        manifest["sha256"] = record_sha256(manifest)
     write_text_atomic(path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _digest(manifest: dict) -> str:
-    content = {k: v for k, v in manifest.items() if k != "sha256"}
+def record_sha256(record: dict) -> str:
+    """The seal of a JSON record (a manifest, a fit file): the SHA-256 of its content, its own
+    ``sha256`` entry left out."""
+    content = {k: v for k, v in record.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -235,9 +237,14 @@ def made_with(manifest: dict) -> dict:
     return without(manifest, EXTRA_KEYS, SEAL_KEYS)
 
 
+def results_identity(manifest: dict) -> dict:
+    """How the results were made, wherever the model file was: what resuming and reuse compare."""
+    return without(made_with(manifest), LOCATION_KEYS)
+
+
 def same_results(a: dict, b: dict) -> bool:
     """Whether two manifests describe results made the same way (wherever the model file was)."""
-    return without(made_with(a), LOCATION_KEYS) == without(made_with(b), LOCATION_KEYS)
+    return results_identity(a) == results_identity(b)
 
 
 def scored_settings(manifest: dict) -> dict:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from src.diffusion import ModelFn
-from src.reconstruction import image_keys
+from src.reconstruction import image_keys, to_model
 
 
 class Scored(NamedTuple):
@@ -225,8 +225,7 @@ def measure_features(detector: FeatureDetector, model: ModelFn, schedule, images
     for first in range(0, len(images), batch_size):
         batch = images[first:first + batch_size]
         keys = image_keys(batch)  # any noise a detector draws comes from the image's pixels
-        x0 = batch.to(device)
-        x0 = x0 if data_range is None else data_range.to_model(x0)
+        x0 = to_model(batch.to(device), data_range)
         for column, values in detector.features(model, schedule, x0, keys, seed).items():
             columns[column].append(values.double().cpu().numpy())
         advance(len(x0))
