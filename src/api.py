@@ -47,8 +47,7 @@ class OODDetector:
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: str | None = None):
         self.run, self.device, self.batch_size = RunFiles(run_dir), device, batch_size
         records = {path.stem: path for path in self.run.fit_files()}
-        name, self.score_name = resolve(self.run, records, detector)
-        record = read_fit(self.run, name)
+        name, self.score_name, record = resolve(self.run, records, detector)
         self.threshold, self.tpr = record["thresholds"][self.score_name], record["tpr"]
         if name in COMBINATIONS:
             members = record["members"][self.score_name]
@@ -116,18 +115,21 @@ class OODDetector:
         return self.score(images, filenames) > self.threshold
 
 
-def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str]:
-    """``name`` (a detector, or a score of one; None: the paper's) -> (detector, score)."""
+def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str, dict]:
+    """``name`` (a detector, or a score of one; None: the paper's) -> (detector, score, its fit record)."""
     if not records:
         raise ScoringError(f"{run.fits} holds no fits: run ood_detection.py on this run first (it fits every detector "
                            "and saves the fits and thresholds for new images).")
     name = name or HEADLINE
     if name in records:
-        return name, read_fit(run, name)["main"]
+        record = read_fit(run, name)
+        return name, record["main"], record
+    fits = {}
     for detector in records:
-        if name in read_fit(run, detector)["thresholds"]:
-            return detector, name
-    known = {d: list(read_fit(run, d)["thresholds"]) for d in records}
+        fits[detector] = read_fit(run, detector)
+        if name in fits[detector]["thresholds"]:
+            return detector, name, fits[detector]
+    known = {d: list(record["thresholds"]) for d, record in fits.items()}
     if name in (*DETECTORS, *COMBINATIONS):
         raise ScoringError(f"{run.fit(name)} does not exist: ood_detection.py found no results of {name} in this run "
                            f"(fitted: {known}). Measure it with reconstruct.py --detectors, then re-run ood_detection.py.")

@@ -108,14 +108,16 @@ class ModelSource:
         recorded = Path(manifest["model_file"])
         candidates = [p for p in dict.fromkeys([*([Path(run_dir) / recorded.name] if run_dir else []), recorded])
                       if p.is_file()]
-        match = next((p for p in candidates if file_sha256(p) == manifest.get("model_sha256")), None)
-        if match is None and not candidates:
+        if not candidates:
             from src.errors import CheckpointError
 
             raise CheckpointError(f"The model file {recorded} that made these results is gone"
                                   f"{f' (and {run_dir} holds no {recorded.name})' if run_dir else ''}; re-run "
                                   "reconstruct.py and ood_detection.py with the run's model.")
-        return cls("run", str(match or candidates[0]))
+        if len(candidates) == 1:  # hashed once, by the loader, whose SHA-256 the caller checks
+            return cls("run", str(candidates[0]))
+        match = next((p for p in candidates if file_sha256(p) == manifest.get("model_sha256")), candidates[0])
+        return cls("run", str(match))
 
     def __str__(self) -> str:
         return self.location if self.kind == "run" else f"pretrained {self.location}"
