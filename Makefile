@@ -1,5 +1,5 @@
 # Quick start:  make demo   (the whole pipeline and every detector on the embedded data, CPU, ~8 minutes)
-#               make test   (the test suite)
+#               make test   (the linter, then the test suite)
 # Both create the virtual environment .venv and install the pinned requirements first.
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
@@ -21,6 +21,7 @@ demo: venv
 	PYTHON=$(BIN)/python bash scripts/demo.sh
 
 test: venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

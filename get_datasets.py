@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import run_main, str2bool
-from src.dataset_names import DATASETS
-from src.errors import DataError
+from ddpm_ood.cli import run_main, str2bool
+from ddpm_ood.dataset_names import DATASETS
+from ddpm_ood.errors import DataError
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -57,7 +57,7 @@ def parse_sources(entries: Sequence[str]) -> tuple[Path | None, dict[str, Path]]
 
 
 def main(args: argparse.Namespace) -> dict[str, list[Path]]:
-    from src.datasets_download import prepare
+    from ddpm_ood.datasets_download import prepare
 
     shared, per_dataset = parse_sources(args.source_dir)
     n_idx = sum(name in ("MNIST", "FashionMNIST") for name in args.datasets)

@@ -24,8 +24,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import add_knobs, device_name, flags_given, non_negative_int, plain_name, run_main, unit_fraction
-from src.detectors import detector_help, score_knobs
+from ddpm_ood.cli import add_knobs, device_name, flags_given, non_negative_int, plain_name, run_main, unit_fraction
+from ddpm_ood.detectors import detector_help, score_knobs
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Seed of the resampling (and of the density fits). Default 0.")
     parser.add_argument("--tpr", type=unit_fraction, default=0.95,
                         help="In-distribution TPR of the saved threshold: the score below which this share of the "
-                             "validation images fall (ood/threshold.json). Default 0.95.")
+                             "validation images fall (saved in ood/fits/<detector>.json). Default 0.95.")
     parser.add_argument("--score_ids", default=None, metavar="CSV_OR_FOLDER",
                         help="Score new images (a split CSV or a folder of image files) with this run's model, "
                              "settings and saved threshold; writes ood/predictions_<name>.csv (filename, score, "
@@ -51,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "one of their scores (README, 'Detectors') to score with; writes "
                              "ood/predictions_<name>_<NAME>.csv. Default: the paper's score.")
     parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
+    parser.add_argument("--pretrained", default=None, metavar="PATH_OR_ID",
+                        help="For --score_ids: where the run's pretrained model is now, if its folder moved (its "
+                             "identity must be the one its results record). Default: where the results say.")
     parser.add_argument("--fit_on", choices=("val", "fit"), default="val",
                         help="In-distribution images the fits of the detectors other than the paper's see: val "
                              "(default, the validation split, as the paper's z-scores) or fit (reconstruct.py "
@@ -68,14 +71,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace):
     import os
 
-    from src.errors import ConfigError
-    from src.run_files import RunFiles
+    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.run_files import RunFiles
 
     if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")):
         return None  # under torchrun: it takes seconds, on rank 0 alone (one output, one set of files)
     run = RunFiles(args.output_dir / args.model_name)
     if args.score_ids:
-        from src.api import score_files
+        from ddpm_ood.api import score_files
 
         fitting = flags_given(args, parse_args, ("max_start_t", "min_start_t", "t_skip", "fit_on", "tpr",
                                                  "bootstrap_seed"))
@@ -84,13 +87,14 @@ def main(args: argparse.Namespace):
                               f"{', '.join('--' + f for f in fitting)}: re-run ood_detection.py with them first, then "
                               "--score_ids without them.")
 
-        predictions, path, scorer = score_files(run.dir, args.score_ids, args.device, args.lpips_weights, args.detector)
+        predictions, path, scorer = score_files(run.dir, args.score_ids, args.device, args.lpips_weights, args.detector,
+                                                 args.pretrained)
         print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD by {scorer.score_name} "
               f"(score above {scorer.threshold:.4g}, the threshold at {100 * scorer.tpr:.0f}% in-distribution TPR); "
               f"wrote {path}")
         return predictions
-    from src.evaluation import Options, evaluate
-    from src.report import print_report, write_report
+    from ddpm_ood.evaluation import Options, evaluate
+    from ddpm_ood.report import print_report, write_report
 
     options = Options(max_start_t=args.max_start_t, min_start_t=args.min_start_t, t_skip=args.t_skip,
                       fit_on=args.fit_on, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, tpr=args.tpr)

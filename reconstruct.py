@@ -25,10 +25,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import (add_knobs, binary_int, detector_list, device_name, non_negative_int, plain_name, positive_int,
+from ddpm_ood.cli import (add_knobs, binary_int, detector_list, device_name, non_negative_int, plain_name, positive_int,
                      run_main, seed_value, shard_spec)
-from src.detectors import DEFAULT_DETECTORS, detector_help, measure_knobs
-from src.runtime import PRECISIONS
+from ddpm_ood.detectors import DEFAULT_DETECTORS, detector_help, measure_knobs
+from ddpm_ood.runtime import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -92,16 +92,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict[str, Path]:
-    from src.config import warn_if_config_differs
-    from src.data import load_split
-    from src.detectors import detector_class
-    from src.distributed import init_distributed, shutdown
-    from src.inference import ModelSource, load_model_fn
-    from src.reconstruction import NOISE
-    from src.results_store import ResultsStore, Workers, run_chunks
-    from src.run_files import RunFiles, build_manifest, planned_sets, set_entries
-    from src.runlock import run_lock
-    from src.runtime import pick_device
+    from ddpm_ood.config import warn_if_config_differs
+    from ddpm_ood.data import load_split
+    from ddpm_ood.detectors import detector_class
+    from ddpm_ood.distributed import init_distributed, shutdown
+    from ddpm_ood.inference import ModelSource, load_model_fn
+    from ddpm_ood.reconstruction import NOISE
+    from ddpm_ood.results_store import ResultsStore, Workers, run_chunks
+    from ddpm_ood.run_files import RunFiles, build_manifest, planned_sets, set_entries
+    from ddpm_ood.runlock import run_lock
+    from ddpm_ood.runtime import pick_device
 
     sets = planned_sets(args.validation_ids, args.in_ids, args.fit_ids, args.out_ids, args.run_val, args.run_in,
                         args.run_out, args.first_n_val, args.first_n)
@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             entries = set_entries(path, first_n, image_set.filenames, image_set.images)
             for detector in (d for d in detectors if name != "fit" or d.measures_fit_set):
                 store = ResultsStore(run, detector.folder(), name, build_manifest(
-                    model.manifest(), run_settings, detector.settings(), entries, args.chunk_size), args.restart)
+                    model.manifest(run.dir), run_settings, detector.settings(), entries, args.chunk_size), args.restart)
                 written["/".join(filter(None, (detector.folder(), name)))] = store.final
 
                 def measure(start, stop, advance, detector=detector):

@@ -21,9 +21,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from src.cli import (binary_int, decay_rate, device_name, non_negative_float, non_negative_int, plain_name,
-                     positive_float, positive_int, run_main, seed_value)
-from src.runtime import PRECISIONS
+from ddpm_ood.cli import add_settings, binary_int, device_name, non_negative_int, plain_name, positive_int, run_main
+from ddpm_ood.train_config import TrainSettings
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -39,37 +38,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config_diffusion_file", type=Path, default=None,
                         help="Model/schedule YAML (default: src/configs/diffusion/diffusion_{grayscale,colour}.yaml). "
                              "An existing run keeps its config: a different one is refused.")
-    parser.add_argument("--n_epochs", type=positive_int, default=300, help="Epochs to train in total. Default 300.")
-    parser.add_argument("--batch_size", type=positive_int, default=180, help="Images per step. Default 180.")
-    parser.add_argument("--lr", type=positive_float, default=None,
-                        help="Learning rate, above 0 (default: the config's ldm.base_lr).")
-    parser.add_argument("--eval_freq", type=positive_int, default=10,
-                        help="Validate (loss, samples, best model) every N epochs. Default 10.")
-    parser.add_argument("--checkpoint_every", type=positive_int, default=1,
-                        help="Write checkpoint.pth every N epochs. Default 1.")
-    parser.add_argument("--checkpoint_every_steps", type=non_negative_int, default=0,
-                        help="Also write checkpoint.pth every N optimizer steps inside an epoch (0: off, default).")
+    add_settings(parser, TrainSettings)  # the training settings: defaults and help in src/ddpm_ood/train_config.py
     parser.add_argument("--num_workers", type=non_negative_int, default=4,
                         help="Threads reading image files at start-up; the data then stays in memory. Default 4.")
-    parser.add_argument("--seed", type=seed_value, default=0,
-                        help="Seed for initialisation, data order and noise (0 to 2**63 - 1). Default 0.")
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: fp16 autocast + GradScaler on CUDA as the paper did, fp32 on CPU.")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="torch.compile the UNet for training (pays off on GPUs).")
-    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
-                        help="Train in channels_last memory format (faster convolutions on some GPUs).")
-    parser.add_argument("--ema_decay", type=decay_rate, default=0.0,
-                        help="EMA decay in [0, 1) of the weights used for validation and scoring; 0 (default, as "
-                             "the paper) is off.")
-    parser.add_argument("--num_sample_images", type=non_negative_int, default=16,
-                        help="Images sampled to TensorBoard at each validation; 0 disables. Default 16.")
-    parser.add_argument("--sample_steps", type=positive_int, default=50, help="PLMS steps for those samples.")
-    parser.add_argument("--max_minutes", type=non_negative_float, default=None,
-                        help="Stop at the first training step after this many minutes, with a checkpoint at that "
-                             "step (re-run to continue). Default: no limit.")
     parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
     parser.add_argument("--init_weights", default=None, metavar="MODEL_FILE",
                         help="Start training from this model file's weights (e.g. final_model.pth of a run whose "
@@ -91,8 +64,8 @@ def check_same_config(run, cfg) -> None:
     """
     from omegaconf import OmegaConf
 
-    from src.config import config_differences, to_container
-    from src.errors import ConfigError
+    from ddpm_ood.config import config_differences, to_container
+    from ddpm_ood.errors import ConfigError
 
     stored_file = run.config
     if not (stored_file.exists() and run.trained_files()):
@@ -113,15 +86,16 @@ def main(args: argparse.Namespace) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from src.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
-    from src.data import check_image_shape, load_split
-    from src.errors import ConfigError
-    from src.files import write_text_atomic
-    from src.distributed import init_distributed, shutdown
-    from src.run_files import RunFiles
-    from src.runlock import run_lock
-    from src.runtime import pick_device
-    from src.training import TrainSettings, train
+    from ddpm_ood.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
+    from ddpm_ood.data import check_image_shape, load_split
+    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.files import write_text_atomic
+    from ddpm_ood.distributed import init_distributed, shutdown
+    from ddpm_ood.run_files import RunFiles, images_sha256
+    from ddpm_ood.runlock import run_lock
+    from ddpm_ood.runtime import pick_device
+    from ddpm_ood.train_config import data_record
+    from ddpm_ood.training import train
 
     run = RunFiles(args.output_dir / args.model_name)
     logger.info("loading config...")
@@ -152,18 +126,14 @@ def main(args: argparse.Namespace) -> dict:
         logger.info("UNet with %.2fM parameters on %s", sum(p.numel() for p in model.parameters()) / 1e6, device)
 
         logger.info("training...")
-        settings = TrainSettings(
-            n_epochs=args.n_epochs, batch_size=args.batch_size,
-            lr=args.lr if args.lr is not None else float(cfg.ldm.base_lr),
-            eval_freq=args.eval_freq, checkpoint_every=args.checkpoint_every, seed=args.seed,
-            ema_decay=args.ema_decay, precision=args.precision, num_sample_images=args.num_sample_images,
-            sample_steps=args.sample_steps, max_minutes=args.max_minutes, compile=args.compile,
-            channels_last=args.channels_last, checkpoint_every_steps=args.checkpoint_every_steps,
-            lr_given=args.lr is not None,
-        )
+        settings = TrainSettings.from_args(args, float(cfg.ldm.base_lr))
+        data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
+                                  else None)
+                for name, path, split in (("training", args.training_ids, train_set),
+                                          ("validation", args.validation_ids, val_set))}
         init = run.find_model_file(args.init_weights) if args.init_weights else None
         summary = train(model, schedule, train_set.images, val_set.images, settings, run.dir, to_container(cfg),
-                        device, dist, init)
+                        device, dist, init, data)
     shutdown(dist)
     if dist.is_main:
         logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],

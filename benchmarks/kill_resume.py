@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import kill_process_tree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "src" / "configs" / "diffusion" / "diffusion_tiny.yaml"
+TINY = ROOT / "src" / "ddpm_ood" / "configs" / "diffusion" / "diffusion_tiny.yaml"
 
 
 def make_split(folder: Path, name: str, n: int, seed: int) -> Path:

@@ -63,14 +63,14 @@ def random_model(architecture: str, folder: Path) -> str:
 
 
 def main(args) -> dict:
-    from src.detectors import detector_class
-    from src.inference import ModelSource, load_model_fn
-    from src.pretrained import load_pretrained
+    from ddpm_ood.detectors import detector_class
+    from ddpm_ood.inference import DiffusersModel, load_model_fn
+    from ddpm_ood.pretrained import load_pretrained
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         source = args.pretrained or random_model(args.architecture, Path(tmp) / "model")
-        model = load_model_fn(ModelSource("diffusers", source), device, args.precision, batch_size=args.batch_size)
+        model = load_model_fn(DiffusersModel(source), device, args.precision, batch_size=args.batch_size)
         parameters = sum(p.numel() for p in load_pretrained(source).eps.parameters())
     calls = {"images": 0}
     inner = model.model_fn

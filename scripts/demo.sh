@@ -48,7 +48,7 @@ $PYTHON train.py \
 stage_done "training"
 
 # LPIPS needs torchvision's AlexNet weights; offline and not cached, score with MSE only.
-if $PYTHON -c "from src.metrics import find_alexnet_weights; find_alexnet_weights(allow_download=True)" 2>/dev/null; then
+if $PYTHON -c "from ddpm_ood.metrics import find_alexnet_weights; find_alexnet_weights(allow_download=True)" 2>/dev/null; then
   METRICS=mse,lpips
 else
   METRICS=mse

@@ -1,24 +1,39 @@
-"""Denoising diffusion models for out-of-distribution detection (Graham et al., 2023).
+"""Deprecated: the library is the installable package ``ddpm_ood`` (``src/ddpm_ood/``).
 
-The four top-level scripts are thin front ends; the work lives here, one module per concept,
-each importing only modules listed before it (``tests/test_layering.py`` checks):
-
-- ``errors``: the user-facing error types (one base class; the scripts exit 2 on them).
-- ``runtime``: how a process runs: device, precision, the Ctrl-C flag.
-- ``files`` / ``runlock``: atomic writes, the contract between scripts; one process per run.
-- ``data``: split CSVs, image loading and per-image min-max scaling.
-- ``run_files``: every artefact path of a run, and the settings manifest of every results file.
-- ``distributed``: torchrun process groups (DDP training, sharded reconstruction).
-- ``diffusion`` / ``unet`` / ``config``: the DDPM schedule and PLMS sampler, the UNet, YAML configs.
-- ``checkpoint`` / ``pretrained`` / ``inference``: model files; diffusers models; the one model loader
-  (``load_model_fn``) for both.
-- ``metrics`` / ``reconstruction``: MSE and LPIPS; the multi-start PLMS reconstruction.
-- ``scoring``: the arithmetic: the one z-score, OOD metrics, bootstrap intervals, thresholds.
-- ``results`` / ``results_store``: reading results back, checked; writing them in resumable chunks.
-- ``datasets_download``: download / offline conversion of the benchmark datasets.
-- ``training``: the training loop (``TrainLoop``).
-- ``detectors``: the registry and every detector (the paper's ``recon`` among them).
-- ``evaluation`` / ``report``: a run's results to typed scores and metrics; those to tables and files.
-- ``api``: ``OODDetector``, scoring new images with a scored run.
-- ``cli``: flag types and the error boundary, for the scripts only.
+``import src.api`` (and every other ``src.<module>``) still works from the repository's root for
+one release, with a DeprecationWarning, and gives the very module ``ddpm_ood.<module>``; the
+older ``src.detector`` gives ``ddpm_ood.api``. Write ``from ddpm_ood import OODDetector``.
 """
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+RENAMED = {"detector": "api"}  # module paths that moved before the package did
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``src.X`` -> the module ``ddpm_ood.X`` itself (one module object, so patches and isinstance agree)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(__name__ + "."):
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        old = spec.name[len(__name__) + 1:]
+        new = "ddpm_ood." + RENAMED.get(old, old)
+        warnings.warn(f"{spec.name} is deprecated: import {new} (the installable package ddpm_ood)",
+                      DeprecationWarning, stacklevel=2)
+        module = importlib.import_module(new)
+        sys.modules[spec.name] = module
+        return module
+
+    def exec_module(self, module):
+        pass  # already executed as ddpm_ood.X
+
+
+sys.meta_path.insert(0, _Alias())

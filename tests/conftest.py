@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TINY_CONFIG = ROOT / "src" / "configs" / "diffusion" / "diffusion_tiny.yaml"
+TINY_CONFIG = ROOT / "src" / "ddpm_ood" / "configs" / "diffusion" / "diffusion_tiny.yaml"
 
 
 def write_split(path: Path, files: list[Path]) -> Path:
@@ -95,7 +95,7 @@ def no_alexnet(tmp_path: Path, monkeypatch) -> None:
 # The settings manifest reconstruct.py writes beside each results file (shared keys only).
 RESULTS_SETTINGS = {
     "model_file": "/runs/m/best_model.pth", "model_file_bytes": 1000, "model_file_mtime_ns": 1,
-    "model_sha256": "9" * 64, "num_inference_steps": 10,
+    "model_id": "9" * 64, "num_inference_steps": 10,
     "start_t": [1, 11], "metrics": ["mse"], "lpips_pad": 2, "clamp_for_lpips": False, "seed": 0, "precision": "fp32",
     "is_grayscale": 1, "noise": "pixels-sha256",
 }
@@ -113,6 +113,6 @@ def write_results(ood_dir: Path, name: str, frame: pd.DataFrame, **settings) -> 
 
 def reseal(manifest_path: Path, **changes) -> None:
     """Change a results manifest as another run of reconstruct.py would have written it (sealed anew)."""
-    from src.run_files import write_manifest
+    from ddpm_ood.run_files import write_manifest
 
     write_manifest(manifest_path, {**json.loads(manifest_path.read_text()), **changes}, sealed=True)

@@ -15,9 +15,10 @@ import ood_detection
 import reconstruct
 import train
 from conftest import blob_splits, TINY_CONFIG, reseal
-from src.api import ImageDetector, OODDetector, pytorch_ood_detector
-from src.data import load_split
-from src.errors import ScoringError
+from ddpm_ood.api import ImageDetector, OODDetector, pytorch_ood_detector
+from ddpm_ood.data import load_split
+from ddpm_ood.detectors import COMBINATIONS, DETECTORS
+from ddpm_ood.errors import ScoringError
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,9 @@ def every_score(run):
 def test_every_score_of_every_detector_scores_new_images_as_the_pipeline_did(scored_run):
     run, paths = scored_run
     scores = every_score(run)
-    assert {d for d, _ in scores} == {"recon", "path", "msma", "denoise", "combo"} and len(scores) == 7
+    assert {d for d, _ in scores} == {*DETECTORS, *COMBINATIONS}
+    measured = sum(len(json.loads((run / "ood" / "fits" / f"{d}.json").read_text())["thresholds"]) for d in DETECTORS)
+    assert len(scores) == measured + 2  # and combo, combo-cheap
     for name, table_set in (("Stripes", "ood"), ("val", "val")):
         pipeline = pd.read_csv(run / "ood" / f"scores_{name}.csv")
         images = load_split(paths[table_set], True).images
@@ -84,7 +87,7 @@ def test_score_ids_with_a_detector_writes_its_own_predictions(scored_run, capsys
 def test_fits_are_plain_json_and_their_thresholds_hold_on_validation(scored_run):
     run, _ = scored_run
     fits = {p.stem: json.loads(p.read_text()) for p in (run / "ood" / "fits").glob("*.json")}
-    assert set(fits) == {"recon", "path", "msma", "denoise", "combo"}
+    assert set(fits) == {*DETECTORS, *COMBINATIONS}
     val = pd.read_csv(run / "ood" / "scores_val.csv")
     for name, fit in fits.items():
         for score, threshold in fit["thresholds"].items():
@@ -133,7 +136,7 @@ def test_detectors_through_pytorch_oods_detector_interface(scored_run):
     pytorch_ood = pytest.importorskip("pytorch_ood")
     from pytorch_ood.metrics import OODMetrics
 
-    from src.scoring import ood_metrics
+    from ddpm_ood.scoring import ood_metrics
 
     run, paths = scored_run
     val, test, ood = (load_split(paths[k], True).images for k in ("val", "test", "ood"))

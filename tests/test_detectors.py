@@ -14,19 +14,22 @@ import ood_detection
 import reconstruct
 import train
 from conftest import blob_splits, TINY_CONFIG, reseal
-from src.detectors import DETECTORS, detector_class, parse_detectors
-from src.detectors.base import measure_features
-from src.detectors.combined import combine
-from src.detectors.density import fit_gmm, fit_kde, ood_score
-from src.detectors.denoise import DenoiseDetector
-from src.detectors.msma import MSMADetector
-from src.detectors.path import STATISTICS, PathDetector, ddim_inversion
-from src.detectors.recon import ReconDetector, nfe as recon_nfe
-from src.diffusion import DDPMSchedule, PLMSSampler
-from src.errors import ScoringError
-from src.reconstruction import measure_split, start_noise
-from src.scoring import auroc
+from ddpm_ood.detectors import COMBINATIONS, DETECTORS, detector_class, parse_detectors
+from ddpm_ood.detectors.base import FeatureDetector, measure_features
+from ddpm_ood.detectors.combined import combine
+from ddpm_ood.detectors.density import fit_gmm, fit_kde, ood_score
+from ddpm_ood.detectors.denoise import DenoiseDetector
+from ddpm_ood.detectors.msma import MSMADetector
+from ddpm_ood.detectors.path import STATISTICS, PathDetector, ddim_inversion
+from ddpm_ood.detectors.recon import ReconDetector, nfe as recon_nfe
+from ddpm_ood.diffusion import DDPMSchedule, PLMSSampler
+from ddpm_ood.errors import ScoringError
+from ddpm_ood.reconstruction import measure_split, start_noise
+from ddpm_ood.scoring import auroc
 from test_diffusion import point_mass_oracle
+
+# Every registered detector with one row of features per image: the checks below cover a new one too.
+FEATURE_DETECTORS = [name for name in DETECTORS if issubclass(detector_class(name), FeatureDetector)]
 
 SHAPE = (1, 16, 16)  # D = 256 pixels
 
@@ -124,9 +127,9 @@ def test_denoise_errors_of_gaussian_data_match_their_closed_form():
     ids = [7, 8, 9]
     got = detector.features(gaussian_oracle(schedule), schedule, x0, ids, seed=5)
     noise = start_noise(SHAPE, 5, ids, detector.timesteps).double()  # (B, L, C, H, W)
-    for l, (column, t) in enumerate(zip(detector.columns(), detector.timesteps)):
+    for level, (column, t) in enumerate(zip(detector.columns(), detector.timesteps)):
         a = schedule.alphas_cumprod[t]
-        expected = ((np.sqrt(a * (1 - a)) * x0 - a * noise[:, l]) ** 2).flatten(1).mean(1)
+        expected = ((np.sqrt(a * (1 - a)) * x0 - a * noise[:, level]) ** 2).flatten(1).mean(1)
         np.testing.assert_allclose(got[column].numpy(), expected.numpy(), rtol=1e-7)
 
 
@@ -156,7 +159,7 @@ def detector_scores(schedule, fit, sets):
     model = gaussian_oracle(schedule)
     cpu = torch.device("cpu")
     out = {}
-    for detector in (PathDetector(10), MSMADetector(10), DenoiseDetector(10)):
+    for detector in (detector_class(name)(10) for name in FEATURE_DETECTORS):
         features = {name: measure_features(detector, model, schedule, images.float(), [str(i) for i in range(len(images))],
                                            name, 100, 0, cpu, progress=False)[detector.columns()].to_numpy()
                     for name, images in {"fit": fit, **sets}.items()}
@@ -172,7 +175,7 @@ def detector_scores(schedule, fit, sets):
     recon = ReconDetector(10, [int(sampler.grid[j]) for j in starts], ["mse"])
     stats = recon.fit(frames["fit"])
     out["recon:mse"] = {name: recon.score(stats, frame).scores["mse"].to_numpy() for name, frame in frames.items()}
-    mains = ["recon:mse", "path-6d", "msma", "denoise"]
+    mains = ["recon:mse", *(detector_class(name).score_names[0] for name in FEATURE_DETECTORS)]
     out["combo"] = {name: combine({m: out[m]["fit"] for m in mains}, {m: out[m][name] for m in mains})
                     for name in out["msma"]}
     return out
@@ -183,7 +186,7 @@ def test_every_detector_separates_n01_from_n04_and_not_from_n01():
     fit, inside = gaussian_images(200, 1.0, 10), gaussian_images(200, 1.0, 11)
     wide, same = gaussian_images(200, 2.0, 12), gaussian_images(200, 1.0, 13)
     scores = detector_scores(schedule, fit, {"in": inside, "wide": wide, "same": same})
-    assert set(scores) == {"path-6d", "path-1d", "msma", "denoise", "recon:mse", "combo"}
+    assert set(scores) == {"recon:mse", "combo", *(s for n in FEATURE_DETECTORS for s in detector_class(n).score_names)}
     for name, by_set in scores.items():
         assert auroc(by_set["in"], by_set["wide"]) > 0.99, name
         assert abs(auroc(by_set["in"], by_set["same"]) - 0.5) < 0.1, name
@@ -260,7 +263,7 @@ def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch,
 
     # Record what every fit sees: the fit set's features, never an in or OOD image's.
     seen = {}
-    for name in ("path", "msma", "denoise"):
+    for name in FEATURE_DETECTORS:
         cls = detector_class(name)
         original = cls.fit_features
         monkeypatch.setattr(cls, "fit_features", lambda self, features, seed=0, _o=original, _n=name:
@@ -277,18 +280,20 @@ def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch,
             np.testing.assert_array_equal(features, frames[fit_on])
             for test_set in ("in", "Stripes"):
                 assert not (features[:, None, :] == frames[test_set][None]).all(2).any(), (name, test_set)
-        assert set(seen) == {"path", "msma", "denoise"}
+        assert set(seen) == set(FEATURE_DETECTORS)
     assert printed.splitlines()[0].startswith("AUC for blobs vs Stripes: ")  # the seed's line first
     assert "detector  score" in printed and "combo-cheap" in printed
     assert list(summary.columns[:3]) == ["ood_set", "detector", "score"]
     expected_nfe = {("recon", "mse"): 26, ("path", "path-6d"): 4, ("path", "path-1d"): 4, ("msma", "msma"): 3,
                     ("denoise", "denoise"): 2, ("combo", "combo"): 26 + 4 + 3 + 2, ("combo", "combo-cheap"): 9}
-    assert {(r.detector, r.score): r.nfe_per_image for r in summary.itertuples()} == expected_nfe
+    nfe = {(r.detector, r.score): r.nfe_per_image for r in summary.itertuples()}
+    assert {k: v for k, v in nfe.items() if k in expected_nfe} == expected_nfe  # and every registered detector:
+    assert {d for d, _ in nfe} == {*DETECTORS, *COMBINATIONS} and all(v > 0 for v in nfe.values())
     assert summary["auroc"].between(0, 1).all()
     table = pd.read_csv(ood / "scores_in.csv")
     assert {"score", "score_path-6d", "score_path-1d", "score_msma", "score_denoise", "score_combo"} <= set(table)
     saved = pd.read_csv(ood / "summary_auroc.csv")
-    assert set(saved["detector"]) == {"recon", "path", "msma", "denoise", "combo"}
+    assert set(saved["detector"]) == {*DETECTORS, *COMBINATIONS}
 
 
 def test_detector_results_resume_and_refuse_other_settings(detector_run):
@@ -298,7 +303,7 @@ def test_detector_results_resume_and_refuse_other_settings(detector_run):
     before = results.read_bytes()
     run("--detectors=recon,path")  # complete: nothing redone
     assert results.read_bytes() == before
-    from src.errors import DataError
+    from ddpm_ood.errors import DataError
 
     with pytest.raises(DataError, match="path_t"):
         run("--detectors=path", "--path_steps=5")

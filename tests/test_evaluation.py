@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from conftest import write_results
-from src.errors import ScoringError
-from src.evaluation import Options, evaluate
-from src.run_files import RunFiles
+from ddpm_ood.errors import ScoringError
+from ddpm_ood.evaluation import Options, evaluate
+from ddpm_ood.run_files import RunFiles
 
 
 def recon_results(values, ts=(1, 11), scale=1.0):
@@ -26,7 +26,7 @@ def feature_results(folder, name, values, **settings):
     frame.to_csv(folder / f"results_{name}.csv", index=False)
     from conftest import RESULTS_SETTINGS
 
-    model = {k: RESULTS_SETTINGS[k] for k in ("model_file", "model_file_bytes", "model_file_mtime_ns", "model_sha256", "seed",
+    model = {k: RESULTS_SETTINGS[k] for k in ("model_file", "model_file_bytes", "model_file_mtime_ns", "model_id", "seed",
                                               "precision", "is_grayscale", "noise")}
     manifest = {**model, "detector": "denoise", "denoise_t": [0, 500], "chunk_size": 512, "split": f"{name}.csv",
                 "n_images": len(values), **settings}
@@ -93,15 +93,24 @@ def test_start_point_options_select_what_is_scored(run):
 
 
 def test_a_detector_of_another_model_is_refused_naming_both_files(run):
-    other = {"model_sha256": "7" * 64}
+    other = {"model_id": "7" * 64}
     feature_results(run.ood / "denoise", "Far", [10.0, 0.0, 6.0], **other)
     with pytest.raises(ScoringError, match=r"denoise/results_Far.csv was made with other settings than .*"
-                                           r"denoise/results_val.csv: model weights \(SHA-256\)"):
+                                           r"denoise/results_val.csv .*: model identity"):
         evaluate(run, Options(bootstrap=0))
     feature_results(run.ood / "denoise", "val", [1.0, 2.0, 4.0, 5.0], **other)
     feature_results(run.ood / "denoise", "in", [3.0, 3.0], **other)
     with pytest.raises(ScoringError, match=r"denoise/results_val.csv was made with other settings than .*"
-                                           r"ood/results_val.csv: model weights \(SHA-256\)"):
+                                           r"ood/results_val.csv .*: model identity"):
+        evaluate(run, Options(bootstrap=0))
+
+
+def test_a_difference_shows_this_files_value_first(run):
+    """Main before this said 'results_Far.csv was made with other settings than results_val.csv: seed (0 vs 1)'
+    for a Far made with seed 1: the values the wrong way round."""
+    write_results(run.ood, "Far", recon_results([9.0, 12.0, 7.0]), seed=1)
+    with pytest.raises(ScoringError, match=r"results_Far.csv was made with other settings than .*results_val.csv "
+                                           r"\(its value vs that file's\): seed \(1 vs 0\)"):
         evaluate(run, Options(bootstrap=0))
 
 

@@ -18,9 +18,10 @@ import torch
 import ood_detection
 import reconstruct
 from conftest import ROOT, reseal, write_split
-from src.errors import CheckpointError, ConfigError, ScoringError
-from src.inference import ModelSource, load_model_fn
-from src.pretrained import DiffusersEps, load_pretrained, locate, schedule_from_config
+from ddpm_ood.detectors import COMBINATIONS, DETECTORS
+from ddpm_ood.errors import CheckpointError, ConfigError, ScoringError
+from ddpm_ood.inference import DiffusersModel, ModelSource, load_model_fn
+from ddpm_ood.pretrained import DiffusersEps, load_pretrained, locate, schedule_from_config
 
 diffusers = pytest.importorskip("diffusers")
 CPU = torch.device("cpu")
@@ -52,7 +53,7 @@ def model_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", ["flat", "pipeline"])
 def test_our_eps_is_the_unet_on_images_mapped_to_minus_one_one(model_dirs, layout):
-    model = load_model_fn(ModelSource("diffusers", str(model_dirs[layout])), CPU)
+    model = load_model_fn(DiffusersModel(str(model_dirs[layout])), CPU)
     assert model.image_shape == (3, 16, 16) and model.channels == 3
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 1, 250, 500, 999])
@@ -62,7 +63,7 @@ def test_our_eps_is_the_unet_on_images_mapped_to_minus_one_one(model_dirs, layou
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
     torch.testing.assert_close(model.data_range.to_image(model.data_range.to_model(x)), x, rtol=0, atol=1e-7)
     assert model.manifest()["pretrained"] == str(model_dirs[layout].resolve())
-    assert len(model.manifest()["model_sha256"]) == 64
+    assert len(model.manifest()["model_id"]) == 64 and model.manifest()["model_source"] == "diffusers"
 
 
 @pytest.mark.parametrize("config", [{"beta_schedule": "linear"}, {"beta_schedule": "scaled_linear",
@@ -83,7 +84,7 @@ def test_our_schedule_is_the_schedulers_for_each_beta_schedule(tmp_path, config)
 
 def test_diffusers_linear_is_our_plain_linear_and_scaled_linear_our_linear(tmp_path):
     """The name clash: diffusers' linear is linear in beta; our config's linear is linear in sqrt(beta)."""
-    from src.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion import DDPMSchedule
 
     scheduler(beta_schedule="linear").save_pretrained(tmp_path / "a")
     scheduler(beta_schedule="scaled_linear").save_pretrained(tmp_path / "b")
@@ -97,7 +98,7 @@ def test_diffusers_linear_is_our_plain_linear_and_scaled_linear_our_linear(tmp_p
 def test_v_and_x0_predictions_are_converted_to_eps_exactly():
     """Single-point data c with known noise e: x_t = sqrt(a) c + sqrt(1 - a) e. A model predicting
     v = sqrt(a) e - sqrt(1 - a) c exactly, or x0 = c exactly, must give back e."""
-    from src.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion import DDPMSchedule
 
     schedule = DDPMSchedule(1000, "plain_linear", 1e-4, 0.02)
     gen = torch.Generator().manual_seed(0)
@@ -133,10 +134,10 @@ def test_our_plms_reconstruction_is_diffusers_pndm_in_plms_mode(model_dirs, star
     at the repeated point is the first step's corrector (the model at the predicted sample and the
     next grid point), which our sampler makes in one step. A one-step trajectory (k = 0) has no
     PNDM counterpart: its corrector would be evaluated at a negative timestep, so it is left out."""
-    from src.diffusion import PLMSSampler
-    from src.reconstruction import reconstruct_sequential, start_noise
+    from ddpm_ood.diffusion import PLMSSampler
+    from ddpm_ood.reconstruction import reconstruct_sequential, start_noise
 
-    model = load_model_fn(ModelSource("diffusers", str(model_dirs["flat"])), CPU)
+    model = load_model_fn(DiffusersModel(str(model_dirs["flat"])), CPU)
     sampler = PLMSSampler(model.schedule)
     sampler.set_timesteps(10)
     grid = sampler.grid.tolist()
@@ -198,21 +199,21 @@ def test_every_detector_runs_on_a_pretrained_model_and_records_its_source(pretra
     manifest = json.loads((ood / "results_val.settings.json").read_text())
     assert manifest["pretrained"] == str(model_dirs["pipeline"].resolve()) and manifest["is_grayscale"] == 0
     assert manifest["model_file"].endswith("unet/diffusion_pytorch_model.safetensors")
-    assert json.loads((ood / "msma" / "results_in.settings.json").read_text())["model_sha256"] == manifest["model_sha256"]
+    assert json.loads((ood / "msma" / "results_in.settings.json").read_text())["model_id"] == manifest["model_id"]
     summary = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=p", "--bootstrap=0",
                                                            "--no-figures"]))
     assert capsys.readouterr().out.startswith("AUC for p vs Stripes: ")
-    assert set(summary["detector"]) == {"recon", "path", "msma", "denoise", "combo"}
+    assert set(summary["detector"]) == {*DETECTORS, *COMBINATIONS}
     assert summary["auroc"].between(0, 1).all()
 
     # New images score as in the pipeline, through --score_ids and the API.
-    from src.api import OODDetector
+    from ddpm_ood.api import OODDetector
 
     predictions = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=p",
                                                                f"--score_ids={splits['ood']}"]))
     pipeline = pd.read_csv(ood / "scores_Stripes.csv")
     np.testing.assert_allclose(predictions["score"], pipeline["score"], rtol=1e-5, atol=1e-6)
-    from src.data import load_split
+    from ddpm_ood.data import load_split
 
     images = load_split(splits["ood"], False).images
     np.testing.assert_allclose(OODDetector.load(out / "p", device="cpu").score(images), pipeline["score"],
@@ -224,14 +225,14 @@ def test_results_of_a_pretrained_and_of_another_model_are_never_mixed(pretrained
     other = tmp_path / "other"
     tiny_unet(seed=5).save_pretrained(other)
     scheduler().save_pretrained(other)
-    from src.errors import DataError
+    from ddpm_ood.errors import DataError
 
-    with pytest.raises(DataError, match="model weights"):  # the finished results of the first model are kept
+    with pytest.raises(DataError, match="model identity"):  # the finished results of the first model are kept
         run("--run_in=0", "--run_out=0", model=str(other))
     ood = out / "p" / "ood"
     extra = write_split(tmp_path / "Extra_test.csv", pd.read_csv(splits["ood"])["filename"].tolist())
     run("--run_val=0", "--run_in=0", f"--out_ids={extra}", model=str(other))
-    with pytest.raises(ScoringError, match=r"results_Extra.csv was made with other settings .*model weights"):
+    with pytest.raises(ScoringError, match=r"results_Extra.csv was made with other settings .*model identity"):
         ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=p", "--bootstrap=0"]))
     for path in ood.glob("results_Extra*"):
         path.unlink()
@@ -244,12 +245,12 @@ def test_a_pretrained_model_that_changed_is_refused_for_new_images(pretrained_ru
     copy = tmp_path / "copy"
     shutil.copytree(out / "p", copy / "p")
     for manifest in (copy / "p" / "ood").rglob("results_*.settings.json"):  # as if made with other weights
-        reseal(manifest, model_sha256="0" * 64)
+        reseal(manifest, model_id="0" * 64)
     ood_detection.main(ood_detection.parse_args([f"--output_dir={copy}", "--model_name=p", "--bootstrap=0",
                                                  "--no-figures", "--fit_on=val"]))
-    from src.api import OODDetector
+    from ddpm_ood.api import OODDetector
 
-    with pytest.raises(ScoringError, match="has changed since"):
+    with pytest.raises(ScoringError, match="made with another model"):
         OODDetector.load(copy / "p", device="cpu")
 
 
@@ -283,7 +284,7 @@ def test_a_malicious_pickle_never_runs(model_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("missing", r"no such folder, and not a Hugging Face hub id"),
+    ("missing", r"model: no such folder \(the nearest one that exists is"),
     ("no_scheduler", r"scheduler_config.json does not exist"),
     ("schedule", r"scheduler_config.json: beta_schedule = 'sigmoid' is not supported"),
     ("prediction", r"scheduler_config.json: prediction_type = 'flow' is not supported"),
@@ -324,7 +325,7 @@ def test_a_hub_id_is_read_from_the_cache_offline_or_says_how_to_fetch_it(model_d
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = load_pretrained("google/tiny-ddpm")
-    assert model.files.given == "google/tiny-ddpm" and model.manifest()["pretrained"] == "google/tiny-ddpm"
+    assert model.files.given == "google/tiny-ddpm" and model.network().files["pretrained"] == "google/tiny-ddpm"
     with pytest.raises(ConfigError, match=r"google/ddpm-cifar10-32 is not in the Hugging Face cache.*snapshot_download"
                                           r"\('google/ddpm-cifar10-32'\)"):
         load_pretrained("google/ddpm-cifar10-32")
@@ -337,7 +338,7 @@ def test_pretrained_and_eval_checkpoint_together_are_refused(tmp_path):
 
 def test_help_and_the_papers_path_never_import_diffusers():
     code = ("import sys, reconstruct\ntry:\n    reconstruct.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
-            "import src.inference, src.api, src.evaluation\nassert 'diffusers' not in sys.modules")
+            "import ddpm_ood.inference, ddpm_ood.api, ddpm_ood.evaluation\nassert 'diffusers' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
 

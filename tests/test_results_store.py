@@ -4,10 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from src.distributed import Dist
-from src.errors import DataError
-from src.results_store import ResultsStore, Workers, run_chunks
-from src.run_files import RunFiles, made_with, read_manifest
+from ddpm_ood.distributed import Dist
+from ddpm_ood.errors import DataError
+from ddpm_ood.results_store import ResultsStore, Workers, run_chunks
+from ddpm_ood.run_files import RunFiles, made_with, read_manifest
 
 SETTINGS = {"seed": 0, "chunk_size": 3, "n_images": 8}
 
@@ -32,6 +32,7 @@ def test_one_worker_measures_every_chunk_and_joins_them(tmp_path):
     assert calls == [(0, 3), (3, 6), (6, 8)]
     frame = pd.read_csv(s.final)
     assert frame["value"].tolist() == [i * i for i in range(8)] and not s.partial.exists()
+    assert not s.partial.parent.exists()  # .partial/ too: main before this left it behind, empty
     assert made_with(read_manifest(s.final)) == SETTINGS and len(read_manifest(s.final)["results_sha256"]) == 64
     calls.clear()  # complete: nothing measured again
     assert run_chunks(s, 8, 3, fake_measure(calls), Dist(), Workers(), "det val") and calls == []

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from src.errors import DataError, ManifestError
-from src.run_files import (RunFiles, build_manifest, made_with, manifest_differences, manifest_file, model_settings,
+from ddpm_ood.errors import DataError, ManifestError
+from ddpm_ood.run_files import (RunFiles, build_manifest, made_with, manifest_differences, manifest_file, model_settings,
                            planned_sets, read_manifest, scored_settings, set_entries, write_manifest)
 
 MODEL = {"model_file": "/r/m/best_model.pth", "model_file_bytes": 10, "model_file_mtime_ns": 5}
@@ -66,7 +66,7 @@ def test_the_manifest_groups_and_what_each_comparison_sees(tmp_path):
                                set_entries(tmp_path / "b.csv", None, ["z.npy"]), 512)
     assert scored_settings(with_extras) == scored_settings(other_set)
     # ... and a detector's results are compared with another detector's on the model and run only.
-    assert model_settings(manifest) == {"model_sha256": None, **RUN}  # identity by content, not by location
+    assert model_settings(manifest) == {"model_id": None, **RUN}  # identity by content, not by location
 
 
 def test_differences_name_each_setting_and_both_values():

@@ -16,9 +16,9 @@ import ood_detection
 import reconstruct
 import train
 from conftest import blob_splits, ROOT, TINY_CONFIG, make_images, reseal, write_results, write_split
-from src.api import OODDetector
-from src.data import load_split
-from src.errors import CheckpointError, ConfigError, DataError, ScoringError, WriteError
+from ddpm_ood.api import OODDetector
+from ddpm_ood.data import load_split
+from ddpm_ood.errors import CheckpointError, ConfigError, DataError, ScoringError, WriteError
 
 
 def train_args(out, paths, *extra, epochs=1):
@@ -88,11 +88,11 @@ def test_2_new_images_are_refused_after_retraining(scored, tmp_path):
     score(out)
     train.main(train_args(out, paths, epochs=2))  # training goes on ...
     shutil.copy(out / "m" / "final_model.pth", out / "m" / "best_model.pth")  # ... and makes a new best model
-    with pytest.raises(ScoringError, match=r"has changed since .*model weights \(SHA-256\)"):
+    with pytest.raises(ScoringError, match=r"made with another model .*\(weights differ\)"):
         OODDetector.load(out / "m", device="cpu")
     result = subprocess.run([sys.executable, str(ROOT / "ood_detection.py"), f"--output_dir={out}", "--model_name=m",
                              f"--score_ids={paths['ood']}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 2 and "has changed since" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "made with another model" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_3_a_fit_of_other_reconstruction_settings_is_refused(run):
@@ -103,9 +103,9 @@ def test_3_a_fit_of_other_reconstruction_settings_is_refused(run):
 
 
 def test_4_a_full_disk_while_checkpointing_keeps_both_checkpoints(run, monkeypatch):
-    from src import files
-    from src.run_files import RunFiles
-    from src.training import save_checkpoint
+    from ddpm_ood import files
+    from ddpm_ood.run_files import RunFiles
+    from ddpm_ood.training import save_checkpoint
 
     out, _ = run
     files_ = RunFiles(out / "m")
@@ -222,11 +222,26 @@ def test_12_a_fit_set_too_small_fails_before_anything_is_printed(run, tmp_path):
 
 # --- flags and runs that surprise ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("flag,value", [("--path_steps", "1"), ("--msma_levels", "1001"), ("--denoise_levels", "0")])
+@pytest.mark.parametrize("flag,value", [("--path_steps", "1"), ("--msma_levels", "0"), ("--denoise_levels", "0")])
 def test_13_detector_levels_are_range_checked_by_the_parser(flag, value, capsys):
     with pytest.raises(SystemExit) as err:
         reconstruct.parse_args(["--output_dir=o", "--model_name=m", f"{flag}={value}"])
     assert err.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["path", "msma", "denoise"])
+def test_13_detector_levels_above_the_models_timesteps_are_refused(name):
+    """The most levels is the model's own T (1,000 for ours; a pretrained model may have another), not a constant."""
+    from types import SimpleNamespace
+
+    from ddpm_ood.detectors import detector_class
+    from ddpm_ood.diffusion import DDPMSchedule
+
+    cls = detector_class(name)
+    model = SimpleNamespace(schedule=DDPMSchedule(num_timesteps=50))
+    assert cls.from_args(SimpleNamespace(**{cls.knob: 50}), model).nfe() == 50
+    with pytest.raises(DataError, match=f"--{cls.knob} 51: .*the model has 50 timesteps"):
+        cls.from_args(SimpleNamespace(**{cls.knob: 51}), model)
 
 
 @pytest.mark.parametrize("flag", ["--max_t=300", "--tpr=0.9", "--fit_on=fit", "--t_skip=2", "--min_start_t=5"])
@@ -286,7 +301,7 @@ def test_17_get_datasets_converts_again_from_a_corrected_source(tmp_path, caplog
     second = np.load(pd.read_csv(tmp_path / "data" / "data_splits" / "MNIST_test.csv")["filename"][0])
     assert not np.array_equal(first, second)
     # Results made from the old images are not taken for results of the new ones.
-    from src.run_files import set_entries
+    from ddpm_ood.run_files import set_entries
 
     split = tmp_path / "data" / "data_splits" / "MNIST_test.csv"
     old = set_entries(split, None, ["a"], torch.from_numpy(first[None, None].astype(np.float32)))
@@ -299,7 +314,7 @@ def test_17_very_long_names_are_refused_in_one_line(tmp_path, synthetic_splits, 
         ood_detection.parse_args(["--output_dir=o", f"--model_name={'m' * 300}"])
     assert "too long a name" in capsys.readouterr().err
     long_csv = write_split(tmp_path / f"{'x' * 150}_test.csv", [synthetic_splits["test"]])
-    from src.run_files import ood_set_name
+    from ddpm_ood.run_files import ood_set_name
 
     with pytest.raises(DataError, match="150 characters long"):
         ood_set_name(str(long_csv))
@@ -312,5 +327,5 @@ def test_17_an_edited_manifest_is_refused(run):
     with pytest.raises(ScoringError, match="results_in.settings.json was changed after reconstruct.py wrote it"):
         score(out)
     reseal(manifest)  # what reconstruct.py would have written
-    with pytest.raises(ScoringError, match=r"results_in.csv was made with other settings .*seed \(0 vs 1\)"):
+    with pytest.raises(ScoringError, match=r"results_in.csv was made with other settings .*seed \(1 vs 0\)"):
         score(out)

@@ -1,0 +1,233 @@
+"""The Python API: scoring new images with a scored run, or with any model and images of your own.
+
+``ood_detection.py`` saves each detector's fit as plain JSON (``ood/fits/<detector>.json``: the
+z-score statistics, the Gaussian mixture's weights, means and covariances with the
+standardisation, the KDE's points and bandwidth) with a threshold per score: the score below
+which a chosen share (the in-distribution TPR, default 95%) of the validation images fall.
+Then, from a notebook::
+
+    from ddpm_ood.api import OODDetector
+    detector = OODDetector.load("runs/fashionmnist")                  # the paper's score
+    detector = OODDetector.load("runs/fashionmnist", detector="msma")  # any detector or score name
+    scores = detector.score(images)                                   # (N, C, H, W) in [0, 1] -> (N,)
+    is_ood = detector.predict(images)                                 # scores above the threshold
+
+or from the command line, ``ood_detection.py --score_ids new.csv [--detector NAME]``. Images are
+measured with the run's own model and settings (the model loader :func:`src.inference.load_model_fn`
+and the detectors of :mod:`src.detectors`, as ``reconstruct.py`` measures them) and scored with
+the saved fit, so an image scores exactly as through the scripts; its noise comes from its own
+pixels, so its score does not depend on the images that come with it.
+
+:class:`ImageDetector` fits one detector on in-distribution images you give it, with any model
+(a run's model file or a pretrained diffusers model); :func:`pytorch_ood_detector` is the same
+as a ``pytorch_ood.api.Detector`` (``fit`` on a loader of in-distribution images, ``predict``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ddpm_ood.detectors import COMBINATIONS, DETECTORS, HEADLINE, detector_class, measure_knobs
+from ddpm_ood.errors import CheckpointError, DataError, ScoringError
+from ddpm_ood.fits import read_fit
+from ddpm_ood.inference import DEFAULT_BATCH_SIZE, ModelSource, load_model
+from ddpm_ood.run_files import PLAIN_NAME, RunFiles
+
+
+class OODDetector:
+    """A scored run's detector (or one of its scores): measure, score with the saved fit, threshold."""
+
+    def __init__(self, run_dir: str | Path, device: torch.device, lpips_weights: str | Path | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, detector: str | None = None,
+                 model: str | Path | ModelSource | None = None):
+        self.run, self.device, self.batch_size = RunFiles(run_dir), device, batch_size
+        records = {path.stem: path for path in self.run.fit_files()}
+        name, self.score_name, record = resolve(self.run, records, detector)
+        self.threshold, self.tpr = record["thresholds"][self.score_name], record["tpr"]
+        if name in COMBINATIONS:
+            members = record["members"][self.score_name]
+            self.combination = (detector_class(name), record["state"][self.score_name], members)
+        else:
+            self.combination, members = None, [name]
+        self.parts = {member: read_fit(self.run, member) if member != name else record for member in members}
+        manifest = next(iter(self.parts.values()))["fit_results"]
+        self.settings = manifest
+        self.model = load_model(self.model_source(manifest, model), device, manifest["precision"],
+                                batch_size=batch_size)
+        different = self.model.differs_from(manifest)
+        if different:
+            raise ScoringError(f"{self.run.dir}'s results were made with another model than {self.model.source} "
+                               f"({different} differ): re-run reconstruct.py (with --restart) and ood_detection.py, or "
+                               "pass the model that made them (model=..., or --pretrained).")
+        self.model.is_grayscale(manifest["is_grayscale"])
+        self.detectors = {}
+        for member, part in self.parts.items():
+            cls = detector_class(member)
+            measuring = cls.from_settings(part["fit_results"])  # as the run's results were measured
+            measuring.prepare(device, lpips_weights)
+            scoring = cls.from_settings(part["settings"])  # as ood_detection.py scored them
+            self.detectors[member] = (measuring, scoring, scoring.load_fit(part["state"]), part["main"])
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", lpips_weights: str | Path | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE, detector: str | None = None,
+             model: str | Path | ModelSource | None = None) -> "OODDetector":
+        """``detector``: a detector (its main score) or a score name; default: the paper's score.
+        ``model``: where the model that made the run's results is now, if it moved (a pretrained
+        folder, or a ModelSource); default: the one its results record. Its identity must match."""
+        from ddpm_ood.runtime import pick_device
+
+        return cls(Path(run_dir), pick_device(device), lpips_weights, batch_size, detector, model)
+
+    def model_source(self, manifest: dict, model: str | Path | ModelSource | None) -> ModelSource:
+        if isinstance(model, ModelSource):
+            return model
+        if model is not None:
+            return ModelSource.of(manifest.get("model_source") or "run", model)
+        try:
+            return ModelSource.from_manifest(manifest, self.run.dir)
+        except CheckpointError as err:
+            raise ScoringError(f"{err} If the model moved, pass where it is now (OODDetector.load(run, model=PATH), "
+                               "ood_detection.py --score_ids ... --pretrained PATH).") from None
+
+    def check_images(self, images: torch.Tensor, filenames=None) -> None:
+        self.model.image_space.check(images, f" ({filenames[0]})" if filenames else "", f"of {self.run.dir}")
+
+    def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
+        """The OOD score of each image (higher = more OOD), as ood_detection.py computes it. Images are
+        prepared as the split loader prepares image files (each min-max scaled to [0, 1])."""
+        from ddpm_ood.data import prepare_images
+
+        images = prepare_images(images, filenames)
+        self.check_images(images, filenames)
+        filenames = filenames or [f"image_{i}" for i in range(len(images))]
+        scores = {}
+        for member, (measuring, scoring, fitted, main) in self.detectors.items():
+            frame = measuring.measure(self.model, images, filenames, "new", self.batch_size, self.settings["seed"])
+            scores[member] = scoring.score(fitted, frame).scores
+        if self.combination is None:
+            return next(iter(scores.values()))[self.score_name].to_numpy()
+        from ddpm_ood.scoring import ZScore
+
+        combination, state, members = self.combination
+        mains = pd.DataFrame({m: scores[m][self.detectors[m][3]].to_numpy() for m in members})
+        return combination.score(ZScore.from_state(state), mains, members)
+
+    def predict(self, images: torch.Tensor, filenames=None) -> np.ndarray:
+        """True for images whose score is above the threshold fitted on the validation scores."""
+        return self.score(images, filenames) > self.threshold
+
+
+def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str, dict]:
+    """``name`` (a detector, or a score of one; None: the paper's) -> (detector, score, its fit record)."""
+    if not records:
+        raise ScoringError(f"{run.fits} holds no fits: run ood_detection.py on this run first (it fits every detector "
+                           "and saves the fits and thresholds for new images).")
+    name = name or HEADLINE
+    if name in records:
+        record = read_fit(run, name)
+        return name, record["main"], record
+    fits = {}
+    for detector in records:
+        fits[detector] = read_fit(run, detector)
+        if name in fits[detector]["thresholds"]:
+            return detector, name, fits[detector]
+    known = {d: list(record["thresholds"]) for d, record in fits.items()}
+    if name in (*DETECTORS, *COMBINATIONS):
+        raise ScoringError(f"{run.fit(name)} does not exist: ood_detection.py found no results of {name} in this run "
+                           f"(fitted: {known}). Measure it with reconstruct.py --detectors, then re-run ood_detection.py.")
+    raise ScoringError(f"--detector {name!r} is neither a detector nor a score of this run; fitted: {known}.")
+
+
+def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_weights: str | Path | None = None,
+                detector: str | None = None, model: str | None = None) -> tuple[pd.DataFrame, Path, OODDetector]:
+    """``ood_detection.py --score_ids``: score a split CSV or a folder of image files, and write
+    ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one)."""
+    from ddpm_ood.data import load_split, resolve_split
+    from ddpm_ood.files import save_csv_atomic
+
+    name = resolve_split(split).name
+    if not PLAIN_NAME.fullmatch(name):
+        raise DataError(f"--score_ids {split}: its name {name!r} is not a plain name; rename it.")
+    scorer = OODDetector.load(run_dir, device, lpips_weights, detector=detector, model=model)
+    images = load_split(split, scorer.model.channels == 1)
+    scores = scorer.score(images.images, images.filenames)  # checks the size before any work
+    predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold})
+    path = scorer.run.predictions(name, detector)
+    save_csv_atomic(path, predictions)
+    return predictions, path, scorer
+
+
+# --- one detector, any model, fitted on images you give it ------------------------------------------
+
+class ImageDetector:
+    """One detector on one model, fitted on in-distribution images you pass: ``fit_images(images)``
+    (or ``fit(loader)`` of ``(x, y)`` batches), then ``predict(x)`` -> scores, higher = more OOD.
+
+    ``model``: a run's model file, or ``DiffusersModel("google/ddpm-cifar10-32")`` (any ModelSource);
+    ``settings``: the detector's knobs by their reconstruct.py names (e.g. ``num_inference_steps=100``);
+    images are (N, C, H, W) tensors in [0, 1].
+    """
+
+    requires_fit = True
+
+    def __init__(self, model: str | Path | ModelSource, detector: str = HEADLINE, score: str | None = None,
+                 device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, **settings):
+        from ddpm_ood.runtime import pick_device
+
+        if detector not in DETECTORS:
+            raise DataError(f"detector {detector!r}: choose from {', '.join(DETECTORS)}.")
+        knobs = {k.dest: k.default for k in measure_knobs()}
+        unknown = sorted(set(settings) - set(knobs))
+        if unknown:
+            raise DataError(f"Unknown detector settings {unknown}; known: {sorted(knobs)}.")
+        self.model = load_model(model, pick_device(device), batch_size=batch_size)
+        self.detector = detector_class(detector).from_args(SimpleNamespace(**{**knobs, **settings}), self.model)
+        self.score_name = score or self.detector.primary
+        self.batch_size, self.seed, self.fitted = batch_size, seed, None
+
+    def fit(self, data_loader) -> "ImageDetector":
+        return self.fit_images(torch.cat([batch[0] if isinstance(batch, (tuple, list)) else batch
+                                          for batch in data_loader]))
+
+    def fit_images(self, images: torch.Tensor) -> "ImageDetector":
+        frame = self._measure(images)
+        self.fitted = self.detector.fit(frame, seed=self.seed, source="the images given to fit")
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fitted is None:
+            raise ScoringError("Call fit() (or fit_images()) with in-distribution images before predict().")
+        scores = self.detector.score(self.fitted, self._measure(x)).scores[self.score_name]
+        return torch.tensor(scores.to_numpy(), dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
+
+    def _measure(self, images: torch.Tensor) -> pd.DataFrame:
+        from ddpm_ood.data import prepare_images
+
+        images = prepare_images(images)
+        self.model.image_space.check(images, "", str(self.model.source))  # as the scripts check image files
+        return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",
+                                     self.batch_size, self.seed, progress=False)
+
+
+def pytorch_ood_detector(model, detector: str = HEADLINE, **kwargs):
+    """An :class:`ImageDetector` that is a ``pytorch_ood.api.Detector`` (pytorch-ood must be installed),
+    to drop into a pytorch-ood evaluation loop: ``fit(loader)`` on in-distribution images, then
+    ``OODMetrics().update(detector(x), y)``."""
+    from pytorch_ood.api import Detector
+
+    global _PytorchOODDetector
+    if _PytorchOODDetector is None:
+        _PytorchOODDetector = type("DiffusionOODDetector", (ImageDetector, Detector),
+                                   {"__doc__": ImageDetector.__doc__})
+    return _PytorchOODDetector(model, detector, **kwargs)
+
+
+_PytorchOODDetector = None

@@ -1,0 +1,75 @@
+"""Model files and training checkpoints.
+
+Both are plain dicts of tensors and primitives, readable with ``torch.load(weights_only=True)``,
+and both carry the resolved config, so a model is rebuilt from its file alone (nanoGPT's habit).
+
+- model file (``best_model.pth``, ``final_model.pth``): ``{"kind": "model", "model",
+  "config", "epoch", "val_loss", "ema", "image_shape", "training", "data"}``; ``model`` holds the weights used for scoring (the
+  EMA weights when EMA is on).
+- training checkpoint (``checkpoint.pth``): ``{"kind": "checkpoint", "model", "optimizer",
+  "scaler", "ema_model", "epoch", "step", "best_val_loss", "config", "rng", "image_shape", "settings",
+  "training", "data"}``.
+
+``training`` is every setting of :class:`ddpm_ood.train_config.TrainSettings` (and the learning rate
+and process count in use); ``data`` the digest of the training and validation images.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ddpm_ood.config import build_schedule, build_unet
+from ddpm_ood.diffusion import DDPMSchedule
+from ddpm_ood.errors import CheckpointError
+from ddpm_ood.files import save_torch_atomic
+from ddpm_ood.unet import UNet
+
+logger = logging.getLogger(__name__)
+
+def save_model_file(path: Path, model_state: dict, config: dict, epoch: int, val_loss: float | None, ema: bool,
+                    image_shape: list[int] | None = None, record: dict | None = None) -> None:
+    """``image_shape``: (C, H, W) of the training images; reconstruct.py refuses other sizes.
+    ``record``: how the model was trained (``training``: every setting; ``data``: each split's digest)."""
+    save_torch_atomic(path, {
+        "kind": "model", "model": model_state, "config": config, "epoch": epoch,
+        "val_loss": val_loss, "ema": ema, "image_shape": image_shape, **(record or {}),
+    })
+
+
+def read_file(path: str | Path) -> dict:
+    """torch.load a checkpoint or model file safely, naming the file in any error."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"Model file {path} does not exist. Train a model first (train.py) or fix the path.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(
+            f"Model file {path} is truncated or not a checkpoint ({type(err).__name__}: {err}). "
+            "Delete it and use another checkpoint, or retrain."
+        ) from err
+    if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
+        raise CheckpointError(f"Model file {path} is not a checkpoint written by train.py (no model/config entries).")
+    return obj
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[UNet, DDPMSchedule, dict, dict]:
+    """Rebuild the model and schedule from a model file or training checkpoint.
+
+    Returns (model in eval mode, schedule, config, the file's other entries).
+    """
+    obj = read_file(path)
+    config = obj["config"]
+    state = obj.get("ema_model") or obj["model"]
+    try:
+        model = build_unet(config)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as err:
+        raise CheckpointError(
+            f"Model file {path} does not match the architecture its config describes ({err}). "
+            "It was written by a different version or edited by hand; retrain or use another file."
+        ) from err
+    info = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "ema_model", "scaler", "rng")}
+    return model.to(device).eval(), build_schedule(config), config, info

@@ -1,0 +1,180 @@
+"""What the four scripts share: flag types, the detectors' flags, logging, the error boundary.
+
+Only the scripts import this module (the library takes its facts from ``src.runtime`` and
+``src.run_files``). Imports nothing heavy: the scripts parse their flags (and answer ``--help``)
+before torch, pandas or scikit-learn are loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ddpm_ood.errors import UserError
+from ddpm_ood.run_files import MAX_NAME, PLAIN_NAME
+from ddpm_ood.runtime import install_interrupt_handler
+
+logger = logging.getLogger("ddpm_ood")
+
+# Exit status for bad input: one clear line, no traceback. 130 is the shell's for Ctrl-C.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+def str2bool(value: str) -> bool:
+    """Accept 0/1/true/false/yes/no, as the seed README spells booleans (``--download_celeba=False``)."""
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "y", "t"):
+        return True
+    if lowered in ("0", "false", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1/true/false, got {value!r}")
+
+
+def binary_int(value: str) -> int:
+    """The seed's ``--flag=0/1`` integers (also accepting true/false)."""
+    return int(str2bool(value))
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value}")
+    return number
+
+
+def _ranged(convert: Callable[[str], float], is_valid: Callable[[float], bool], expected: str):
+    """An argparse type: ``convert`` the text, then refuse values outside the range, saying which."""
+    def parse(value: str):
+        number = convert(value)
+        if not is_valid(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return number
+    return parse
+
+
+positive_int = _ranged(_integer, lambda n: n >= 1, "a positive integer")
+non_negative_int = _ranged(_integer, lambda n: n >= 0, "a non-negative integer")
+positive_float = _ranged(_number, lambda x: x > 0, "a number above 0")
+non_negative_float = _ranged(_number, lambda x: x >= 0, "a number of at least 0")
+unit_fraction = _ranged(_number, lambda x: 0 < x < 1, "a fraction strictly between 0 and 1")
+decay_rate = _ranged(_number, lambda x: 0 <= x < 1, "a decay in [0, 1) (0: off)")  # an EMA decay
+# A random seed: what every generator we seed accepts.
+seed_value = _ranged(_integer, lambda n: 0 <= n < 2**63, "a seed between 0 and 2**63 - 1")
+
+
+def device_name(value: str) -> str:
+    if not DEVICE_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return value
+
+
+def plain_name(value: str) -> str:
+    """A run name: one plain folder name inside --output_dir, never a path."""
+    if len(value) > MAX_NAME:
+        raise argparse.ArgumentTypeError(f"{len(value)} characters is too long a name ({MAX_NAME} at most: it becomes "
+                                         "file names)")
+    if not PLAIN_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a plain name: use letters, digits and . _ + - (starting with a letter or digit), "
+            "no path separators; the run's folder is always OUTPUT_DIR/MODEL_NAME")
+    return value
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 0 <= K < N."""
+    index, sep, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = -1
+    if not sep or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+    return index, count
+
+
+def detector_list(text: str) -> list[str]:
+    from ddpm_ood.detectors import parse_detectors
+
+    try:
+        return parse_detectors(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_knobs(parser: argparse.ArgumentParser, knobs) -> None:
+    """One flag per detector knob (``src.detectors.Knob``): its type and range checked by the parser."""
+    for knob in knobs:
+        kwargs = {"default": knob.default, "help": knob.help}
+        if knob.kind == "switch":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif knob.kind == "path":
+            kwargs["type"] = Path
+        elif knob.kind == "int":
+            low, high = knob.minimum, knob.maximum
+            expected = ("an integer" + (f" of at least {low}" if low is not None else "")
+                        + (f" and at most {high}" if high is not None else ""))
+            kwargs["type"] = _ranged(_integer, lambda n, low=low, high=high: (low is None or n >= low) and
+                                     (high is None or n <= high), expected)
+        parser.add_argument(knob.flag, *knob.aliases, **kwargs)
+
+
+def add_settings(parser: argparse.ArgumentParser, settings) -> None:
+    """One flag per field of a settings dataclass (``ddpm_ood.train_config.TrainSettings``): its
+    default and help declared there once; its ``kind`` names the type checked here."""
+    from ddpm_ood.runtime import PRECISIONS
+
+    types = {"positive_int": positive_int, "non_negative_int": non_negative_int, "positive_float": positive_float,
+             "non_negative_float": non_negative_float, "decay": decay_rate, "seed": seed_value}
+    for field in settings.flags():
+        kind, kwargs = field.metadata["kind"], {"default": field.default, "help": field.metadata["help"]}
+        if kind == "switch":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind == "precision":
+            kwargs["choices"] = PRECISIONS
+        else:
+            kwargs["type"] = types[kind]
+        parser.add_argument(f"--{field.name}", **kwargs)
+
+
+def flags_given(args: argparse.Namespace, parse_args, dests: Sequence[str]) -> list[str]:
+    """Which of ``dests`` were set to other values than their defaults."""
+    required = [f"--{action}=x" for action in ("output_dir", "model_name")]
+    defaults = vars(parse_args(required))
+    return [dest for dest in dests if getattr(args, dest) != defaults[dest]]
+
+
+def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[[Sequence[str] | None], argparse.Namespace]) -> None:
+    """Entry point: parse, run, and turn input errors into one message and exit status 2, and
+    Ctrl-C into one line and exit status 130."""
+    args = parse_args(None)
+    setup_logging(getattr(args, "verbose", False))
+    install_interrupt_handler()
+    try:
+        main(args)
+    except (UserError, PermissionError) as err:
+        logger.error("%s", err)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,409 @@
+"""CSV-driven image loading.
+
+A split CSV lists image files. Our files have a ``filename`` header and one path per row;
+split files written by the original code (every path on one single row, no header) and
+headerless one-path-per-line files are read too. Relative paths are resolved against the
+CSV's folder first, then the working directory.
+
+Images are ``.npy`` arrays ((H, W), (C, H, W) or (H, W, C)) or ordinary image files
+(PNG, JPEG, ... via Pillow). Each image is min-max scaled to [0, 1] on its own, as in the
+paper; a constant image has no range and becomes all zeros (documented in the README).
+
+A split name may carry a ``_vflip`` or ``_hflip`` suffix that does not exist on disk:
+``MNIST_vflip_test.csv`` means the images of ``MNIST_test.csv`` flipped upside down.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import logging
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ddpm_ood.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+HEADER_NAMES = ("filename", "image", "path")
+FLIPS = ("vflip", "hflip")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What a split argument asks for: the CSV that exists on disk and an optional flip."""
+
+    requested: Path
+    csv_path: Path
+    flip: str | None  # "vflip", "hflip" or None
+
+    @property
+    def name(self) -> str:
+        """Results name of the split: the CSV stem without a trailing ``_test``.
+
+        ``MNIST_test.csv`` -> ``MNIST``; ``MNIST_vflip_test.csv`` -> ``MNIST_vflip``.
+        """
+        stem = self.requested.stem
+        return stem[: -len("_test")] if stem.endswith("_test") else stem
+
+
+def resolve_split(path: str | Path) -> SplitSpec:
+    """Map a split path to the CSV to read and the flip to apply."""
+    requested = Path(path)
+    if requested.exists():
+        return SplitSpec(requested, requested, None)
+    for flip in FLIPS:
+        if f"_{flip}" in requested.name:
+            base = requested.with_name(requested.name.replace(f"_{flip}", "", 1))
+            if base.exists():
+                return SplitSpec(requested, base, flip)
+            raise DataError(
+                f"Split file {requested} does not exist, and neither does {base}, the file its "
+                f"'_{flip}' variant is derived from. Run get_datasets.py or fix the path."
+            )
+    raise DataError(f"Split file {requested} does not exist. Run get_datasets.py or fix the path.")
+
+
+MAX_IMAGE_BYTES = 256 * 2**20  # far beyond any image of ours; a file this big is not one
+MAX_CSV_BYTES = 2**30
+KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+         stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file of a split, and where it was listed (for messages: "Blobs_test.csv line 3")."""
+
+    path: Path
+    where: str
+
+
+def read_regular(path: Path, limit: int, where: str, what: str = "an image") -> bytes:
+    """The bytes of a regular file (links followed), at most ``limit`` of them. Anything else (a
+    folder, a pipe, a device, a socket) is refused without opening it, so nothing ever blocks."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        target = f" (a link to {os.readlink(path)}, which does not exist)" if path.is_symlink() else ""
+        raise DataError(f"{where}: {path} does not exist{target}. Fix the entry or restore the file.") from None
+    except OSError as err:
+        raise DataError(f"{where}: cannot look at {path} ({err.strerror or err}); check its permissions.") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise DataError(f"{where}: {path} is {kind}, not a file; list {what} file there.")
+    if info.st_size > limit:
+        raise DataError(f"{where}: {path} is {info.st_size / 2**20:.0f} MiB, more than {what} of ours can need "
+                        f"({limit / 2**20:.0f} MiB); is it the right file?")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the check
+                raise DataError(f"{where}: {path} is not a regular file; list {what} file there.")
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise DataError(f"{where}: cannot read {path} ({err.strerror or err}); check its permissions.") from None
+    if len(data) > limit:
+        raise DataError(f"{where}: {path} is more than {limit / 2**20:.0f} MiB, more than {what} of ours can need.")
+    return data
+
+
+def decode_text(data: bytes, path: Path) -> str:
+    """A CSV's text, in the encodings spreadsheet programs write: UTF-8 (with or without the byte
+    order mark Excel puts first), UTF-16 with its mark ("Unicode text"), else Windows-1252."""
+    for mark, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                           (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(mark):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                raise DataError(f"Split file {path} starts with a {encoding} mark but is not {encoding} text; save it "
+                                "again as CSV (UTF-8).") from None
+    if b"\x00" in data:
+        raise DataError(f"Split file {path} is not text (it holds zero bytes): is it an image or another binary "
+                        "file? A split CSV lists one image file per line.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def read_split_entries(path: str | Path) -> list[Entry]:
+    """The image files a split CSV lists, each with its CSV line, resolved to existing-or-absolute paths.
+
+    Our files have a header (``filename``, ``image`` or ``path``, any case) and one path per row;
+    the original code's (every path on one row, no header) and plain one-path-per-line files are
+    read too, as are a spreadsheet's: with a byte order mark, in UTF-16 or Windows-1252, with ";"
+    or tabs between columns (the path's column is the one headed filename/image/path, else the
+    first), and quoted paths holding commas or spaces.
+    """
+    path = Path(path)
+    text = decode_text(read_regular(path, MAX_CSV_BYTES, f"Split file {path}", "a split CSV"), path)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"Split file {path} is empty: it lists no images.")
+    first = lines[0]
+    delimiter = next((d for d in (";", "\t") if d in first and "," not in first and
+                      any(name in first.lower() for name in HEADER_NAMES)), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise DataError(f"Split file {path} line {reader.line_num} is not CSV ({err}); quote paths that hold "
+                        "commas or quotes.") from None
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    column = next((header.index(name) for name in HEADER_NAMES if name in header), None)
+    if column is not None:
+        cells = [(line, row[column]) for line, row in rows[1:] if len(row) > column]
+    elif len(rows) == 1:
+        cells = [(rows[0][0], cell) for cell in rows[0][1]]  # the original code's layout: every path on one row
+    else:
+        cells = [(line, row[0]) for line, row in rows]
+    cells = [(line, cell.strip()) for line, cell in cells if cell.strip()]
+    if not cells:
+        raise DataError(f"Split file {path} lists no images (it has only a header).")
+    return [Entry(_resolve_entry(cell, path.parent), f"{path.name} line {line}") for line, cell in cells]
+
+
+def read_split_csv(path: str | Path) -> list[Path]:
+    """The image paths listed in a split CSV, resolved to existing-or-absolute paths."""
+    return [entry.path for entry in read_split_entries(path)]
+
+
+IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (``.npy`` or what Pillow reads), sorted by name."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"Folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def _resolve_entry(entry: str, csv_dir: Path) -> Path:
+    p = Path(entry)
+    if p.is_absolute():
+        return p
+    beside_csv = csv_dir / p
+    return beside_csv if beside_csv.exists() else p
+
+
+# What a file holds, by its first bytes (not by its name).
+SIGNATURES = ((b"\x93NUMPY", "npy"), (b"\x89PNG\r\n\x1a\n", "image"), (b"\xff\xd8\xff", "image"),
+              (b"GIF8", "image"), (b"BM", "image"), (b"II*\x00", "image"), (b"MM\x00*", "image"),
+              (b"PK\x03\x04", "zip"), (b"\x1f\x8b", "gzip"), (b"\x80", "pickle"))
+
+
+def content_kind(data: bytes) -> str:
+    kind = next((kind for magic, kind in SIGNATURES if data.startswith(magic)), None)
+    if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = "image"
+    if kind is None:
+        try:
+            data[:4096].decode("utf-8")
+            kind = "text"
+        except UnicodeDecodeError:
+            kind = "unknown"
+    return kind
+
+
+def load_image(path: str | Path, where: str | None = None) -> np.ndarray:
+    """Read one image as float32 (C, H, W) without scaling: a ``.npy`` array or an image file that
+    Pillow reads, told apart by its content. Anything else is refused in one line saying what
+    the file is and what to do (never in numpy's or Pillow's words)."""
+    path = Path(path)
+    where = where or "Image"
+    data = read_regular(path, MAX_IMAGE_BYTES, where)
+    kind = content_kind(data)
+    fix = "replace it with an image saved by np.save (a numeric array) or as PNG"
+    if not data:
+        raise DataError(f"{where}: {path} is empty (0 bytes); {fix}.")
+    if kind == "npy":
+        array = _read_npy(data, path, where, fix)
+    elif kind in ("image", "unknown"):
+        array = _read_picture(data, path, where, fix, kind)
+    else:
+        what = {"zip": "a zip archive (an .npz of several arrays, or a torch file), not one image",
+                "gzip": "gzip-compressed; decompress it first",
+                "pickle": "a Python pickle, which this code never loads (it could run code)",
+                "text": "a text file, not an image"}[kind]
+        raise DataError(f"{where}: {path} is {what}; {fix}.")
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
+        array = array.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+    if array.ndim != 3 or array.shape[0] not in (1, 3):
+        raise DataError(f"{where}: image {path} has shape {array.shape}; expected (H, W), (C, H, W) or (H, W, C) with "
+                        "C = 1 or 3.")
+    return array
+
+
+def _read_npy(data: bytes, path: Path, where: str, fix: str) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+            raise DataError(f"{where}: {path} holds Python objects, not numbers (numpy stores those as a pickle, "
+                            f"which this code never loads); {fix}.") from None
+        raise DataError(f"{where}: {path} is a damaged or truncated .npy file; {fix}.") from None
+    except (OSError, EOFError):
+        raise DataError(f"{where}: {path} is a damaged or truncated .npy file; {fix}.") from None
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where}: {path} holds {array.dtype} values, not real numbers; {fix}.")
+    return array
+
+
+def _read_picture(data: bytes, path: Path, where: str, fix: str, kind: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode in ("I", "I;16", "F"):  # high bit-depth grayscale: keep the values
+                return np.asarray(img)
+            return np.asarray(img.convert("L" if img.mode in ("1", "L", "LA") else "RGB"))
+    except Image.DecompressionBombError:
+        raise DataError(f"{where}: {path} has far more pixels than an image of ours; is it the right file?") from None
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError):
+        what = ("a damaged or truncated image file" if kind == "image" else
+                "not an image file this code reads (neither a .npy array nor an image Pillow opens)")
+        raise DataError(f"{where}: {path} is {what}; {fix}.") from None
+
+
+def minmax_scale(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
+    """Scale one image to [0, 1]; a constant image (no range) becomes all zeros."""
+    if not np.isfinite(image).all():
+        raise DataError(f"Image {source} contains NaN or infinite values. Re-create the file.")
+    low, high = image.min(), image.max()
+    if high == low:
+        return np.zeros_like(image)
+    return (image - low) / (high - low)
+
+
+def apply_flip(image: np.ndarray, flip: str | None) -> np.ndarray:
+    if flip == "vflip":
+        return np.ascontiguousarray(image[:, ::-1, :])  # upside down: reverse rows
+    if flip == "hflip":
+        return np.ascontiguousarray(image[:, :, ::-1])  # mirror: reverse columns
+    return image
+
+
+@dataclass
+class ImageSet:
+    """A whole split in memory: small benchmark sets fit easily and load once."""
+
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    filenames: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+
+def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None, progress: bool = True,
+               num_workers: int = 4) -> ImageSet:
+    """Load a split CSV (with optional ``_vflip``/``_hflip`` suffix) into one tensor.
+
+    Files are read by ``num_workers`` threads (file reads release the GIL); 0 reads in this thread.
+    """
+    if first_n is not None and first_n < 0:
+        raise DataError(f"first_n must be a non-negative number of images, got {first_n}.")
+    spec = resolve_split(path)
+    if spec.csv_path.is_dir():
+        entries = [Entry(f, f"folder {spec.csv_path}") for f in folder_images(spec.csv_path)]
+    else:
+        entries = read_split_entries(spec.csv_path)
+    if first_n is not None:
+        entries = entries[:first_n]
+        if not entries:
+            raise DataError(f"first_n=0 leaves no images from {spec.csv_path}.")
+    files = [entry.path for entry in entries]
+    read = lambda entry: load_image(entry.path, entry.where)
+    channels = 1 if is_grayscale else 3
+    images = None
+    if num_workers > 0:
+        pool = ThreadPoolExecutor(num_workers)
+        loaded = pool.map(read, entries)
+    else:
+        pool, loaded = None, map(read, entries)
+    try:
+        for i, (f, image) in enumerate(zip(files, tqdm(loaded, total=len(files), desc=f"loading {spec.name}",
+                                                         disable=not progress, leave=False))):
+            images = _place(images, i, f, image, len(files), channels, is_grayscale, spec)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    logger.info("Loaded %d images of shape %s from %s%s", len(files), tuple(images.shape[1:]), spec.csv_path,
+                f" ({spec.flip})" if spec.flip else "")
+    return ImageSet(torch.from_numpy(images), [str(f) for f in files], spec.name)
+
+
+def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_files: int, channels: int,
+           is_grayscale: bool, spec: SplitSpec) -> np.ndarray:
+    """Check one loaded image and store it, scaled and flipped, at row i."""
+    if image.shape[0] != channels:
+        kind = "grayscale" if is_grayscale else "colour"
+        raise DataError(
+            f"Image {f} has {image.shape[0]} channel(s) but the model is {kind} "
+            f"(--is_grayscale={int(is_grayscale)}); pass the matching --is_grayscale or convert the image."
+        )
+    if images is None:
+        images = np.empty((n_files, *image.shape), dtype=np.float32)
+    elif image.shape != images.shape[1:]:
+        raise DataError(
+            f"Image {f} has shape {image.shape} but the first image of {spec.csv_path} has "
+            f"{images.shape[1:]}; all images of a split must have one size."
+        )
+    images[i] = apply_flip(minmax_scale(image, f), spec.flip)
+    return images
+
+
+
+def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Path) -> None:
+    """The images of a split must have the shape (C, H, W) that ``what`` (a model, the training
+    set) has; ``expected`` None means unknown (a model file from an older version): not checked."""
+    if expected is None:
+        return
+    shape = tuple(int(d) for d in image_set.images.shape[1:])
+    if shape != tuple(int(d) for d in expected):
+        raise DataError(
+            f"Images of {split} (e.g. {image_set.filenames[0]}) have shape {shape}, but {what} expects "
+            f"{tuple(int(d) for d in expected)}. Resize the images or use a model trained on this size."
+        )
+
+
+def prepare_images(images, filenames=None) -> torch.Tensor:
+    """Images given from Python as the split loader makes them from files: an (N, C, H, W) float32
+    tensor, each image min-max scaled to [0, 1] on its own (so uint8 0..255, [0, 0.8] or float64
+    images score as their files would). Takes a tensor (detached; on any device), a numpy array
+    or a list of same-shaped images; refuses an empty batch, another rank, NaN or infinite pixels
+    and a ``filenames`` list of another length, saying which."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise DataError("The batch is empty: pass at least one image.")
+        try:
+            images = np.stack([np.asarray(i.detach().cpu() if isinstance(i, torch.Tensor) else i) for i in images])
+        except ValueError as err:
+            raise DataError(f"The images of the list differ in shape ({err}); pass images of one size.") from None
+    if isinstance(images, np.ndarray):
+        if images.dtype == object:
+            raise DataError("The images are not numbers (a numpy array of objects); pass a numeric array or tensor.")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"Images must be a torch tensor, a numpy array or a list of them, not {type(images).__name__}.")
+    if images.dim() != 4:
+        raise DataError(f"Images must be a batch of shape (N, C, H, W), got shape {tuple(images.shape)} (for one image "
+                        "use images[None]).")
+    if len(images) == 0:
+        raise DataError("The batch is empty: pass at least one image.")
+    if filenames is not None and len(filenames) != len(images):
+        raise DataError(f"{len(filenames)} filenames for {len(images)} images: pass one name per image.")
+    pixels = images.detach().to("cpu", torch.float32).numpy()
+    names = filenames or [f"image {i} of the batch" for i in range(len(images))]
+    return torch.from_numpy(np.stack([minmax_scale(image, name) for image, name in zip(pixels, names)]))

@@ -1,0 +1,53 @@
+"""The denoising-error baseline: how well the model predicts the noise added to the image.
+
+At L timesteps t_l = l * (T // L) (l = 0..L-1; L = 10 by default), noise the image with seeded
+noise e (the same seeding as the reconstructions: one generator per (seed, the image's pixels, t)) and
+measure the training loss of that one sample:
+
+    denoise_mse_t = mean over pixels of (eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) e, t) - e)^2
+
+one UNet call per t (all L in one batch). Score ``denoise``: as the paper does with its
+reconstruction errors, each t is z-scored with the fit set's mean and std (ddof = 1, the one
+z-score of src.scoring) and the score is the mean over t.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep
+from ddpm_ood.scoring import ZScore
+
+
+class DenoiseDetector(FeatureDetector):
+    name = "denoise"
+    knob = "denoise_levels"
+    score_names = ("denoise",)
+
+    column_prefix = "denoise_mse_t"
+
+    @torch.no_grad()
+    def features(self, model, schedule, x0, image_keys, seed):
+        from ddpm_ood.reconstruction import start_noise
+
+        n_levels, batch = len(self.timesteps), x0.shape[0]
+        noise = start_noise(x0.shape[1:], seed, image_keys, self.timesteps).to(x0.device)  # (B, L, C, H, W)
+        noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major
+        x, t = at_every_timestep(x0, self.timesteps)
+        x_t = schedule.add_noise(x, noise, t)
+        error = ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
+        return {column: error[level] for level, column in enumerate(self.columns())}
+
+    def fit_features(self, features: np.ndarray, seed: int = 0) -> ZScore:
+        return ZScore.fit(pd.DataFrame(features, columns=self.columns()), self.columns(), source=self.name)
+
+    def score_features(self, fitted: ZScore, features: np.ndarray) -> dict[str, np.ndarray]:
+        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns())
+        return {"denoise": z.mean(axis=1).to_numpy()}
+
+    def fit_state(self, fitted: ZScore) -> dict:
+        return fitted.to_state()
+
+    def load_fit(self, state: dict) -> ZScore:
+        return ZScore.from_state(state)

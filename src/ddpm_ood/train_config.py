@@ -1,0 +1,82 @@
+"""How a model is trained: every training setting, its default and its help, declared once.
+
+``train.py``'s flags are generated from :class:`TrainSettings` (``ddpm_ood.cli.add_settings``), the
+training loop reads it, and every checkpoint and model file keeps it (``training``) beside the
+digests of the training and validation images (``data``): :func:`data_record` makes them, and
+:func:`data_differences` says which split changed, so that a run is never resumed on other data.
+
+Imports nothing heavy: train.py's ``--help`` reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def setting(default, help: str, kind: str, flag: bool = True):
+    """A training setting: ``kind`` names its command-line type (``ddpm_ood.cli.SETTING_TYPES``)."""
+    return field(default=default, metadata={"help": help, "kind": kind, "flag": flag})
+
+
+@dataclass
+class TrainSettings:
+    n_epochs: int = setting(300, "Epochs to train in total. Default 300.", "positive_int")
+    batch_size: int = setting(180, "Images per step: the global batch, split over the processes under torchrun. "
+                                   "Default 180.", "positive_int")
+    lr: float | None = setting(None, "Learning rate, above 0 (default: the config's ldm.base_lr). A resumed run may "
+                                     "change it (applied from the resumed step on).", "positive_float")
+    eval_freq: int = setting(10, "Validate (loss, samples, best model) every N epochs. Default 10.", "positive_int")
+    checkpoint_every: int = setting(1, "Write checkpoint.pth every N epochs. Default 1.", "positive_int")
+    checkpoint_every_steps: int = setting(0, "Also write checkpoint.pth every N optimizer steps inside an epoch (0: "
+                                             "off, default).", "non_negative_int")
+    seed: int = setting(0, "Seed for initialisation, data order and noise (0 to 2**63 - 1). Default 0.", "seed")
+    precision: str = setting("auto", "auto: fp16 autocast + GradScaler on CUDA as the paper did, fp32 on CPU.",
+                             "precision")
+    compile: bool = setting(False, "torch.compile the UNet for training (pays off on GPUs).", "switch")
+    channels_last: bool = setting(False, "Train in channels_last memory format (faster convolutions on some GPUs).",
+                                  "switch")
+    ema_decay: float = setting(0.0, "EMA decay in [0, 1) of the weights used for validation and scoring; 0 (default, "
+                                    "as the paper) is off.", "decay")
+    num_sample_images: int = setting(16, "Images sampled to TensorBoard at each validation; 0 disables. Default 16.",
+                                     "non_negative_int")
+    sample_steps: int = setting(50, "PLMS steps for those samples. Default 50.", "positive_int")
+    max_minutes: float | None = setting(None, "Stop at the first training step after this many minutes, with a "
+                                              "checkpoint at that step (re-run to continue). Default: no limit.",
+                                        "non_negative_float")
+    lr_given: bool = setting(True, "", "", flag=False)  # False: lr is the config's default; a resumed run keeps its own
+
+    @classmethod
+    def flags(cls) -> list:
+        """The settings that are train.py flags (``--<name>``), in declaration order."""
+        return [f for f in fields(cls) if f.metadata.get("flag")]
+
+    @classmethod
+    def from_args(cls, args, base_lr: float) -> "TrainSettings":
+        """The settings train.py's flags ask for; ``base_lr``: the config's, when --lr is not given."""
+        chosen = {f.name: getattr(args, f.name) for f in cls.flags()}
+        return cls(**{**chosen, "lr": base_lr if args.lr is None else args.lr, "lr_given": args.lr is not None})
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+# Saved with every checkpoint. A resumed run must keep these (a different batch size moves the
+# position within the epoch; seed, precision and EMA decay would make the run a mix of two);
+# the learning rate may change (applied from the resumed step on), and so may the world size.
+FIXED_SETTINGS = ("batch_size", "seed", "precision", "ema_decay")
+SPLITS = {"training": "--training_ids", "validation": "--validation_ids"}
+
+
+def data_record(split: str, images_sha256: str, n_images: int, first_n: int | None = None) -> dict:
+    """One split's entry in a checkpoint's ``data``: the split file as given, how many images and
+    the SHA-256 of their pixels as loaded (what the model saw, wherever the files are now)."""
+    return {"split": str(split), "n_images": int(n_images), "first_n": first_n, "images_sha256": images_sha256}
+
+
+def data_differences(stored: dict | None, current: dict) -> list[str]:
+    """Which splits hold other images than the run was trained on, as flag: 'was -> now' (none for a
+    checkpoint of an older version, which recorded no data)."""
+    if not stored:
+        return []
+    return [f"{SPLITS.get(name, name)} {current[name]['split']} gives {current[name]['n_images']} images that are not "
+            f"the {stored[name]['n_images']} the run was trained with (from {stored[name]['split']})"
+            for name in current if name in stored and stored[name]["images_sha256"] != current[name]["images_sha256"]]

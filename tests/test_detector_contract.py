@@ -1,0 +1,121 @@
+"""One contract, tested over the registry (as diffusers' scheduler tests run over every scheduler):
+a new detector is one module, one registry entry and its own test, and these checks cover it
+without a line here changing."""
+from __future__ import annotations
+
+import inspect
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_ood.detectors import COMBINATIONS, DETECTORS, detector_class, measure_knobs
+from ddpm_ood.detectors.base import CombinationRule, Detector, FeatureDetector
+from ddpm_ood.diffusion import DDPMSchedule
+from ddpm_ood.errors import UserError
+from ddpm_ood.inference import IMAGE_RANGE
+from test_detectors import gaussian_oracle
+
+SCHEDULE = DDPMSchedule()
+
+
+def fake_model():
+    """The exact eps of N(0.5, 0.01 I) images, as a loaded model: what every detector measures with."""
+    oracle = gaussian_oracle(SCHEDULE, variance=0.01)
+    return SimpleNamespace(model_fn=lambda x, t: oracle(x - 0.5, t), schedule=SCHEDULE, device=torch.device("cpu"),
+                           space=IMAGE_RANGE, data_range=IMAGE_RANGE)
+
+
+def args_for(name):
+    """reconstruct.py's defaults, made cheap: few timesteps, MSE only."""
+    knobs = {k.dest: k.default for k in measure_knobs()}
+    cheap = {"num_inference_steps": 10, "inference_skip_factor": 3, "metrics": "mse", "path_steps": 4,
+             "msma_levels": 3, "denoise_levels": 3}
+    return SimpleNamespace(**{**knobs, **{k: v for k, v in cheap.items() if k in knobs}})
+
+
+def images(n, seed, spread=0.1):
+    generator = torch.Generator().manual_seed(seed)
+    return (0.5 + spread * torch.randn(n, 1, 8, 8, generator=generator)).clamp(0, 1)
+
+
+@pytest.fixture(params=list(DETECTORS))
+def detector(request):
+    return detector_class(request.param).from_args(args_for(request.param), fake_model())
+
+
+def test_every_registered_detector_is_a_complete_detector(detector):
+    cls = type(detector)
+    assert issubclass(cls, Detector) and not inspect.isabstract(cls)
+    assert cls.name in DETECTORS and detector.score_names and len(set(detector.score_names)) == len(detector.score_names)
+    assert isinstance(detector.nfe(), int) and detector.nfe() > 0
+
+
+def test_results_folders_and_score_names_never_clash():
+    classes = [detector_class(name) for name in DETECTORS]
+    assert len({cls.folder() for cls in classes}) == len(classes)
+    names = [score for cls in classes for score in cls.score_names] + \
+            [score for name in COMBINATIONS for score in detector_class(name).score_names]
+    assert len(set(names)) == len(names)
+
+
+def test_settings_round_trip_through_json_and_the_constructor(detector):
+    settings = json.loads(json.dumps(detector.settings()))
+    again = type(detector).from_settings(settings)
+    assert again.settings() == detector.settings()
+
+
+def test_from_settings_runs_the_constructors_checks(detector):
+    """Main before this: FeatureDetector.from_settings skipped __init__, so a damaged manifest's
+    settings were taken as they were."""
+    broken = {key: ([-5, 3, 3] if isinstance(value, list) else value) for key, value in detector.settings().items()}
+    with pytest.raises(UserError):
+        type(detector).from_settings(broken)
+
+
+def test_measure_fit_and_score_as_the_contract_says(detector, tmp_path):
+    model = fake_model()
+    fit, inside, outside = images(24, 0), images(8, 1), images(8, 2, spread=0.4)
+    frames = {name: detector.measure(model, batch, [f"{name}_{i}" for i in range(len(batch))], name, 5, 0,
+                                     progress=False) for name, batch in (("val", fit), ("in", inside), ("ood", outside))}
+    paths = {name: tmp_path / f"results_{name}.csv" for name in frames}
+    for name, frame in frames.items():  # results files read back as written; they are what is scored
+        frame.to_csv(paths[name], index=False)
+        frames[name] = detector.read(paths[name])
+        assert len(frames[name]) == len(frame)
+    detector, frames = detector.for_scoring(frames, paths, SimpleNamespace(max_start_t=None, min_start_t=None, t_skip=1))
+    fitted = detector.fit(frames["val"], seed=0, source="val")
+    state = json.loads(json.dumps(detector.fit_state(fitted)))  # the fit file is plain JSON
+    for name, frame in frames.items():
+        scored = detector.score(fitted, frame).scores
+        again = detector.score(detector.load_fit(state), frame).scores
+        assert set(scored) == set(detector.score_names)
+        for score in detector.score_names:
+            assert len(scored[score]) == len(frame["filename"].unique()) and np.isfinite(scored[score]).all()
+            np.testing.assert_allclose(again[score], scored[score], rtol=1e-12)
+    main = detector.primary
+    assert detector.score(fitted, frames["ood"]).scores[main].mean() > detector.score(fitted, frames["in"]).scores[main].mean()
+
+
+def test_a_detector_missing_part_of_the_contract_cannot_be_made():
+    class Incomplete(FeatureDetector):
+        name = "incomplete"
+
+        def features(self, model, schedule, x0, image_keys, seed):
+            return {}
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(2)
+
+
+@pytest.mark.parametrize("name", list(COMBINATIONS))
+def test_every_combination_follows_the_combination_protocol(name):
+    combination = detector_class(name)
+    for member in ("name", "score_names", "members", "fit", "score"):
+        assert hasattr(combination, member), member
+    assert set(CombinationRule.__annotations__) <= set(vars(combination)) | {"name", "score_names"}
+    three = [detector_class(d).from_args(args_for(d), fake_model()) for d in DETECTORS]
+    members = combination.members(three)
+    assert members and all(len(m) >= 2 and set(m) <= set(DETECTORS) for m in members.values())
