@@ -51,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "one of their scores (README, 'Detectors') to score with; writes "
                              "ood/predictions_<name>_<NAME>.csv. Default: the paper's score.")
     parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
+    parser.add_argument("--predictions", default=None, metavar="CSV",
+                        help="For --score_ids: where to write the predictions (default: the run's "
+                             "ood/predictions_<name>.csv; an earlier file is replaced, with a warning).")
     parser.add_argument("--pretrained", default=None, metavar="PATH_OR_ID",
                         help="For --score_ids: where the run's pretrained model is now, if its folder moved (its "
                              "identity must be the one its results record). Default: where the results say.")
@@ -88,7 +91,7 @@ def main(args: argparse.Namespace):
                               "--score_ids without them.")
 
         predictions, path, scorer = score_files(run.dir, args.score_ids, args.device, args.lpips_weights, args.detector,
-                                                 args.pretrained)
+                                                 args.pretrained, args.predictions)
         print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD by {scorer.score_name} "
               f"(score above {scorer.threshold:.4g}, the threshold at {100 * scorer.tpr:.0f}% in-distribution TPR); "
               f"wrote {path}")

@@ -143,7 +143,7 @@ def test_detectors_through_pytorch_oods_detector_interface(scored_run):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(val, torch.zeros(len(val))), batch_size=5)
     detector = pytorch_ood_detector(run / "best_model.pth", "msma", msma_levels=3)
     assert isinstance(detector, pytorch_ood.api.Detector) and detector.requires_fit
-    with pytest.raises(ScoringError, match="fit"):
+    with pytest.raises(pytorch_ood.api.RequiresFittingException):  # pytorch-ood's own, as its detectors raise
         detector.predict(test)
     detector.fit(loader)
     metrics = OODMetrics()
@@ -160,3 +160,94 @@ def test_detectors_through_pytorch_oods_detector_interface(scored_run):
                           max_start_t=700, metrics="mse").fit_images(val)
     np.testing.assert_allclose(plain.predict(ood).numpy(), pd.read_csv(run / "ood" / "scores_Stripes.csv")["score"],
                                rtol=1e-6, atol=1e-6)
+
+
+# --- images and loaders as people have them (the third try-out) -------------------------------------
+
+def test_lists_of_pil_images_2d_and_hwc_arrays_score_as_the_tensor_does(scored_run):
+    """Main before this refused them with a hint about images[None]."""
+    from PIL import Image
+
+    run, paths = scored_run
+    images = load_split(paths["ood"], True).images[:3]
+    scorer = OODDetector.load(run, device="cpu", detector="msma")
+    expected = scorer.score(images)
+    pixels = [(image[0].numpy() * 255).round().astype(np.uint8) for image in images]
+    as_pil = [Image.fromarray(p) for p in pixels]
+    for given in (as_pil, pixels, [p[:, :, None] for p in pixels], [np.stack([p] * 3, axis=-1) for p in pixels]):
+        np.testing.assert_allclose(scorer.score(given), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_api_draws_no_progress_bar_unless_asked(scored_run, capsys):
+    run, paths = scored_run
+    scorer = OODDetector.load(run, device="cpu", detector="recon")
+    images = load_split(paths["ood"], True, progress=False).images[:2]
+    capsys.readouterr()
+    scorer.score(images)
+    assert capsys.readouterr().err == ""
+    scorer.progress = True
+    scorer.score(images)
+    assert "reconstructing new" in capsys.readouterr().err
+
+
+def test_a_mistyped_run_folder_is_named_as_missing(tmp_path):
+    with pytest.raises(ScoringError, match="does not exist: pass a run's folder"):
+        OODDetector.load(tmp_path / "blobz", device="cpu")
+
+
+def test_score_ids_takes_a_class_folder_tree_and_dot_and_writes_where_asked(scored_run, tmp_path, monkeypatch, caplog):
+    """ImageFolder layout (one sub-folder per class) and what systems leave beside images; '.' is
+    named after the folder; --predictions elsewhere; an earlier file is replaced with a warning."""
+    run, paths = scored_run
+    tree = tmp_path / "NewImages"
+    files = pd.read_csv(paths["ood"])["filename"].tolist()[:4]
+    for i, f in enumerate(files):
+        (tree / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tree / f"class{i % 2}" / f"{i}.npy")
+    (tree / "class0" / "._0.npy").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS's resource fork
+    (tree / ".ipynb_checkpoints").mkdir()
+    shutil.copy(files[0], tree / ".ipynb_checkpoints" / "x.npy")
+    monkeypatch.chdir(tree)
+    args = [f"--output_dir={run.parent}", f"--model_name={run.name}", "--score_ids=.", "--detector=msma"]
+    predictions = ood_detection.main(ood_detection.parse_args(args))
+    assert len(predictions) == 4 and (run / "ood" / "predictions_NewImages_msma.csv").is_file()
+    ood_detection.main(ood_detection.parse_args(args))
+    assert "Replacing" in caplog.text
+    elsewhere = tmp_path / "out" / "p.csv"
+    ood_detection.main(ood_detection.parse_args([*args, f"--predictions={elsewhere}"]))
+    assert pd.read_csv(elsewhere)["score"].tolist() == predictions["score"].tolist()
+
+
+def test_score_ids_checks_it_can_write_before_any_work(scored_run, monkeypatch):
+    """Main before this measured every image of a read-only run, then failed to write."""
+    from ddpm_ood.errors import WriteError
+
+    run, paths = scored_run
+    monkeypatch.setattr(OODDetector, "load", classmethod(lambda *a, **k: pytest.fail("measured before checking")))
+    with pytest.raises(WriteError, match="--predictions PATH"):
+        ood_detection.main(ood_detection.parse_args([f"--output_dir={run.parent}", f"--model_name={run.name}",
+                                                     f"--score_ids={paths['ood']}", "--predictions=/proc/no/p.csv"]))
+
+
+def test_the_pytorch_ood_adapter_behaves_as_a_pytorch_ood_detector(scored_run):
+    pytest.importorskip("pytorch_ood")
+    from pytorch_ood.api import RequiresFittingException
+
+    from ddpm_ood.data import load_split as load
+    from ddpm_ood.errors import DataError
+
+    run, paths = scored_run
+    model = run / "best_model.pth"
+    with pytest.raises(DataError, match="'path-9d' is not a score of the path detector"):  # before any work
+        pytorch_ood_detector(model, "path", score="path-9d", device="cpu", path_steps=4)
+    detector = pytorch_ood_detector(model, "msma", device="cpu", msma_levels=3)
+    assert detector.device == torch.device("cpu")
+    images = load(paths["val"], True).images
+    with pytest.raises(RequiresFittingException):
+        detector.predict(images[:2])
+    with pytest.raises(DataError, match="no batches"):
+        detector.fit([])
+    with pytest.raises(DataError, match="a dict"):
+        detector.fit([{"image": images[:4], "label": torch.zeros(4)}])
+    detector.fit([(images, torch.zeros(len(images)))])
+    assert detector(images[:2]).shape == (2,)

@@ -93,8 +93,11 @@ def test_bad_inputs_name_the_file(tmp_path):
     np.save(tmp_path / "big.npy", np.zeros((32, 32), np.uint8))
     with pytest.raises(DataError, match="big.npy has shape"):
         load_split(write_split(tmp_path / "s3.csv", good + [tmp_path / "big.npy"]), True)
-    np.save(tmp_path / "rgb.npy", np.zeros((3, 28, 28), np.uint8))
-    with pytest.raises(DataError, match="rgb.npy has 3 channel.*grayscale"):
+    rgb = np.zeros((3, 28, 28), np.uint8)
+    rgb[0, 3, 3] = 9  # a colour image: R != G
+    np.save(tmp_path / "rgb.npy", rgb)
+    with pytest.raises(DataError, match=r"rgb.npy has 3 channel.*grayscale.*convert the image \(train.py and "
+                                        r"reconstruct.py take --is_grayscale=0"):
         load_split(write_split(tmp_path / "s4.csv", [tmp_path / "rgb.npy"]), True)
     with pytest.raises(DataError, match="a_0.npy has 1 channel.*colour"):
         load_split(write_split(tmp_path / "s5.csv", good), False)
@@ -103,3 +106,21 @@ def test_bad_inputs_name_the_file(tmp_path):
         load_split(write_split(tmp_path / "s6.csv", [tmp_path / "nan.npy"]), True)
     with pytest.raises(DataError, match="first_n"):
         load_split(tmp_path / "s5.csv", True, first_n=-1)
+
+
+def test_gray_saved_as_rgb_palette_pngs_and_gifs_are_taken_as_gray(tmp_path):
+    """Main before this refused them for a grayscale model, advising --is_grayscale, which
+    ood_detection.py (--score_ids) does not have."""
+    from PIL import Image
+
+    gray = (np.arange(28 * 28).reshape(28, 28) % 251).astype(np.uint8)
+    Image.fromarray(gray).convert("RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(gray).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(gray).save(tmp_path / "image.gif")
+    np.save(tmp_path / "rgb.npy", np.stack([gray] * 3, axis=-1))  # (H, W, 3), R = G = B
+    files = [tmp_path / n for n in ("rgb.png", "palette.png", "image.gif", "rgb.npy")]
+    images = load_split(write_split(tmp_path / "gray.csv", files), True, num_workers=0).images
+    assert images.shape == (4, 1, 28, 28)
+    for image in images:
+        np.testing.assert_allclose(image[0].numpy(), gray / 250.0, atol=1e-6)
+

@@ -298,3 +298,49 @@ def test_the_api_checks_image_shape_and_channels_as_the_scripts_do(trained):
     adapter.fit([(good, torch.zeros(6))])
     with pytest.raises(DataError, match="resize them"):
         adapter(torch.rand(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir(), "is a folder, not a model file: pass a model file"),
+    (lambda p: p.write_text("filename\n/data/a.npy\n"), "is a text file (a split CSV?), not a model file"),
+    (lambda p: __import__("numpy").save(p, __import__("numpy").zeros((28, 28))), "is a numpy array"),
+])
+def test_a_folder_or_a_data_file_given_as_a_model_is_named_for_what_it_is(tmp_path, make, words):
+    """Main before this answered 'Delete it and use another checkpoint' (and, for a CSV, torch's advice to
+    load it with weights_only=False)."""
+    from ddpm_ood.api import ImageDetector
+    from ddpm_ood.errors import CheckpointError
+
+    given = tmp_path / "given"
+    make(given)
+    given = next(tmp_path.glob("given*"))
+    with pytest.raises(CheckpointError) as err:
+        ImageDetector(given, detector="denoise", device="cpu")
+    text = one_line(err)
+    assert words in text and "Delete" not in text and "weights_only" not in text
+
+
+
+def test_an_unused_config_file_never_stops_a_run_and_a_read_only_run_is_read(trained, monkeypatch, caplog):
+    """Main before this: a --config_diffusion_file that is never used (the model file's config is) could
+    stop reconstruct.py, and a finished run in a read-only folder failed on its lock file."""
+    import errno
+    import os
+
+    from ddpm_ood import runlock
+
+    out, paths, _ = trained
+    args = [f"--output_dir={out}", "--model_name=blobs", f"--validation_ids={paths['val']}", "--run_in=0",
+            "--run_out=0", "--detectors=denoise", "--denoise_levels=2", "--num_workers=0"]
+    reconstruct.main(reconstruct.parse_args([*args, "--config_diffusion_file=no/such/config.yaml"]))
+    assert "--config_diffusion_file is not used" in caplog.text
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(runlock.os, "open", read_only)
+    written = reconstruct.main(reconstruct.parse_args(args))  # finished: read, nothing to write
+    assert "is read-only: going on without the lock file" in caplog.text and written

@@ -24,6 +24,7 @@ as a ``pytorch_ood.api.Detector`` (``fit`` on a loader of in-distribution images
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +38,8 @@ from ddpm_ood.fits import read_fit
 from ddpm_ood.inference import DEFAULT_BATCH_SIZE, ModelSource, load_model
 from ddpm_ood.run_files import PLAIN_NAME, RunFiles
 
+logger = logging.getLogger("ddpm_ood")
+
 
 class OODDetector:
     """A scored run's detector (or one of its scores): measure, score with the saved fit, threshold."""
@@ -45,6 +48,10 @@ class OODDetector:
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: str | None = None,
                  model: str | Path | ModelSource | None = None):
         self.run, self.device, self.batch_size = RunFiles(run_dir), device, batch_size
+        self.progress = False  # True: progress bars while measuring (--score_ids turns them on)
+        if not self.run.dir.is_dir():
+            raise ScoringError(f"{self.run.dir} does not exist: pass a run's folder (OUTPUT_DIR/MODEL_NAME, scored by "
+                               "ood_detection.py).")
         records = {path.stem: path for path in self.run.fit_files()}
         name, self.score_name, record = resolve(self.run, records, detector)
         self.threshold, self.tpr = record["thresholds"][self.score_name], record["tpr"]
@@ -100,14 +107,15 @@ class OODDetector:
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """The OOD score of each image (higher = more OOD), as ood_detection.py computes it. Images are
         prepared as the split loader prepares image files (each min-max scaled to [0, 1])."""
-        from ddpm_ood.data import prepare_images
+        from ddpm_ood.data import prepare_images, to_channels
 
-        images = prepare_images(images, filenames)
+        images = to_channels(prepare_images(images, filenames), self.model.channels)
         self.check_images(images, filenames)
         filenames = filenames or [f"image_{i}" for i in range(len(images))]
         scores = {}
         for member, (measuring, scoring, fitted, main) in self.detectors.items():
-            frame = measuring.measure(self.model, images, filenames, "new", self.batch_size, self.settings["seed"])
+            frame = measuring.measure(self.model, images, filenames, "new", self.batch_size, self.settings["seed"],
+                                      progress=self.progress)
             scores[member] = scoring.score(fitted, frame).scores
         if self.combination is None:
             return next(iter(scores.values()))[self.score_name].to_numpy()
@@ -144,20 +152,29 @@ def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[
 
 
 def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_weights: str | Path | None = None,
-                detector: str | None = None, model: str | None = None) -> tuple[pd.DataFrame, Path, OODDetector]:
+                detector: str | None = None, model: str | None = None,
+                output: str | Path | None = None) -> tuple[pd.DataFrame, Path, OODDetector]:
     """``ood_detection.py --score_ids``: score a split CSV or a folder of image files, and write
-    ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one)."""
+    ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one),
+    or ``output``."""
     from ddpm_ood.data import load_split, resolve_split
-    from ddpm_ood.files import save_csv_atomic
+    from ddpm_ood.files import check_writable, save_csv_atomic
 
     name = resolve_split(split).name
+    if not PLAIN_NAME.fullmatch(name):  # "." or "../new": the folder's own name
+        name = Path(split).resolve().name
     if not PLAIN_NAME.fullmatch(name):
-        raise DataError(f"--score_ids {split}: its name {name!r} is not a plain name; rename it.")
+        raise DataError(f"--score_ids {split}: its name {name!r} is not a plain name (it names the predictions file); "
+                        "rename it, or pass --predictions PATH.")
+    path = Path(output) if output else RunFiles(run_dir).predictions(name, detector)
+    check_writable(path)  # before any work: a read-only run would otherwise fail after measuring every image
     scorer = OODDetector.load(run_dir, device, lpips_weights, detector=detector, model=model)
+    scorer.progress = True
     images = load_split(split, scorer.model.channels == 1)
     scores = scorer.score(images.images, images.filenames)  # checks the size before any work
     predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold})
-    path = scorer.run.predictions(name, detector)
+    if path.exists():
+        logger.warning("Replacing %s.", path)  # no output replaces an earlier one without saying so
     save_csv_atomic(path, predictions)
     return predictions, path, scorer
 
@@ -188,11 +205,27 @@ class ImageDetector:
         self.model = load_model(model, pick_device(device), batch_size=batch_size)
         self.detector = detector_class(detector).from_args(SimpleNamespace(**{**knobs, **settings}), self.model)
         self.score_name = score or self.detector.primary
+        if self.score_name not in self.detector.score_names:  # before any work, not after a fit
+            raise DataError(f"score {self.score_name!r} is not a score of the {detector} detector; its scores: "
+                            f"{', '.join(self.detector.score_names)}.")
         self.batch_size, self.seed, self.fitted = batch_size, seed, None
+        self.progress = False  # True: a progress bar while measuring
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     def fit(self, data_loader) -> "ImageDetector":
-        return self.fit_images(torch.cat([batch[0] if isinstance(batch, (tuple, list)) else batch
-                                          for batch in data_loader]))
+        """Fit on every batch of ``data_loader``: ``(x, y)`` tuples (as pytorch-ood's loaders give) or tensors."""
+        batches = []
+        for batch in data_loader:
+            if isinstance(batch, dict):
+                raise DataError(f"fit() got a batch that is a dict (keys {sorted(batch)[:5]}); pass a loader of (x, y) "
+                                "tuples or of image tensors, e.g. ((b['image'], b['label']) for b in loader).")
+            batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        if not batches:
+            raise DataError("fit() got no batches: the loader is empty; pass in-distribution images to fit on.")
+        return self.fit_images(torch.cat([torch.as_tensor(b) for b in batches]))
 
     def fit_images(self, images: torch.Tensor) -> "ImageDetector":
         frame = self._measure(images)
@@ -201,20 +234,23 @@ class ImageDetector:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         if self.fitted is None:
-            raise ScoringError("Call fit() (or fit_images()) with in-distribution images before predict().")
+            raise self.not_fitted()
         scores = self.detector.score(self.fitted, self._measure(x)).scores[self.score_name]
         return torch.tensor(scores.to_numpy(), dtype=torch.float64)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)
 
-    def _measure(self, images: torch.Tensor) -> pd.DataFrame:
-        from ddpm_ood.data import prepare_images
+    def not_fitted(self) -> Exception:
+        return ScoringError("Call fit() (or fit_images()) with in-distribution images before predict().")
 
-        images = prepare_images(images)
+    def _measure(self, images: torch.Tensor) -> pd.DataFrame:
+        from ddpm_ood.data import prepare_images, to_channels
+
+        images = to_channels(prepare_images(images), self.model.channels)
         self.model.image_space.check(images, "", str(self.model.source))  # as the scripts check image files
         return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",
-                                     self.batch_size, self.seed, progress=False)
+                                     self.batch_size, self.seed, progress=self.progress)
 
 
 def pytorch_ood_detector(model, detector: str = HEADLINE, **kwargs):
@@ -225,8 +261,13 @@ def pytorch_ood_detector(model, detector: str = HEADLINE, **kwargs):
 
     global _PytorchOODDetector
     if _PytorchOODDetector is None:
+        from pytorch_ood.api import RequiresFittingException
+
+        def not_fitted(self) -> Exception:  # pytorch-ood's own exception, as its detectors raise
+            return RequiresFittingException("Call fit() with in-distribution images before predict().")
+
         _PytorchOODDetector = type("DiffusionOODDetector", (ImageDetector, Detector),
-                                   {"__doc__": ImageDetector.__doc__})
+                                   {"__doc__": ImageDetector.__doc__, "not_fitted": not_fitted})
     return _PytorchOODDetector(model, detector, **kwargs)
 
 

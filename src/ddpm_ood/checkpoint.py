@@ -39,17 +39,33 @@ def save_model_file(path: Path, model_state: dict, config: dict, epoch: int, val
 
 
 def read_file(path: str | Path) -> dict:
-    """torch.load a checkpoint or model file safely, naming the file in any error."""
+    """torch.load a checkpoint or model file safely, naming the file in any error. A folder or a file
+    of another kind is named for what it is, with the flag that takes it (never advice to delete
+    what the user did not make)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Model file {path} does not exist. Train a model first (train.py) or fix the path.")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a model file: pass a model file of train.py (e.g. "
+                              f"{path / 'best_model.pth'}), or, for a diffusers model folder, --pretrained {path} "
+                              "(DiffusersModel in Python).")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch's zip format nor its legacy pickle
+        from ddpm_ood.data import content_kind
+
+        what = {"npy": "a numpy array (an image?)", "image": "an image file", "text": "a text file (a split CSV?)",
+                "gzip": "a gzip file"}.get(content_kind(head), "not a file torch writes")
+        raise CheckpointError(f"{path} is {what}, not a model file: --eval_checkpoint (and the Python API's model) "
+                              "take a best_model.pth, final_model.pth or checkpoint.pth written by train.py.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(
-            f"Model file {path} is truncated or not a checkpoint ({type(err).__name__}: {err}). "
-            "Delete it and use another checkpoint, or retrain."
-        ) from err
+            f"Model file {path} is truncated, damaged or not written by train.py ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Use another model file (best_model.pth, final_model.pth or "
+            "checkpoint.pth of the run), or retrain."
+        ) from None
     if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
         raise CheckpointError(f"Model file {path} is not a checkpoint written by train.py (no model/config entries).")
     return obj

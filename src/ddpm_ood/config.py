@@ -176,7 +176,12 @@ def warn_if_config_differs(config_file: Path, stored: dict, model_file) -> None:
     """The model file's config wins; say so when the config given on the command line disagrees."""
     import logging
 
-    given = to_container(load_config(config_file)).get("ldm", {}).get("params", {})
+    try:
+        given = to_container(load_config(config_file)).get("ldm", {}).get("params", {})
+    except ConfigError as err:  # the model file's config is used: a file that is never used stops nothing
+        logging.getLogger("ddpm_ood").warning("--config_diffusion_file is not used (the config stored in %s is): %s",
+                                              model_file, err)
+        return
     stored_params = stored.get("ldm", {}).get("params", {})
     differing = sorted(k for k in set(given) | set(stored_params) if given.get(k) != stored_params.get(k))
     if differing:

@@ -181,10 +181,20 @@ IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tif
 
 
 def folder_images(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (``.npy`` or what Pillow reads), sorted by name."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files in ``folder`` (``.npy`` or what Pillow reads), sorted by name; with none at
+    its top, those of its sub-folders (torchvision's ImageFolder layout: one folder per class),
+    sorted by path. What systems leave beside images is skipped: hidden files and folders (macOS's
+    ``._name.png`` and ``.DS_Store``, ``.ipynb_checkpoints``) and ``__MACOSX``."""
+    def wanted(p: Path) -> bool:
+        parts = p.relative_to(folder).parts
+        return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and \
+            not any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+    files = sorted(p for p in folder.iterdir() if wanted(p))
     if not files:
-        raise DataError(f"Folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        files = sorted((p for p in folder.rglob("*") if wanted(p)), key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        raise DataError(f"Folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}), nor do its sub-folders.")
     return files
 
 
@@ -267,6 +277,7 @@ def _read_picture(data: bytes, path: Path, where: str, fix: str, kind: str) -> n
         with Image.open(io.BytesIO(data)) as img:
             if img.mode in ("I", "I;16", "F"):  # high bit-depth grayscale: keep the values
                 return np.asarray(img)
+            # Palette images (GIFs, palette PNGs) become RGB; a gray palette gives R = G = B, taken as gray.
             return np.asarray(img.convert("L" if img.mode in ("1", "L", "LA") else "RGB"))
     except Image.DecompressionBombError:
         raise DataError(f"{where}: {path} has far more pixels than an image of ours; is it the right file?") from None
@@ -347,11 +358,13 @@ def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None,
 def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_files: int, channels: int,
            is_grayscale: bool, spec: SplitSpec) -> np.ndarray:
     """Check one loaded image and store it, scaled and flipped, at row i."""
+    if image.shape[0] == 3 and channels == 1 and (image[0] == image[1]).all() and (image[1] == image[2]).all():
+        image = image[:1]  # a grayscale image saved as RGB (R = G = B) is the grayscale image it shows
     if image.shape[0] != channels:
-        kind = "grayscale" if is_grayscale else "colour"
+        kind = "grayscale (1 channel)" if is_grayscale else "colour (3 channels)"
         raise DataError(
-            f"Image {f} has {image.shape[0]} channel(s) but the model is {kind} "
-            f"(--is_grayscale={int(is_grayscale)}); pass the matching --is_grayscale or convert the image."
+            f"Image {f} has {image.shape[0]} channel(s), but {kind} images are needed here: convert the image "
+            f"(train.py and reconstruct.py take --is_grayscale={1 - int(is_grayscale)} for a model of such images)."
         )
     if images is None:
         images = np.empty((n_files, *image.shape), dtype=np.float32)
@@ -378,6 +391,29 @@ def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Pat
         )
 
 
+def one_image(image) -> np.ndarray:
+    """One image of a list, as the split loader reads a file: a PIL image (converted to gray or
+    RGB), or an array or tensor of shape (H, W), (C, H, W) or (H, W, C) -> (C, H, W)."""
+    if isinstance(image, Image.Image):
+        array = np.asarray(image) if image.mode in ("I", "I;16", "F") else \
+            np.asarray(image.convert("L" if image.mode in ("1", "L", "LA") else "RGB"))
+    else:
+        array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3 and array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
+        return array.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+    return array
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """A batch of grayscale images saved as RGB (R = G = B) for a one-channel model: their gray channel."""
+    if channels == 1 and images.dim() == 4 and images.shape[1] == 3 and \
+            (images[:, :1] == images[:, 1:2]).all() and (images[:, 1:2] == images[:, 2:]).all():
+        return images[:, :1].contiguous()
+    return images
+
+
 def prepare_images(images, filenames=None) -> torch.Tensor:
     """Images given from Python as the split loader makes them from files: an (N, C, H, W) float32
     tensor, each image min-max scaled to [0, 1] on its own (so uint8 0..255, [0, 0.8] or float64
@@ -388,7 +424,7 @@ def prepare_images(images, filenames=None) -> torch.Tensor:
         if not images:
             raise DataError("The batch is empty: pass at least one image.")
         try:
-            images = np.stack([np.asarray(i.detach().cpu() if isinstance(i, torch.Tensor) else i) for i in images])
+            images = np.stack([one_image(i) for i in images])
         except ValueError as err:
             raise DataError(f"The images of the list differ in shape ({err}); pass images of one size.") from None
     if isinstance(images, np.ndarray):

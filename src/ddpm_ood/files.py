@@ -32,6 +32,19 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, naming the folder, if a file cannot be written at ``path`` (a read-only run), rather
+    than after the work that makes it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent):
+            pass
+    except OSError as err:
+        raise WriteError(f"Cannot write {path}: {err.strerror or err}. Check that {path.parent} is writable, or choose "
+                         "another place (ood_detection.py --predictions PATH).") from err
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, before_replace=None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,13 @@ def run_lock(folder: Path, what: str, shared: bool = False, wait: bool = False) 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and path.parent.is_dir():
+            # A read-only run: no process can write it, so there is nothing to guard; a finished run is
+            # still read (and anything that must be written fails then, naming the file).
+            logging.getLogger("ddpm_ood").warning("%s is read-only: going on without the lock file %s.",
+                                                  path.parent, path.name)
+            yield path
+            return
         raise WriteError(f"Cannot create the lock file {path}: {err.strerror or err}. Check that "
                          f"{path.parent} is writable.") from err
     try:
