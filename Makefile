@@ -1,4 +1,4 @@
-# Quick start:  make demo   (the whole pipeline and every detector on the embedded data, CPU, ~8 minutes)
+# Quick start:  make demo   (the whole pipeline and every detector on the embedded data, CPU, ~10 minutes)
 #               make test   (the linter, then the test suite)
 # Both create the virtual environment .venv and install the pinned requirements first.
 PYTHON ?= python3

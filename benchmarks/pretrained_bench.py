@@ -63,7 +63,7 @@ def random_model(architecture: str, folder: Path) -> str:
 
 
 def main(args) -> dict:
-    from ddpm_ood.detectors import detector_class
+    from ddpm_ood.detectors import detector_class, measure_knobs
     from ddpm_ood.inference import DiffusersModel, load_model_fn
     from ddpm_ood.pretrained import load_pretrained
 
@@ -80,9 +80,9 @@ def main(args) -> dict:
         return inner(x, t)
 
     model.model_fn = counted
-    knobs = SimpleNamespace(num_inference_steps=args.steps, inference_skip_factor=args.skip, max_start_t=None,
-                            min_start_t=None, metrics="mse", lpips_weights=None, lpips_pad=2, clamp_for_lpips=False,
-                            fused=True, path_steps=10, msma_levels=10, denoise_levels=10)
+    defaults = {k.dest: k.default for k in measure_knobs()}  # reconstruct.py's, every detector's
+    knobs = SimpleNamespace(**{**defaults, "num_inference_steps": args.steps, "inference_skip_factor": args.skip,
+                               "metrics": "mse"})
     images = torch.rand(args.n, *model.image_shape, generator=torch.Generator().manual_seed(0))
     names = [f"image_{i}" for i in range(args.n)]
     label = args.pretrained or f"a random {args.architecture} UNet2DModel"

@@ -10,9 +10,12 @@ Two implementations with the same result (to float32 rounding):
   covers all of them (up to B x K images); the trajectories starting at k add one extra call,
   the first-step corrector. Each trajectory keeps its own eps history (rows of one tensor).
 
-The start noise of each (image, start t) comes from a generator seeded by (seed, a hash of the
-image's pixels, t), so results do not depend on batch size, on the implementation, on how work is
-split, or on where an image stands and what comes with it.
+The start noise of each (image, start t) comes from a generator seeded by (seed, a hash of what
+the image shows, t), so results do not depend on batch size, on the implementation, on how work is
+split, or on where an image stands and what comes with it. "What the image shows" is its pixels
+at 8-bit precision (``pixels-u8-sha256``): a change below half a grey level (float rounding, a
+re-save) keeps the noise, and the score. Results made with the earlier scheme (``pixels-sha256``:
+the float32 bytes) record it in their manifests, and new images are measured as they were.
 """
 from __future__ import annotations
 
@@ -28,29 +31,41 @@ from ddpm_ood.diffusion import ADAMS_BASHFORTH, DDPMSchedule, ModelFn, PLMSSampl
 from ddpm_ood.metrics import mse_per_image
 
 
-NOISE = "pixels-sha256"  # how the noise is seeded, recorded in every results manifest ("noise")
+NOISE = "pixels-u8-sha256"  # how the noise is seeded, recorded in every results manifest ("noise")
+NOISE_SCHEMES = ("pixels-u8-sha256", "pixels-sha256")  # the current one; the one before (float32 bytes)
 
 
-def image_keys(images: torch.Tensor) -> list[int]:
-    """Each image's noise key: 128 bits of the SHA-256 of its float32 pixels in [0, 1]. The noise
-    an image gets depends on the image alone: not on where it stands in its set or batch, nor on
-    what comes with it (a duplicate gets the same noise, hence the same score)."""
+def image_keys(images: torch.Tensor, noise: str = NOISE) -> list[int]:
+    """Each image's noise key: 128 bits of the SHA-256 of what it shows, its pixels in [0, 1] at
+    8-bit precision (and its shape). The noise an image gets depends on the image alone: not on
+    where it stands in its set or batch, nor on what comes with it (a duplicate gets the same noise,
+    hence the same score), nor on float rounding. ``noise="pixels-sha256"``: the earlier keys, of
+    the float32 bytes, for results made with them."""
+    if noise not in NOISE_SCHEMES:
+        raise ValueError(f"unknown noise scheme {noise!r}; known: {NOISE_SCHEMES}")
     pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
-    return [int.from_bytes(hashlib.sha256(pixels[i].tobytes()).digest()[:16], "little") for i in range(len(pixels))]
+    if noise == "pixels-u8-sha256":
+        shown = lambda image: np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8).tobytes() + str(image.shape).encode()
+    else:
+        shown = lambda image: image.tobytes()
+    return [int.from_bytes(hashlib.sha256(shown(pixels[i])).digest()[:16], "little") for i in range(len(pixels))]
 
 
-def noise_seed(seed: int, image_key: int, timestep: int) -> int:
-    """A 64-bit generator seed for one (image, t), well mixed by numpy's SeedSequence."""
-    return int(np.random.SeedSequence([seed, image_key, timestep]).generate_state(1, dtype=np.uint64)[0])
+def noise_seed(seed: int, image_key: int, timestep: int, draw: int = 0) -> int:
+    """A 64-bit generator seed for one (image, t) and noise draw, well mixed by numpy's SeedSequence
+    (draw 0 is the one every result has; further draws average it, --noise_draws)."""
+    entropy = [seed, image_key, timestep] + ([draw] if draw else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
 
 
-def start_noise(image_shape: Sequence[int], seed: int, keys: Sequence[int], timesteps: Sequence[int]) -> torch.Tensor:
+def start_noise(image_shape: Sequence[int], seed: int, keys: Sequence[int], timesteps: Sequence[int],
+                draw: int = 0) -> torch.Tensor:
     """Gaussian noise of shape (B, K, *image_shape) for B images (their ``image_keys``) and K timesteps (on CPU)."""
     noise = torch.empty(len(keys), len(timesteps), *image_shape)
     generator = torch.Generator()
     for b, key in enumerate(keys):
         for k, t in enumerate(timesteps):
-            generator.manual_seed(noise_seed(seed, int(key), int(t)))
+            generator.manual_seed(noise_seed(seed, int(key), int(t), draw))
             noise[b, k] = torch.randn(tuple(image_shape), generator=generator)
     return noise
 
@@ -123,7 +138,7 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
                   progress: bool | Callable[[int], object] = True, index_offset: int = 0,
-                  clamp_for_lpips: bool = False, space=None) -> pd.DataFrame:
+                  clamp_for_lpips: bool = False, space=None, noise: str = NOISE, draws: int = 1) -> pd.DataFrame:
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
 
     As the paper's code: MSE compares the input with the reconstruction clamped to [0, 1];
@@ -135,7 +150,8 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     function called with the number of images each batch finished (the caller's bar).
     ``space`` (a model space, :class:`ddpm_ood.boundary.PixelSpace`): images are encoded to it, noised and
     reconstructed there, and decoded; the images and metrics stay in [0, 1]. None: the images themselves.
-    Returns one row per (image, start t).
+    ``noise``: the seeding scheme (:func:`image_keys`); ``draws``: each metric is the mean over that
+    many independent noise draws (draw 0 alone by default). Returns one row per (image, start t).
     """
     reconstruct = reconstruct_fused if fused else reconstruct_sequential
     timesteps = [int(sampler.grid[j]) for j in start_indices]
@@ -147,15 +163,21 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
         batch = images[first:first + batch_size]
         x0 = batch.to(device)
         x = to_model(x0, space)  # the noise is drawn in model space, where the sampler runs
-        noise = start_noise(x.shape[1:], seed, image_keys(batch), timesteps)
-        raw = to_image(reconstruct(model, schedule, sampler, x, start_indices, noise), space)  # (B, K, C, H, W)
-        inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
-        raw = raw.reshape(-1, *x0.shape[1:])
-        clamped = raw.clamp(0, 1)
-        columns["mse"].append(mse_per_image(inputs, clamped).cpu())
+        keys = image_keys(batch, noise)
+        mse, lpips_values = 0.0, 0.0  # sums over the draws
+        for draw in range(draws):
+            eps = start_noise(x.shape[1:], seed, keys, timesteps, draw)
+            raw = to_image(reconstruct(model, schedule, sampler, x, start_indices, eps), space)  # (B, K, C, H, W)
+            inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
+            raw = raw.reshape(-1, *x0.shape[1:])
+            clamped = raw.clamp(0, 1)
+            mse = mse + mse_per_image(inputs, clamped).cpu()
+            if lpips_metric is not None:
+                clamp_lpips = clamp_for_lpips or x0.shape[1] == 1
+                lpips_values = lpips_values + lpips_metric(inputs, clamped if clamp_lpips else raw).cpu()
+        columns["mse"].append(mse / draws)
         if lpips_metric is not None:
-            clamp_lpips = clamp_for_lpips or x0.shape[1] == 1
-            columns["perceptual_difference"].append(lpips_metric(inputs, clamped if clamp_lpips else raw).cpu())
+            columns["perceptual_difference"].append(lpips_values / draws)
         advance(len(x0))
     if bar is not None:
         bar.close()
@@ -185,13 +207,13 @@ def to_image(x: torch.Tensor, space) -> torch.Tensor:
 @torch.no_grad()
 def reconstruction_examples(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
                             start_indices: Sequence[int], seed: int, device: torch.device,
-                            space=None) -> dict[str, np.ndarray]:
+                            space=None, noise: str = NOISE) -> dict[str, np.ndarray]:
     """The first images of a set and their reconstructions from every start point, exactly as
     the results were made (the same seeded noise): ``inputs`` (N, C, H, W), ``reconstructions``
     (N, K, C, H, W) clamped to [0, 1], ``t`` (K,)."""
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     x0 = images.to(device)
     x = to_model(x0, space)
-    noise = start_noise(x.shape[1:], seed, image_keys(images), timesteps)
-    recon = to_image(reconstruct_fused(model, schedule, sampler, x, start_indices, noise), space).clamp(0, 1)
+    eps = start_noise(x.shape[1:], seed, image_keys(images, noise), timesteps)
+    recon = to_image(reconstruct_fused(model, schedule, sampler, x, start_indices, eps), space).clamp(0, 1)
     return {"inputs": x0.cpu().numpy(), "reconstructions": recon.cpu().numpy(), "t": np.asarray(timesteps)}

@@ -77,6 +77,11 @@ START_POINT_KNOBS = (
          minimum=1, measure=False, score=True),
 )
 
+# Averaging over noise draws: for the detectors whose measure draws noise (the paper's and denoise).
+NOISE_DRAWS = Knob("--noise_draws", 1, "Average each noise-drawing detector's measurements (recon's MSE and LPIPS per "
+                   "start point, denoise's errors) over this many independent noise draws: less score noise for "
+                   "that many times the model evaluations. Default 1 (as the paper).", minimum=1)
+
 DETECTORS = {
     "recon": Entry("ddpm_ood.detectors.recon:ReconDetector", (
         Knob("--num_inference_steps", 100, "PLMS grid size S: points 1, 1+T//S, ... Default 100 (t = 1, 11, ..., 991).",
@@ -95,6 +100,7 @@ DETECTORS = {
              kind="switch"),
         Knob("--fused", True, "Advance all start points of a batch together (default); --no-fused runs them one by "
              "one (same results).", kind="switch"),
+        NOISE_DRAWS,
     )),
     "path": Entry("ddpm_ood.detectors.path:PathDetector", (
         Knob("--path_steps", 10, "DDIM steps of the path detector's path from the image to noise (its UNet calls per "
@@ -108,6 +114,7 @@ DETECTORS = {
     "denoise": Entry("ddpm_ood.detectors.denoise:DenoiseDetector", (
         Knob("--denoise_levels", 10, "Timesteps of the denoise detector (its UNet calls per image; at most the "
              "model's timesteps). Default 10.", minimum=1),
+        NOISE_DRAWS,
     )),
 }
 # Scored from the measured detectors' scores, never measured themselves.

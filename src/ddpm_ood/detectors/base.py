@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ddpm_ood.diffusion import ModelFn
-from ddpm_ood.reconstruction import image_keys, to_model
+from ddpm_ood.reconstruction import NOISE, image_keys, to_model
 
 
 class Scored(NamedTuple):
@@ -174,10 +174,13 @@ class FeatureDetector(Detector):
     knob: str = ""  # the registry knob that sets the number of timesteps, e.g. "path_steps"
     column_prefix: str = ""  # one feature column per timestep, <prefix><t>, unless columns() says otherwise
 
-    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000, timesteps: Sequence[int] | None = None):
-        """``n_levels`` timesteps spread over the model's ``num_timesteps``, or ``timesteps`` as recorded."""
+    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000, timesteps: Sequence[int] | None = None,
+                 noise: str = NOISE):
+        """``n_levels`` timesteps spread over the model's ``num_timesteps``, or ``timesteps`` as recorded;
+        ``noise``: how any noise a detector draws is seeded (:func:`ddpm_ood.reconstruction.image_keys`)."""
         # one UNet call per image at each
         self.timesteps = even_timesteps(num_timesteps, n_levels) if timesteps is None else checked_timesteps(timesteps)
+        self.noise = noise
 
     @classmethod
     def from_args(cls, args, model) -> "FeatureDetector":
@@ -198,7 +201,7 @@ class FeatureDetector(Detector):
     @classmethod
     def from_settings(cls, settings: dict) -> "FeatureDetector":
         try:
-            return cls(timesteps=settings[f"{cls.name}_t"])
+            return cls(timesteps=settings[f"{cls.name}_t"], noise=settings.get("noise", NOISE))
         except (KeyError, TypeError, ValueError) as err:
             from ddpm_ood.errors import ScoringError
 
@@ -248,6 +251,20 @@ def even_timesteps(num_timesteps: int, count: int) -> list[int]:
     return list(range(0, num_timesteps, num_timesteps // count))[:count]
 
 
+def checked_draws(draws, name: str) -> int:
+    """--noise_draws: a positive integer."""
+    if not (isinstance(draws, int) and not isinstance(draws, bool) and draws >= 1):
+        from ddpm_ood.errors import DataError
+
+        raise DataError(f"{name}: noise_draws = {draws!r} must be a positive integer.")
+    return draws
+
+
+def draws_setting(draws: int) -> dict:
+    """The settings entry of --noise_draws: none for one draw, so results made before it match."""
+    return {"noise_draws": draws} if draws != 1 else {}
+
+
 def checked_timesteps(timesteps: Sequence[int]) -> list[int]:
     """Recorded timesteps: non-negative integers, strictly increasing (raises ValueError)."""
     values = [int(t) for t in timesteps]
@@ -280,7 +297,7 @@ def measure_features(detector: FeatureDetector, model: ModelFn, schedule, images
     columns: dict[str, list[np.ndarray]] = {c: [] for c in detector.columns()}
     for first in range(0, len(images), batch_size):
         batch = images[first:first + batch_size]
-        keys = image_keys(batch)  # any noise a detector draws comes from the image's pixels
+        keys = image_keys(batch, detector.noise)  # any noise a detector draws comes from what the image shows
         x0 = to_model(batch.to(device), space)
         for column, values in detector.features(model, schedule, x0, keys, seed).items():
             columns[column].append(values.double().cpu().numpy())

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep
+from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep, checked_draws, draws_setting
+from ddpm_ood.reconstruction import NOISE
 from ddpm_ood.scoring import ZScore
 
 
@@ -27,16 +28,42 @@ class DenoiseDetector(FeatureDetector):
 
     column_prefix = "denoise_mse_t"
 
+    def __init__(self, n_levels: int = 10, num_timesteps: int = 1000, timesteps=None, noise: str = NOISE,
+                 noise_draws: int = 1):
+        super().__init__(n_levels, num_timesteps, timesteps, noise)
+        self.noise_draws = checked_draws(noise_draws, self.name)  # the error is their mean
+
+    @classmethod
+    def from_args(cls, args, model) -> "DenoiseDetector":
+        detector = super().from_args(args, model)
+        detector.noise_draws = checked_draws(getattr(args, "noise_draws", 1), cls.name)
+        return detector
+
+    def settings(self) -> dict:
+        return {**super().settings(), **draws_setting(self.noise_draws)}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "DenoiseDetector":
+        detector = super().from_settings(settings)
+        detector.noise_draws = checked_draws(settings.get("noise_draws", 1), cls.name)
+        return detector
+
+    def nfe(self) -> int:
+        return self.noise_draws * len(self.timesteps)
+
     @torch.no_grad()
     def features(self, model, schedule, x0, image_keys, seed):
         from ddpm_ood.reconstruction import start_noise
 
         n_levels, batch = len(self.timesteps), x0.shape[0]
-        noise = start_noise(x0.shape[1:], seed, image_keys, self.timesteps).to(x0.device)  # (B, L, C, H, W)
-        noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major
         x, t = at_every_timestep(x0, self.timesteps)
-        x_t = schedule.add_noise(x, noise, t)
-        error = ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
+        error = 0.0
+        for draw in range(self.noise_draws):
+            noise = start_noise(x0.shape[1:], seed, image_keys, self.timesteps, draw).to(x0.device)  # (B, L, C, H, W)
+            noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major
+            x_t = schedule.add_noise(x, noise, t)
+            error = error + ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
+        error = error / self.noise_draws
         return {column: error[level] for level, column in enumerate(self.columns())}
 
     def fit_features(self, features: np.ndarray, seed: int = 0) -> ZScore:

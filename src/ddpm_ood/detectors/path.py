@@ -37,6 +37,7 @@ import torch
 
 from ddpm_ood.detectors.base import FeatureDetector, ModelFn
 from ddpm_ood.detectors.density import density_from_state, density_state, fit_gmm, fit_kde, ood_score
+from ddpm_ood.reconstruction import NOISE
 
 STATISTICS = ("eps_sum", "eps_sum_sq", "eps_sum_cb", "deps_dt", "deps_dt_sq", "deps_dt_cb")
 
@@ -71,11 +72,11 @@ class PathDetector(FeatureDetector):
     knob = "path_steps"
     score_names = ("path-6d", "path-1d")
 
-    def __init__(self, n_steps: int = 10, num_timesteps: int = 1000, timesteps=None):
+    def __init__(self, n_steps: int = 10, num_timesteps: int = 1000, timesteps=None, noise: str = NOISE):
         if (n_steps if timesteps is None else len(timesteps)) < 2:
             raise ValueError(f"the path needs at least 2 steps for its curvature, got "
                              f"{n_steps if timesteps is None else list(timesteps)}")
-        super().__init__(n_steps, num_timesteps, timesteps)
+        super().__init__(n_steps, num_timesteps, timesteps, noise)
 
     def columns(self) -> list[str]:
         return list(STATISTICS)

@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ddpm_ood.detectors.base import Detector, Scored, checked_timesteps
+from ddpm_ood.detectors.base import Detector, Scored, checked_draws, checked_timesteps, draws_setting
 from ddpm_ood.errors import DataError, ScoringError
+from ddpm_ood.reconstruction import NOISE
 from ddpm_ood.results import REDO, csv_line, first_bad, image_key, read_results_csv
 from ddpm_ood.scoring import ZScore, select_start_t, show_value
 
@@ -65,7 +66,7 @@ class ReconDetector(Detector):
     expensive = True
 
     def __init__(self, num_inference_steps: int, start_t: Sequence[int], metrics: Sequence[str], lpips_pad: int = 2,
-                 clamp_for_lpips: bool = False, fused: bool = True):
+                 clamp_for_lpips: bool = False, fused: bool = True, noise: str = NOISE, noise_draws: int = 1):
         if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise DataError(f"recon: num_inference_steps = {num_inference_steps!r} must be a positive integer.")
         self.num_inference_steps = num_inference_steps
@@ -77,6 +78,7 @@ class ReconDetector(Detector):
         if not (isinstance(lpips_pad, int) and lpips_pad >= 0):
             raise DataError(f"recon: lpips_pad = {lpips_pad!r} must be a non-negative integer.")
         self.lpips_pad, self.clamp_for_lpips, self.fused = int(lpips_pad), bool(clamp_for_lpips), fused
+        self.noise, self.noise_draws = noise, checked_draws(noise_draws, self.name)
         self.score_names = tuple(available_scores(self.metrics))
         self.lpips = None  # the LPIPS metric, once loaded (load_lpips)
         self._sampler = None
@@ -99,19 +101,23 @@ class ReconDetector(Detector):
         start_t = select_start_t(grid_t, args.max_start_t, args.min_start_t)
         if not start_t:
             raise DataError(f"--min_start_t/--max_start_t leave none of the start points {grid_t}.")
-        detector = cls(args.num_inference_steps, start_t, metrics, args.lpips_pad, args.clamp_for_lpips, args.fused)
+        detector = cls(args.num_inference_steps, start_t, metrics, args.lpips_pad, args.clamp_for_lpips, args.fused,
+                       noise_draws=args.noise_draws)
         detector.bind(model.schedule)
         detector.prepare(model.device, args.lpips_weights)
         return detector
 
     def settings(self) -> dict:
         return {"num_inference_steps": self.num_inference_steps, "start_t": list(self.start_t),
-                "metrics": list(self.metrics), "lpips_pad": self.lpips_pad, "clamp_for_lpips": self.clamp_for_lpips}
+                "metrics": list(self.metrics), "lpips_pad": self.lpips_pad, "clamp_for_lpips": self.clamp_for_lpips,
+                **draws_setting(self.noise_draws)}
 
     @classmethod
     def from_settings(cls, settings: dict) -> "ReconDetector":
+        """``settings``: a results manifest (its ``noise`` scheme is the run's) or the detector's own."""
         return cls(settings["num_inference_steps"], settings["start_t"], settings["metrics"], settings["lpips_pad"],
-                   settings.get("clamp_for_lpips", False))
+                   settings.get("clamp_for_lpips", False), noise=settings.get("noise", NOISE),
+                   noise_draws=settings.get("noise_draws", 1))
 
     def bind(self, schedule) -> None:
         """The PLMS grid of ``schedule`` for these settings (start points must be grid points)."""
@@ -141,12 +147,12 @@ class ReconDetector(Detector):
         return f"reconstructing {set_name}"
 
     def nfe(self) -> int:
-        return nfe(self.start_indices)
+        return self.noise_draws * nfe(self.start_indices)
 
     def cost(self) -> dict:
         # Per start point too, for ood_detection.py's --max_start_t.
         return {"nfe_per_image": self.nfe(),
-                "nfe_per_start": {str(t): nfe([j]) for t, j in zip(self.start_t, self.start_indices)}}
+                "nfe_per_start": {str(t): self.noise_draws * nfe([j]) for t, j in zip(self.start_t, self.start_indices)}}
 
     def scoring_nfe(self, settings: dict) -> int | None:
         """The cost of the start points scored: reconstruct.py records each start's (grid index + 2)."""
@@ -164,7 +170,7 @@ class ReconDetector(Detector):
         return measure_split(model.model_fn, model.schedule, self._sampler, images, filenames, split_type,
                              self.start_indices, batch_size, seed, model.device, self.lpips, fused=self.fused,
                              progress=progress, index_offset=index_offset, clamp_for_lpips=self.clamp_for_lpips,
-                             space=model.space)
+                             space=model.space, noise=self.noise, draws=self.noise_draws)
 
     def examples(self, model, images, seed) -> dict:
         """The first images and their reconstructions from every start point, as the results were made."""
@@ -172,7 +178,7 @@ class ReconDetector(Detector):
 
         self.bind(model.schedule)
         return reconstruction_examples(model.model_fn, model.schedule, self._sampler, images, self.start_indices,
-                                       seed, model.device, model.space)
+                                       seed, model.device, model.space, self.noise)
 
     # --- scoring -----------------------------------------------------------------------------
 
