@@ -5,6 +5,7 @@ Python API checks images as the scripts do; a checkpoint records how it was trai
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 
 import pytest
@@ -344,3 +345,27 @@ def test_an_unused_config_file_never_stops_a_run_and_a_read_only_run_is_read(tra
     monkeypatch.setattr(runlock.os, "open", read_only)
     written = reconstruct.main(reconstruct.parse_args(args))  # finished: read, nothing to write
     assert "is read-only: going on without the lock file" in caplog.text and written
+
+
+def test_the_same_images_in_another_folder_are_not_measured_again(trained, tmp_path):
+    """Main before this: moving the data (the same images, another folder) made every set recompute."""
+    out, paths, _ = trained
+    args = [f"--output_dir={out}", "--model_name=blobs", "--run_in=0", "--run_out=0", "--detectors=denoise",
+            "--denoise_levels=2", "--num_workers=0"]
+    reconstruct.main(reconstruct.parse_args([*args, f"--validation_ids={paths['val']}"]))
+    results = out / "blobs" / "ood" / "denoise" / "results_val.csv"
+    before = (results.read_bytes(), results.stat().st_mtime_ns)
+    import numpy as np
+    import pandas as pd
+
+    from conftest import write_split
+
+    moved = tmp_path / "moved"  # the same images and a split file of their own, elsewhere
+    moved.mkdir()
+    files = [shutil.copy(f, moved / pathlib.Path(f).name) for f in pd.read_csv(paths["val"])["filename"]]
+    split = write_split(moved / "Blobs_val.csv", [pathlib.Path(f) for f in files])
+    reconstruct.main(reconstruct.parse_args([*args, f"--validation_ids={split}"]))
+    assert (results.read_bytes(), results.stat().st_mtime_ns) == before
+    np.save(files[0], 255 - np.load(files[0]))  # other pixels: another set
+    with pytest.raises(DataError, match="image pixels"):
+        reconstruct.main(reconstruct.parse_args([*args, f"--validation_ids={split}"]))

@@ -246,9 +246,18 @@ def made_with(manifest: dict) -> dict:
     return without(manifest, EXTRA_KEYS, SEAL_KEYS)
 
 
+# Where a set's files lie: compared only for results that record no digest of the images' pixels.
+IMAGE_LOCATION_KEYS = ("split", "files_digest")
+
+
 def results_identity(manifest: dict) -> dict:
-    """How the results were made, wherever the model file was: what resuming and reuse compare."""
-    return without(made_with(manifest), LOCATION_KEYS)
+    """How the results were made, wherever the model file was and wherever the images lie (the same
+    images moved to another folder, with their split file, are the same set): what resuming and
+    reuse compare."""
+    identity = without(made_with(manifest), LOCATION_KEYS)
+    if "images_sha256" in identity:  # what the images are decides, not where their files lie
+        identity = without(identity, IMAGE_LOCATION_KEYS)
+    return identity
 
 
 def same_results(a: dict, b: dict) -> bool:
