@@ -369,3 +369,15 @@ def test_the_same_images_in_another_folder_are_not_measured_again(trained, tmp_p
     np.save(files[0], 255 - np.load(files[0]))  # other pixels: another set
     with pytest.raises(DataError, match="image pixels"):
         reconstruct.main(reconstruct.parse_args([*args, f"--validation_ids={split}"]))
+
+
+def test_a_model_of_other_channels_says_to_convert_not_to_resize():
+    """Main before this told a 4-channel model's user with 3-channel images to resize them."""
+    from ddpm_ood.boundary import ImageSpace
+
+    space = ImageSpace(4, (4, 32, 32))
+    with pytest.raises(DataError, match=r"takes \(4, 32, 32\): convert them to 4 channel"):
+        space.check(torch.rand(2, 3, 32, 32), "", "m")
+    with pytest.raises(DataError, match="resize them"):
+        space.check(torch.rand(2, 4, 16, 16), "", "m")
+    space.check(torch.rand(2, 4, 32, 32), "", "m")
