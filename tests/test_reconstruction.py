@@ -122,18 +122,13 @@ def test_noise_is_a_function_of_what_the_image_shows_not_of_float_rounding(tiny_
 
 def test_several_noise_draws_average_the_metrics_of_each_draw(tiny_model):
     model, schedule = tiny_model
-    sampler = PLMSSampler(schedule)
-    sampler.set_timesteps(10)
-    starts = sampler.start_indices(3)
-    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    sampler, starts, images, _ = reconstruction_case(schedule, 10, 3, 3, 6)
     run = lambda **k: measure_split(model, schedule, sampler, images, ["a", "b", "c"], "val", starts, 3, 0,
                                     torch.device("cpu"), progress=False, **k)["mse"].to_numpy()
     one, two = run(), run(draws=2)
-    keys = image_keys(images)
-    second = torch.stack([
-        ((images[:, None] - reconstruct_fused(model, schedule, sampler, images, starts,
-                                              start_noise((1, 28, 28), 0, keys, sampler.grid[starts], draw=1))
-          .clamp(0, 1)) ** 2).flatten(2).mean(2)])[0].flatten().numpy()  # (B*K,), image-major
+    noise = start_noise((1, 28, 28), 0, image_keys(images), sampler.grid[starts], draw=1)
+    recon = reconstruct_fused(model, schedule, sampler, images, starts, noise).clamp(0, 1)  # (B, K, C, H, W)
+    second = ((images[:, None] - recon) ** 2).flatten(2).mean(2).flatten().numpy()  # (B*K,), image-major
     np.testing.assert_allclose(two, (one + second) / 2, rtol=1e-5)
     assert not np.allclose(one, second)  # draw 1 is another draw
 

@@ -146,9 +146,6 @@ class ModelSource:
         if pretrained is not None:
             if eval_checkpoint:
                 raise ConfigError("--pretrained and --eval_checkpoint name two models; pass one of them.")
-            if not pretrained.strip():
-                raise ConfigError("--pretrained is empty (an unset shell variable?): pass a diffusers folder or hub "
-                                  "id, or leave the flag out to use the run's own model.")
             return DiffusersModel(pretrained)
         return RunModel(run.find_model_file(eval_checkpoint))
 

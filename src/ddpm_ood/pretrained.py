@@ -70,7 +70,8 @@ class PretrainedFiles:
 def locate(given: str) -> PretrainedFiles:
     """The files of a pretrained model: ``given`` is a local folder or a hub id."""
     if not str(given).strip():
-        raise ConfigError("--pretrained is empty (an unset shell variable?): pass a diffusers folder or hub id.")
+        raise ConfigError("--pretrained is empty (an unset shell variable?): pass a diffusers folder or hub id, or "
+                          "leave the flag out to use the run's own model.")
     path = Path(given).expanduser()
     if path.exists():
         if not path.is_dir():
