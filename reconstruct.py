@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import (add_knobs, binary_int, detector_list, device_name, non_negative_int, plain_name, positive_int,
+from ddpm_ood.cli import (add_knobs, add_space_flags, binary_int, detector_list, device_name, non_negative_int, plain_name, positive_int,
                      run_main, seed_value, shard_spec)
 from ddpm_ood.detectors import DEFAULT_DETECTORS, detector_help, measure_knobs
 from ddpm_ood.runtime import PRECISIONS
@@ -87,13 +87,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--restart", action=argparse.BooleanOptionalAction, default=False,
         help="Discard results (finished or partial) made with other settings instead of stopping.")
     add("--verbose", action="store_true", help="Log debug messages.")
+    add_space_flags(parser, spatial_default=None)
     add_knobs(parser.add_argument_group(f"detector settings (detectors: {detector_help()})"), measure_knobs())
     return parser.parse_args(argv)
 
 
+def check_test_splits(model, sets) -> None:
+    """Before any work: a test set (in-distribution test or OOD) that is the very split file the model's
+    first stage was trained on is refused (the same images under another file name are refused when
+    their pixels are read: LoadedModel.trained_on)."""
+    from ddpm_ood.errors import DataError
+
+    record = ((model.info.get("first_stage") or {}).get("data") or {}).get("training") or {}
+    trained = Path(record["split"]) if record.get("split") else None
+    for name, path, _ in sets:
+        if trained is not None and name not in ("val", "fit") and Path(path).exists() and trained.exists() and \
+                Path(path).resolve() == trained.resolve():
+            raise DataError(f"The test set {path} is the split the model's first stage was trained on: its scores "
+                            "would measure memorised images. Score held-out images, or train the first stage "
+                            "(train_vqvae.py) on the training split.")
+
+
 def main(args: argparse.Namespace) -> dict[str, Path]:
     from ddpm_ood.config import warn_if_config_differs
-    from ddpm_ood.data import load_split
+    from ddpm_ood.data import load_images
+    from ddpm_ood.errors import ConfigError, DataError
     from ddpm_ood.detectors import detector_class
     from ddpm_ood.distributed import init_distributed, shutdown
     from ddpm_ood.inference import ModelSource, load_model_fn
@@ -119,16 +137,26 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     detectors = [detector_class(name).from_args(args, model) for name in args.detectors]
     for detector in detectors:
         logger.info("%s", detector.describe())
+    if args.spatial_dimension not in (None, model.spatial_dims):
+        raise ConfigError(f"--spatial_dimension {args.spatial_dimension}, but the model {model.source} is "
+                          f"{model.spatial_dims}D: leave the flag out (the model's is used).")
+    check_test_splits(model, sets)
     run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale), "noise": NOISE}
 
     written = {}
     with run_lock(run.ood, "reconstruct", shared=not workers.alone) if dist.is_main else contextlib.nullcontext():
         dist.barrier()  # the other ranks start once rank 0 holds the run
         for name, path, first_n in sets:
-            image_set = load_split(path, is_grayscale, first_n=first_n, num_workers=args.num_workers,
-                                   progress=dist.is_main)
+            image_set = load_images(path, is_grayscale, model.spatial_dims, first_n=first_n,
+                                    num_workers=args.num_workers, progress=dist.is_main, image_roi=args.image_roi,
+                                    image_size=args.image_size)
             model.check_images(image_set, path)
             entries = set_entries(path, first_n, image_set.filenames, image_set.images)
+            memorised = model.trained_on(entries["images_sha256"]) if name not in ("val", "fit") else None
+            if memorised:
+                raise DataError(f"The test set {path} holds exactly the images {memorised}: its scores would measure "
+                                "memorised images. Score held-out images, or train the first stage on the training "
+                                "split.")
             for detector in (d for d in detectors if name != "fit" or d.measures_fit_set):
                 store = ResultsStore(run, detector.folder(), name, build_manifest(
                     model.manifest(run.dir), run_settings, detector.settings(), entries, args.chunk_size), args.restart)

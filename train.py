@@ -21,7 +21,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import add_settings, binary_int, device_name, non_negative_int, plain_name, positive_int, run_main
+from ddpm_ood.cli import (add_settings, add_space_flags, binary_int, device_name, non_negative_int, plain_name,
+                          positive_int, run_main)
 from ddpm_ood.train_config import TrainSettings
 
 logger = logging.getLogger("ddpm_ood")
@@ -44,6 +45,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
+    add_space_flags(parser)
+    parser.add_argument("--vqvae_checkpoint", default=None, metavar="RUN_OR_FILE",
+                        help="Train a latent DDPM: on the latents of this first stage (a run folder of train_vqvae.py "
+                             "or its best_model.pth). The UNet's in/out channels become the latent channels; the "
+                             "first stage is kept inside every model file. Default: a pixel-space DDPM.")
+    parser.add_argument("--latent_pad", type=non_negative_int, default=0,
+                        help="Zero-pad the latents by this many positions on every side (for a UNet whose "
+                             "downsampling needs a larger latent). Default 0.")
     parser.add_argument("--init_weights", default=None, metavar="MODEL_FILE",
                         help="Start training from this model file's weights (e.g. final_model.pth of a run whose "
                              "checkpoints were deleted), with a fresh optimizer: an absolute path or one relative to "
@@ -82,12 +91,62 @@ def check_same_config(run, cfg) -> None:
             "--config_diffusion_file and overrides to resume, or a new --model_name for a new run.")
 
 
+def latents_of(args, train_set, val_set, device, dist):
+    """The first stage of --vqvae_checkpoint (checked against the images), and both sets encoded by it,
+    scaled to unit standard deviation on the training set and padded by --latent_pad."""
+    import torch
+    from tqdm import tqdm
+
+    from ddpm_ood.autoencoder_training import latent_scale
+    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.first_stage import LatentSpace, check_images_for, read_first_stage
+
+    record = read_first_stage(args.vqvae_checkpoint)
+    where = record["path"]
+    if record["network"]["spatial_dims"] != args.spatial_dimension:
+        raise ConfigError(f"The first stage {where} is {record['network']['spatial_dims']}D, but "
+                          f"--spatial_dimension is {args.spatial_dimension}: pass --spatial_dimension "
+                          f"{record['network']['spatial_dims']} or another first stage.")
+    check_images_for(record, train_set.images.shape[1:], args.training_ids, where)
+    space = LatentSpace.from_record({**record, "pad": 0}, where).to(device)
+
+    def encode(images, what):
+        parts = [space.encode_unscaled(images[i:i + args.batch_size].to(device)).cpu()
+                 for i in tqdm(range(0, len(images), args.batch_size), desc=f"encoding {what}", leave=False,
+                               disable=not dist.is_main)]
+        return torch.cat(parts)
+
+    train_latents, val_latents = encode(train_set.images, "training set"), encode(val_set.images, "validation set")
+    space.scale, space.pad = latent_scale(train_latents), args.latent_pad
+    logger.info("first stage %s: latents of shape %s, scaled by %.4f%s", where, tuple(train_latents.shape[1:]),
+                space.scale, f", padded by {args.latent_pad}" if args.latent_pad else "")
+    pad = lambda z: torch.nn.functional.pad(z * space.scale, (args.latent_pad,) * (2 * (z.dim() - 2)))
+    return space, pad(train_latents), pad(val_latents)
+
+
+def set_network_shape(cfg, spatial_dimension: int, first_stage):
+    """The UNet's dims (2 or 3) and, for a latent model, its channels: the first stage's latent channels."""
+    from omegaconf import OmegaConf, open_dict
+
+    unet = cfg.ldm.params.unet_config.params
+    with open_dict(unet):
+        if spatial_dimension == 3 or "dims" in unet:
+            unet.dims = spatial_dimension
+        if first_stage is not None:
+            channels = int(first_stage.network.get("embedding_dim", first_stage.network.get("latent_channels", 0)))
+            if unet.in_channels != channels:
+                logger.info("latent model: the UNet takes the first stage's %d latent channels (in_channels and "
+                            "out_channels set from %d)", channels, unet.in_channels)
+            unet.in_channels = unet.out_channels = channels
+    return OmegaConf.create(OmegaConf.to_container(cfg))
+
+
 def main(args: argparse.Namespace) -> dict:
     import torch
     from omegaconf import OmegaConf
 
     from ddpm_ood.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
-    from ddpm_ood.data import check_image_shape, load_split
+    from ddpm_ood.data import check_image_shape, load_images
     from ddpm_ood.errors import ConfigError
     from ddpm_ood.files import write_text_atomic
     from ddpm_ood.distributed import init_distributed, shutdown
@@ -100,7 +159,8 @@ def main(args: argparse.Namespace) -> dict:
     run = RunFiles(args.output_dir / args.model_name)
     logger.info("loading config...")
     cfg = load_config(args.config_diffusion_file or default_config_file(bool(args.is_grayscale)), args.overrides)
-    check_channels(cfg, bool(args.is_grayscale), str(args.config_diffusion_file))
+    if args.vqvae_checkpoint is None:
+        check_channels(cfg, bool(args.is_grayscale), str(args.config_diffusion_file))
     dist, device = init_distributed(pick_device(args.device))
     if args.batch_size < dist.world_size:
         raise ConfigError(f"--batch_size {args.batch_size} is the global batch; it must be at least the number of "
@@ -108,17 +168,22 @@ def main(args: argparse.Namespace) -> dict:
 
     # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
-        check_same_config(run, cfg)
-        if dist.is_main:
-            write_text_atomic(run.config, OmegaConf.to_yaml(cfg))
-
         logger.info("loading data...")
-        train_set = load_split(args.training_ids, bool(args.is_grayscale), first_n=args.first_n,
-                               num_workers=args.num_workers, progress=dist.is_main)
-        val_set = load_split(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers,
-                             progress=dist.is_main)
+        space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi,
+                          image_size=args.image_size)
+        train_set = load_images(args.training_ids, bool(args.is_grayscale), first_n=args.first_n,
+                                num_workers=args.num_workers, progress=dist.is_main, **space_args)
+        val_set = load_images(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers,
+                              progress=dist.is_main, **space_args)
         check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}",
                           args.validation_ids)
+        train_images, val_images, first_stage = train_set.images, val_set.images, None
+        if args.vqvae_checkpoint is not None:
+            first_stage, train_images, val_images = latents_of(args, train_set, val_set, device, dist)
+        cfg = set_network_shape(cfg, args.spatial_dimension, first_stage)
+        check_same_config(run, cfg)
+        if dist.is_main:  # only now: bad input above writes nothing
+            write_text_atomic(run.config, OmegaConf.to_yaml(cfg))
 
         logger.info("creating model...")
         torch.manual_seed(args.seed)  # the initial weights; a resumed run loads its own
@@ -132,8 +197,8 @@ def main(args: argparse.Namespace) -> dict:
                 for name, path, split in (("training", args.training_ids, train_set),
                                           ("validation", args.validation_ids, val_set))}
         init = run.find_model_file(args.init_weights) if args.init_weights else None
-        summary = train(model, schedule, train_set.images, val_set.images, settings, run.dir, to_container(cfg),
-                        device, dist, init, data)
+        summary = train(model, schedule, train_images, val_images, settings, run.dir, to_container(cfg),
+                        device, dist, init, data, first_stage, val_set.images[:4])
     shutdown(dist)
     if dist.is_main:
         logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],

@@ -118,7 +118,7 @@ def identity_parts(network: "Network") -> dict:
         "prediction": network.prediction,
         "image_space": [network.image_space.channels, list(network.image_space.shape or [])],
         "model_space": network.space.record(),
-        "first_stage": None,  # a latent model's autoencoder identity
+        "first_stage": network.space.record() if network.space.record().get("kind") == "latent" else None,
     }
 
 

@@ -178,3 +178,26 @@ def run_main(main: Callable[[argparse.Namespace], object], parse_args: Callable[
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def roi(text: str) -> list[int]:
+    """--image_roi: three positive integers (D, H, W), as "[160,160,128]" or "160,160,128"."""
+    parts = [p for p in text.strip().strip("[]()").replace(" ", "").split(",") if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers such as [160,160,128], got {text!r}")
+    return values
+
+
+def add_space_flags(parser: argparse.ArgumentParser, spatial_default: int | None = 2) -> None:
+    """--spatial_dimension, --image_roi and --image_size (ddpm-ood's names), shared by the scripts that read images."""
+    parser.add_argument("--spatial_dimension", type=int, choices=(2, 3), default=spatial_default,
+                        help=f"2: images (default{'' if spatial_default else ': the model' + chr(39) + 's'}); 3: volumes (.npy or NIfTI .nii/.nii.gz, listed in the same split "
+                             "CSVs, read from disk as needed). A model file's own dimension wins in reconstruct.py.")
+    parser.add_argument("--image_roi", type=roi, default=None, metavar="[D,H,W]",
+                        help="Volumes: crop this centre region first. Default: the whole volume.")
+    parser.add_argument("--image_size", type=positive_int, default=None, metavar="N",
+                        help="Volumes: resize to N x N x N (trilinear) after any crop. Default: as stored.")

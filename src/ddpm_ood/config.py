@@ -21,6 +21,7 @@ CONFIG_DIR = Path(__file__).parent / "configs" / "diffusion"
 UNET_KEYS = (
     "in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
     "num_heads", "dropout", "use_scale_shift_norm", "resblock_updown", "conv_resample", "num_groups", "norm_eps",
+    "dims",
 )
 
 
@@ -45,8 +46,10 @@ SCHEMA = {
     "ldm.params.loss_type": ("'l2' (the only loss implemented)", lambda v: v == "l2"),
     "ldm.params.parameterization": ("'eps' (the only parameterisation implemented)", lambda v: v == "eps"),
     UNET + "image_size": ("an integer (informational; the data sets the size)", lambda v: _is_int(v)),
-    UNET + "in_channels": ("1 or 3", lambda v: v in (1, 3) and _is_int(v)),
-    UNET + "out_channels": ("1 or 3", lambda v: v in (1, 3) and _is_int(v)),
+    # 1 or 3 for images (check_channels); a latent model's are its first stage's latent channels
+    UNET + "in_channels": _positive_int,
+    UNET + "out_channels": _positive_int,
+    UNET + "dims": ("2 (images) or 3 (volumes)", lambda v: v in (2, 3) and _is_int(v)),
     UNET + "model_channels": _positive_int,
     UNET + "channel_mult": _int_list,
     UNET + "num_res_blocks": _positive_int,

@@ -443,3 +443,183 @@ def prepare_images(images, filenames=None) -> torch.Tensor:
     pixels = images.detach().to("cpu", torch.float32).numpy()
     names = filenames or [f"image {i} of the batch" for i in range(len(images))]
     return torch.from_numpy(np.stack([minmax_scale(image, name) for image, name in zip(pixels, names)]))
+
+
+# --- volumes (--spatial_dimension 3) ----------------------------------------------------------------
+
+def mid_slices(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) as is; volumes (N, C, D, H, W): their middle slice along the first axis (for figures)."""
+    return images[:, :, images.shape[2] // 2] if images.dim() == 5 else images
+
+
+VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def volume_shape(path: Path, where: str) -> tuple[int, ...]:
+    """A volume file's (C, D, H, W) from its header alone (nothing is read but the header). A 2D
+    image, a NIfTI with a time axis or another rank is refused, naming the file and what to do."""
+    fix = "list 3D volumes ((D, H, W) or (C, D, H, W) .npy arrays, or 3D NIfTI files) in a 3D run"
+    if not path.is_file():
+        read_regular(path, MAX_IMAGE_BYTES, where, "a volume")  # raises, saying what the path is
+    if is_nifti(path):
+        try:
+            import nibabel
+
+            shape = tuple(int(d) for d in nibabel.load(str(path)).shape)
+        except Exception as err:  # nibabel raises several types for damaged files
+            raise DataError(f"{where}: {path} is not a NIfTI file nibabel reads ({type(err).__name__}); re-create "
+                            "it.") from None
+        if len(shape) == 4 and shape[3] > 1:
+            raise DataError(f"{where}: {path} has a time (4th) axis of {shape[3]} volumes, shape {shape}; save one "
+                            "volume per file (e.g. nibabel's img.slicer[..., 0]) and list those.")
+        shape = shape[:3] if len(shape) == 4 else shape
+    elif path.suffix.lower() == ".npy":
+        try:
+            shape = tuple(int(d) for d in np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        except (ValueError, OSError, EOFError):
+            raise DataError(f"{where}: {path} is not a .npy array this code reads (damaged, or Python objects); "
+                            "re-create it with np.save.") from None
+    else:
+        raise DataError(f"{where}: {path} is not a volume file ({', '.join(VOLUME_SUFFIXES)}); {fix}.")
+    if len(shape) == 3:
+        return (1, *shape)
+    if len(shape) == 4 and shape[0] in (1, 3):
+        return shape
+    if len(shape) == 2:
+        raise DataError(f"{where}: {path} is a 2D image of shape {shape}, not a volume; {fix}, or run in 2D "
+                        "(--spatial_dimension 2).")
+    raise DataError(f"{where}: {path} has shape {shape}; {fix}.")
+
+
+def read_volume(path: Path, where: str) -> np.ndarray:
+    """One volume as float32 (C, D, H, W), unscaled."""
+    if is_nifti(path):
+        import nibabel
+
+        array = np.asanyarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
+        array = array[..., 0] if array.ndim == 4 else array
+    else:
+        array = np.load(path, allow_pickle=False).astype(np.float32)
+    return array[None] if array.ndim == 3 else array
+
+
+def center_crop(volume: np.ndarray, roi) -> np.ndarray:
+    """The central ``roi`` (D, H, W) of a (C, D, H, W) volume (a side shorter than the roi is kept whole)."""
+    index = [slice(None)]
+    for size, want in zip(volume.shape[1:], roi):
+        start = max(0, (size - want) // 2)
+        index.append(slice(start, start + min(size, want)))
+    return volume[tuple(index)]
+
+
+def cropped_shape(shape, roi, size) -> tuple[int, ...]:
+    channels, spatial = shape[0], list(shape[1:])
+    if roi:
+        spatial = [min(s, r) for s, r in zip(spatial, roi)]
+    if size:
+        spatial = [int(size)] * len(spatial)
+    return (channels, *spatial)
+
+
+class LazyVolumes:
+    """A split's volumes, read from disk when indexed, never held all at once: indexing with an
+    int, a slice, a list or a tensor of rows gives a float32 tensor (min-max scaled to [0, 1] per
+    volume, centre-cropped to ``roi``, resized to ``size``^3), as an in-memory set's rows would be."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, entries: list[Entry], shape: tuple[int, ...], roi=None, size=None, flip=None):
+        self.entries, self.volume_shape, self.roi, self.size, self.flip = entries, tuple(shape), roi, size, flip
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.entries), *self.volume_shape))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def dim(self) -> int:
+        return 1 + len(self.volume_shape)
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def element_size(self) -> int:
+        return 4
+
+    def read(self, i: int) -> torch.Tensor:
+        entry = self.entries[i]
+        volume = read_volume(entry.path, entry.where)
+        if self.roi:
+            volume = center_crop(volume, self.roi)
+        volume = minmax_scale(volume, entry.path)
+        tensor = torch.from_numpy(np.ascontiguousarray(apply_flip(volume, self.flip)))
+        if self.size and tuple(tensor.shape[1:]) != (self.size,) * 3:
+            tensor = torch.nn.functional.interpolate(tensor[None], size=(self.size,) * 3, mode="trilinear",
+                                                     align_corners=False)[0]
+        if tuple(tensor.shape) != self.volume_shape:
+            raise DataError(f"{entry.where}: {entry.path} changed on disk: it now has shape {tuple(tensor.shape)}, not "
+                            f"{self.volume_shape}.")
+        return tensor
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, (int, np.integer)):
+            return self.read(int(index))
+        if isinstance(index, slice):
+            rows = range(*index.indices(len(self)))
+        else:
+            rows = [int(i) for i in (index.tolist() if isinstance(index, torch.Tensor) else index)]
+        if not len(rows):
+            return torch.empty(0, *self.volume_shape)
+        return torch.stack([self.read(i) for i in rows])
+
+    def to(self, device, *args, **kwargs):
+        return self if torch.device(device).type == "cpu" else self[:].to(device, *args, **kwargs)
+
+
+def load_volumes(path: str | Path, is_grayscale: bool, first_n: int | None = None, image_roi=None,
+                 image_size: int | None = None) -> ImageSet:
+    """A split of volumes, checked from the headers of every file (shape, rank, time axis, channels)
+    before any is read: an :class:`ImageSet` whose ``images`` are :class:`LazyVolumes`."""
+    spec = resolve_split(path)
+    entries = read_split_entries(spec.csv_path) if not spec.csv_path.is_dir() else \
+        [Entry(f, f"folder {spec.csv_path}") for f in sorted(p for p in spec.csv_path.iterdir()
+                                                             if p.name.lower().endswith(VOLUME_SUFFIXES))]
+    if first_n is not None:
+        entries = entries[:first_n]
+    if not entries:
+        raise DataError(f"{spec.csv_path} lists no volumes.")
+    channels = 1 if is_grayscale else 3
+    first = None
+    for entry in entries:
+        shape = volume_shape(entry.path, entry.where)
+        if shape[0] != channels:
+            raise DataError(f"{entry.where}: volume {entry.path} has {shape[0]} channel(s), but "
+                            f"{'grayscale (1 channel)' if is_grayscale else 'colour (3 channels)'} volumes are needed "
+                            "here; convert it, or fix --is_grayscale.")
+        if first is None:
+            first = (entry, shape)
+        elif shape != first[1] and not image_size:
+            raise DataError(f"{entry.where}: volume {entry.path} has shape {shape}, but {first[0].path} has "
+                            f"{first[1]}; all volumes of a split must have one shape (or pass --image_size to resize "
+                            "them all).")
+    shape = cropped_shape(first[1], image_roi, image_size)
+    logger.info("Found %d volumes of shape %s in %s (read as needed)", len(entries), shape, spec.csv_path)
+    return ImageSet(LazyVolumes(entries, shape, image_roi, image_size, spec.flip), [str(e.path) for e in entries],
+                    spec.name)
+
+
+def load_images(path: str | Path, is_grayscale: bool, spatial_dimension: int = 2, first_n: int | None = None,
+                progress: bool = True, num_workers: int = 4, image_roi=None, image_size: int | None = None) -> ImageSet:
+    """A split of images (in memory) or, with ``spatial_dimension`` 3, of volumes (read as needed)."""
+    if spatial_dimension == 3:
+        return load_volumes(path, is_grayscale, first_n, image_roi, image_size)
+    if image_roi or image_size:
+        raise DataError("--image_roi and --image_size apply to volumes (--spatial_dimension 3); resize 2D images "
+                        "before listing them.")
+    return load_split(path, is_grayscale, first_n=first_n, progress=progress, num_workers=num_workers)

@@ -163,11 +163,18 @@ class RunModel(ModelSource):
         module, schedule, config, info = load_model(path, torch.device("cpu"))
         unet = config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
         shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
+        image_space, space = ImageSpace(int(unet.get("in_channels", 1)), shape), IMAGE_RANGE
+        if info.get("first_stage"):  # a latent model: its first stage is kept inside its file
+            from ddpm_ood.first_stage import LatentSpace
+
+            space = LatentSpace.from_record(info["first_stage"], str(path))
+            image_space = ImageSpace(space.image_shape[0], space.image_shape)
+            info["first_stage"] = {k: v for k, v in info["first_stage"].items() if k != "model"}
         stat = path.stat()
         files = {"model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
                  "model_file_mtime_ns": stat.st_mtime_ns}
-        return Network(module, schedule, ImageSpace(int(unet.get("in_channels", 1)), shape), IMAGE_RANGE, "epsilon",
-                       dict(unet), {**info, "config": config}, files, str(path))
+        return Network(module, schedule, image_space, space, "epsilon", dict(unet), {**info, "config": config}, files,
+                       str(path))
 
 
 class DiffusersModel(ModelSource):
@@ -220,6 +227,19 @@ class LoadedModel:
     @property
     def data_range(self) -> PixelSpace:
         return self.space
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return len(self.image_space.shape) - 1 if self.image_space.shape is not None else 2
+
+    def trained_on(self, images_sha256: str) -> str | None:
+        """Whether the model's first stage was trained on exactly these images (then, in words): scoring
+        them as a test set would measure memorised images."""
+        record = ((self.info.get("first_stage") or {}).get("data") or {}).get("training") or {}
+        if record.get("images_sha256") == images_sha256:
+            return f"its first stage was trained on ({record.get('split')})"
+        return None
 
     def manifest(self, run_dir: Path | None = None) -> dict:
         """The model group of every results manifest: the identity (compared), its parts and where the
@@ -277,6 +297,8 @@ def load_model(source: ModelSource | str | Path, device: torch.device | str = "c
     network = source.load()
     parts = identity_parts(network)
     source = type(source)(network.location or source.location)
+    if hasattr(network.space, "to"):  # a first stage runs where the DDPM does
+        network.space.to(device)
     model_fn = model_function(network.module.to(device).eval(), device, precision, channels_last, compile_model,
                               max_batch, batch_size)
     return LoadedModel(model_fn, network.schedule, network.image_space, network.space, source, network.info, device,

@@ -238,8 +238,23 @@ class LPIPSMetric(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        return self.distance(images, reconstructions)
+
+    def distance(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """LPIPS per image, (N,); gradients flow to the inputs (a perceptual training loss)."""
+        if images.dim() == 5:
+            return self.distance_25d(images, reconstructions)
         a, b = (self._prepare(x) for x in (images, reconstructions))
         return self.net(a, b, normalize=False).flatten()  # (N,)
+
+    def distance_25d(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """Volumes (N, C, D, H, W): the mean LPIPS of their slices along each of the three axes, per
+        volume (MONAI's "fake 3D" perceptual loss, with every slice)."""
+        total = 0.0
+        for axis in (2, 3, 4):
+            a, b = (slices(x, axis) for x in (images, reconstructions))
+            total = total + self.distance(a, b).reshape(images.shape[0], -1).mean(dim=1)
+        return total / 3
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -248,3 +263,9 @@ class LPIPSMetric(torch.nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return x * 2 - 1
+
+
+def slices(volumes: torch.Tensor, axis: int) -> torch.Tensor:
+    """(N, C, D, H, W) -> every 2D slice along ``axis`` (2, 3 or 4) as images (N * S, C, h, w), volume-major."""
+    moved = volumes.movedim(axis, 1)  # (N, S, C, h, w)
+    return moved.reshape(-1, *moved.shape[2:])

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ddpm_ood.checkpoint import CheckpointError, read_file, save_model_file
 from ddpm_ood.diffusion import DDPMSchedule, PLMSSampler
+from ddpm_ood.data import mid_slices
 from ddpm_ood.distributed import Dist
 from ddpm_ood.errors import ConfigError, NonFiniteLoss
 from ddpm_ood.files import remove_stale_temporaries, save_torch_atomic
@@ -86,8 +87,10 @@ def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_s
 
 
 @torch.no_grad()
-def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, seed: int) -> torch.Tensor:
-    """Draw images from pure noise with PLMS (for TensorBoard)."""
+def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, seed: int, space=None) -> torch.Tensor:
+    """Draw images from pure noise with PLMS (for TensorBoard); ``space``: decode from it (a latent model)."""
+    from ddpm_ood.reconstruction import to_image
+
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(n_steps)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -95,12 +98,12 @@ def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, se
     for t in tqdm(sampler.trajectory(len(sampler.grid) - 1), desc="sampling", unit="step", leave=False):
         eps = model(x, torch.full((shape[0],), t, device=device))
         x, history = sampler.step(eps, t, x, history, model)
-    return x.clamp(0, 1)
+    return to_image(x, space).clamp(0, 1)
 
 
 @torch.no_grad()
 def reconstruction_grid(model, schedule: DDPMSchedule, images: torch.Tensor, n_steps: int, device, seed: int,
-                        start_t=(100, 300, 500)) -> tuple[torch.Tensor, list[int]]:
+                        start_t=(100, 300, 500), space=None) -> tuple[torch.Tensor, list[int]]:
     """A few images and their PLMS reconstructions from several start points, as one image grid
     (one row per image: the input, then each reconstruction); for TensorBoard during training."""
     from ddpm_ood.reconstruction import reconstruction_examples
@@ -108,9 +111,9 @@ def reconstruction_grid(model, schedule: DDPMSchedule, images: torch.Tensor, n_s
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(n_steps)
     starts = sorted({int(np.abs(sampler.grid - t).argmin()) for t in start_t})
-    examples = reconstruction_examples(model, schedule, sampler, images, starts, seed, device)
+    examples = reconstruction_examples(model, schedule, sampler, images, starts, seed, device, space)
     inputs, recons = (torch.from_numpy(examples[k]) for k in ("inputs", "reconstructions"))  # (B, ...), (B, K, ...)
-    rows = torch.cat([inputs[:, None], recons], dim=1).flatten(0, 1)  # (B * (K + 1), C, H, W)
+    rows = mid_slices(torch.cat([inputs[:, None], recons], dim=1).flatten(0, 1))  # (B * (K + 1), C, H, W)
     return make_grid(rows, nrow=len(starts) + 1), examples["t"].tolist()
 
 
@@ -249,10 +252,11 @@ class TrainLoop:
 
     def __init__(self, model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor,
                  val_images: torch.Tensor, settings: TrainSettings, run_dir: Path, config: dict, device: torch.device,
-                 dist: Dist = Dist(), data: dict | None = None):
+                 dist: Dist = Dist(), data: dict | None = None, first_stage=None, preview_images=None):
         self.settings, self.schedule, self.run_dir, self.config, self.device, self.dist = (
             settings, schedule, run_dir, config, device, dist)
         self.data = data or {}  # each split's digest (train_config.data_record), kept in every checkpoint
+        self.first_stage = first_stage  # a latent model's LatentSpace: its entry goes into every file
         self.files = RunFiles(run_dir)
         self.precision = resolve_precision(settings.precision, device)
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
@@ -264,9 +268,11 @@ class TrainLoop:
         else:
             net = self.model
         self.net = compile_unet(net) if settings.compile else net  # shares model's parameters
-        if device.type == "cuda" and train_images.numel() * train_images.element_size() <= MAX_DEVICE_DATA_BYTES:
+        if device.type == "cuda" and isinstance(train_images, torch.Tensor) and \
+                train_images.numel() * train_images.element_size() <= MAX_DEVICE_DATA_BYTES:
             train_images = train_images.to(device)
         self.train_images, self.val_images = train_images, val_images
+        self.preview_images = preview_images if preview_images is not None else val_images[:4]
         self.image_shape = [int(d) for d in train_images.shape[1:]]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
@@ -347,8 +353,11 @@ class TrainLoop:
 
     def record(self) -> dict:
         """How the model was trained, kept in every checkpoint and model file: every setting and the data."""
-        return {"training": {**self.settings.record(), "lr": self.optimizer.param_groups[0]["lr"],
-                             "world_size": self.dist.world_size}, "data": self.data}
+        record = {"training": {**self.settings.record(), "lr": self.optimizer.param_groups[0]["lr"],
+                               "world_size": self.dist.world_size}, "data": self.data}
+        if self.first_stage is not None:
+            record["first_stage"] = self.first_stage.entry()
+        return record
 
     def checkpoint_state(self, epoch: int, batch_in_epoch: int, loss_sum: float, order: torch.Tensor) -> dict:
         return {
@@ -464,10 +473,12 @@ class TrainLoop:
             preview = model_function(self.scoring_model, self.device, "fp32", self.settings.channels_last, max_batch=0)
             shape = (self.settings.num_sample_images, *self.image_shape)
             samples = sample_images(preview, self.schedule, shape, self.settings.sample_steps, self.device,
-                                    self.settings.seed)
-            self.writer.add_image("samples", make_grid(samples.cpu(), nrow=int(math.sqrt(len(samples)))), self.step)
-            grid, timesteps = reconstruction_grid(preview, self.schedule, self.val_images[:4],
-                                                  self.settings.sample_steps, self.device, self.settings.seed)
+                                    self.settings.seed, self.first_stage)
+            self.writer.add_image("samples", make_grid(mid_slices(samples.cpu()), nrow=int(math.sqrt(len(samples)))),
+                                  self.step)
+            grid, timesteps = reconstruction_grid(preview, self.schedule, self.preview_images,
+                                                  self.settings.sample_steps, self.device, self.settings.seed,
+                                                  space=self.first_stage)
             self.writer.add_image("reconstructions (input, then from t = " + ", ".join(map(str, timesteps)) + ")",
                                   grid, self.step)
         if self.val_loss < self.best_val:
@@ -509,13 +520,14 @@ class TrainLoop:
 
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
           settings: TrainSettings, run_dir: Path, config: dict, device: torch.device, dist: Dist = Dist(),
-          init_weights: Path | None = None, data: dict | None = None) -> dict:
+          init_weights: Path | None = None, data: dict | None = None, first_stage=None, preview_images=None) -> dict:
     """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary.
 
     A run with model files but no checkpoint is never trained afresh over them (that would
     overwrite a finished model): ``init_weights`` (a model file) starts it from those weights.
     """
-    loop = TrainLoop(model, schedule, train_images, val_images, settings, run_dir, config, device, dist, data)
+    loop = TrainLoop(model, schedule, train_images, val_images, settings, run_dir, config, device, dist, data,
+                     first_stage, preview_images)
     if dist.is_main:
         remove_stale_temporaries(run_dir)  # left by a run that was killed mid-write
     state = load_resume_state(loop.files)

@@ -1,0 +1,141 @@
+"""The latent pipeline (issue 25): train_vqvae.py, train.py --vqvae_checkpoint, reconstruct.py and
+ood_detection.py through the first stage, the first stage inside the model's identity, and the bad
+inputs the issue names."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("monai")
+
+import ood_detection  # noqa: E402
+import reconstruct  # noqa: E402
+import train  # noqa: E402
+import train_vqvae  # noqa: E402
+from conftest import make_images, write_split  # noqa: E402
+from ddpm_ood.errors import UserError  # noqa: E402
+from ddpm_ood.first_stage import LatentSpace, read_first_stage  # noqa: E402
+from ddpm_ood.inference import load_model  # noqa: E402
+from test_scripts import TINY_CONFIG, reconstruct_args  # noqa: E402
+
+VQVAE_FLAGS = ["--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--vqvae_num_res_layers=1",
+               "--vqvae_num_embeddings=16", "--vqvae_embedding_dim=2", "--perceptual_weight=0", "--batch_size=8",
+               "--num_workers=0"]
+
+
+def vqvae_args(out, splits, *extra):
+    return train_vqvae.parse_args([f"--output_dir={out}", "--model_name=vq", f"--training_ids={splits['train']}",
+                                   f"--validation_ids={splits['val']}", *VQVAE_FLAGS, *extra])
+
+
+def latent_train_args(out, splits, *extra):
+    return train.parse_args([
+        f"--output_dir={out}", "--model_name=blobs", f"--training_ids={splits['train']}",
+        f"--validation_ids={splits['val']}", "--is_grayscale=1", f"--config_diffusion_file={TINY_CONFIG}",
+        "--n_epochs=1", "--batch_size=8", "--num_sample_images=2", "--sample_steps=3", "--num_workers=0",
+        f"--vqvae_checkpoint={out / 'vq'}", *extra])
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    """A first stage and a latent DDPM on it, trained once for the module (28x28 blobs -> 2x7x7 latents)."""
+    root = tmp_path_factory.mktemp("latent")
+    splits = root / "data_splits"
+    splits = {
+        "train": write_split(splits / "Blobs_train.csv", make_images(root / "bt", "b", 24, 0)),
+        "val": write_split(splits / "Blobs_val.csv", make_images(root / "bv", "b", 8, 1)),
+        "test": write_split(splits / "Blobs_test.csv", make_images(root / "bte", "b", 6, 2)),
+        "ood": write_split(splits / "Stripes_test.csv", make_images(root / "st", "s", 6, 3, "stripes")),
+    }
+    out = root / "models"
+    summary = train_vqvae.main(vqvae_args(out, splits, "--n_epochs=2"))
+    assert summary["epochs"] == 2
+    train.main(latent_train_args(out, splits))
+    return out, splits
+
+
+def test_first_stage_run_files_and_resume(latent_run):
+    out, splits = latent_run
+    run = out / "vq"
+    for name in ("checkpoint.pth", "best_model.pth", "final_model.pth"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    record = read_first_stage(run)
+    assert record["autoencoder"] == "vqvae" and record["image_shape"] == [1, 28, 28]
+    assert record["data"]["training"]["n_images"] == 24
+    # Re-running the finished command trains nothing more; other settings are refused.
+    assert train_vqvae.main(vqvae_args(out, splits, "--n_epochs=2"))["epochs"] == 2
+    with pytest.raises(UserError, match="trained otherwise.*batch_size"):
+        train_vqvae.main(vqvae_args(out, splits, "--n_epochs=3", "--batch_size=4"))
+
+
+def test_latent_space_round_trip_matches_monai(latent_run):
+    """encode/decode are MONAI's own encode_stage_2_inputs/decode_stage_2_outputs, scaled and padded."""
+    out, _ = latent_run
+    record = read_first_stage(out / "vq")
+    space = LatentSpace.from_record({**record, "scale": 2.5, "pad": 1}, "test")
+    images = torch.rand(3, 1, 28, 28)
+    z = space.encode(images)
+    assert z.shape == (3, 2, 9, 9) and (z[..., 0, :] == 0).all() and (z[..., -1] == 0).all()
+    expected = space.module.encode_stage_2_inputs(images) * 2.5
+    torch.testing.assert_close(z[..., 1:-1, 1:-1], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(space.decode(z), space.module.decode_stage_2_outputs(expected / 2.5), rtol=0, atol=1e-6)
+
+
+def test_latent_model_scores_in_image_space(latent_run, random_alexnet_home, capsys):
+    out, splits = latent_run
+    model_file = out / "blobs" / "best_model.pth"
+    stored = torch.load(model_file, weights_only=True)
+    assert stored["first_stage"]["scale"] > 0 and stored["image_shape"] == [2, 7, 7]
+    unet = stored["config"]["ldm"]["params"]["unet_config"]["params"]
+    assert unet["in_channels"] == unet["out_channels"] == 2
+
+    model = load_model(model_file)
+    assert model.image_space.shape == (1, 28, 28) and model.parts["first_stage"]["autoencoder"] == "vqvae"
+    written = reconstruct.main(reconstruct_args(out, splits, "--detectors=recon,denoise"))
+    assert {"val", "in", "Stripes"} <= set(written)
+    val = pd.read_csv(out / "blobs" / "ood" / "results_val.csv")
+    assert len(val) == 8 * 4 and (val["mse"] > 0).all() and val["perceptual_difference"].notna().all()
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=blobs"]))
+    assert "AUC for blobs vs Stripes: " in capsys.readouterr().out
+
+
+def test_identity_includes_the_first_stage(latent_run, tmp_path):
+    out, _ = latent_run
+    original = torch.load(out / "blobs" / "best_model.pth", weights_only=True)
+    edited = {**original, "first_stage": {**original["first_stage"], "model": {
+        k: v + 0.01 if v.is_floating_point() else v for k, v in original["first_stage"]["model"].items()}}}
+    torch.save(edited, tmp_path / "edited.pth")
+    a, b = load_model(out / "blobs" / "best_model.pth"), load_model(tmp_path / "edited.pth")
+    assert a.identity != b.identity
+    assert b.differs_from(a.manifest()) == "first stage, model space"
+
+
+def test_bad_first_stages_are_refused_before_any_work(latent_run, tmp_path):
+    out, splits = latent_run
+    colour = {"train": write_split(tmp_path / "c.csv", make_images(tmp_path / "c", "c", 4, 0, shape=(32, 32))),
+              "val": write_split(tmp_path / "cv.csv", make_images(tmp_path / "cv", "c", 2, 1, shape=(32, 32)))}
+    for name, args, message in [
+        ("other size", latent_train_args(out, {**splits, **colour}, "--model_name=x1"), "resize them"),
+        ("a DDPM, not a first stage", latent_train_args(out, splits, "--model_name=x2",
+                                                         f"--vqvae_checkpoint={out / 'blobs' / 'best_model.pth'}"),
+         "not a first stage"),
+        ("missing", latent_train_args(out, splits, "--model_name=x3", f"--vqvae_checkpoint={tmp_path / 'nope'}"),
+         "does not exist"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            train.main(args)
+        run = out / args.model_name  # nothing written (but the run's lock file)
+        assert not run.exists() or [p.name for p in run.iterdir()] == [".train.lock"], name
+    # A first stage trained on the test split: refused by reconstruct.py before anything is measured.
+    ood = out / "blobs" / "ood"
+    before = {p.name: p.stat().st_mtime_ns for p in ood.iterdir()} if ood.exists() else {}
+    args = reconstruct_args(out, {**splits, "test": splits["train"]}, "--model_name=blobs", "--restart")
+    with pytest.raises(UserError, match="first stage was trained on"):
+        reconstruct.main(args)
+    assert {p.name: p.stat().st_mtime_ns for p in ood.iterdir()} == before
+    # The same images under another split file: refused when their pixels are read.
+    copy = write_split(tmp_path / "Copy_test.csv", [p for p in pd.read_csv(splits["train"])["filename"]])
+    with pytest.raises(UserError, match="holds exactly the images its first stage was trained on"):
+        reconstruct.main(reconstruct_args(out, {**splits, "ood": copy}, "--run_val=0", "--run_in=0"))

@@ -1,0 +1,149 @@
+r"""Train a first stage (a VQ-VAE, or an AutoencoderKL) on in-distribution images, for a latent DDPM.
+
+    python train_vqvae.py --output_dir=${output_root} --model_name=vqvae_fashionmnist \
+        --training_ids=${data_root}/data_splits/FashionMNIST_train.csv \
+        --validation_ids=${data_root}/data_splits/FashionMNIST_val.csv --is_grayscale=1 \
+        --vqvae_num_channels=[64,128] --vqvae_num_res_channels=[64,128] --vqvae_embedding_dim=4 --n_epochs=50
+    python train.py ... --vqvae_checkpoint=${output_root}/vqvae_fashionmnist   # the DDPM on its latents
+
+Writes under OUTPUT_DIR/MODEL_NAME/: checkpoint.pth (resume state; re-running the same command
+resumes), best_model.pth (lowest validation L1), final_model.pth and tensorboard/ (losses, and
+reconstructions; mid-slices of volumes). Flag names follow ddpm-ood's train_vqvae.py. MONAI's
+networks and losses; the perceptual loss is LPIPS with the real AlexNet (on volumes: over the
+slices along the three axes).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from ddpm_ood.cli import (add_space_flags, binary_int, device_name, non_negative_float, non_negative_int, plain_name, positive_float,
+                          positive_int, run_main, seed_value, unit_fraction)
+
+logger = logging.getLogger("ddpm_ood")
+
+
+def int_lists(depth: int):
+    """An argparse type: a Python literal list of positive integers (depth 1) or of such lists (depth 2)."""
+    def parse(text: str):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise argparse.ArgumentTypeError(f"expected a list such as {'[64,128]' if depth == 1 else '[[2,4,1,1]]'}, "
+                                             f"got {text!r}") from None
+        items = value if depth == 1 else [x for row in (value if isinstance(value, (list, tuple)) else [None])
+                                          for x in (row if isinstance(row, (list, tuple)) else [None])]
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(x, int) and x >= 0 for x in items):
+            what = "non-negative integers" if depth == 1 else "lists of non-negative integers"
+            raise argparse.ArgumentTypeError(f"expected a list of {what}, got {text!r}")
+        return [list(row) for row in value] if depth == 2 else list(value)
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
+    parser.add_argument("--model_name", required=True, type=plain_name,
+                        help="Run name, a plain name; files go to OUTPUT_DIR/MODEL_NAME/.")
+    parser.add_argument("--training_ids", required=True, help="Split CSV of training images (in-distribution only).")
+    parser.add_argument("--validation_ids", required=True, help="Split CSV of validation images (model selection).")
+    parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB. Default 1.")
+    add_space_flags(parser)  # --spatial_dimension (ddpm-ood's default is 3; ours 2), --image_roi, --image_size
+    parser.add_argument("--autoencoder", choices=("vqvae", "autoencoderkl"), default="vqvae",
+                        help="MONAI's VQVAE (as ddpm-ood) or AutoencoderKL. Default vqvae.")
+    net = parser.add_argument_group("the network (ddpm-ood's flag names)")
+    net.add_argument("--vqvae_num_channels", type=int_lists(1), default=[64, 128],
+                     help="Channels per level; each level halves the size. Default [64,128] (a quarter-size latent).")
+    net.add_argument("--vqvae_num_res_channels", type=int_lists(1), default=None,
+                     help="Residual channels per level (default: --vqvae_num_channels).")
+    net.add_argument("--vqvae_num_res_layers", type=positive_int, default=2, help="Residual layers per level. Default 2.")
+    net.add_argument("--vqvae_downsample_parameters", type=int_lists(2), default=None,
+                     help="(stride, kernel, dilation, padding) per level. Default [2,4,1,1] at every level.")
+    net.add_argument("--vqvae_upsample_parameters", type=int_lists(2), default=None,
+                     help="(stride, kernel, dilation, padding, output padding) per level. Default [2,4,1,1,0].")
+    net.add_argument("--vqvae_num_embeddings", type=positive_int, default=256, help="Codebook size. Default 256.")
+    net.add_argument("--vqvae_embedding_dim", type=positive_int, default=4,
+                     help="Latent channels (the DDPM's in_channels). Default 4.")
+    net.add_argument("--vqvae_commitment_cost", type=positive_float, default=0.25, help="Default 0.25.")
+    net.add_argument("--vqvae_decay", type=unit_fraction, default=0.99, help="Codebook EMA decay. Default 0.99.")
+    losses = parser.add_argument_group("training")
+    losses.add_argument("--n_epochs", type=positive_int, default=100, help="Epochs in total. Default 100.")
+    losses.add_argument("--batch_size", type=positive_int, default=16, help="Images per step. Default 16.")
+    losses.add_argument("--lr", type=positive_float, default=1e-4, help="Autoencoder learning rate. Default 1e-4.")
+    losses.add_argument("--lr_d", type=positive_float, default=5e-4, help="Discriminator learning rate. Default 5e-4.")
+    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.001,
+                        help="LPIPS weight (0: off, needs no AlexNet). Default 0.001.")
+    losses.add_argument("--spectral_weight", type=non_negative_float, default=1.0,
+                        help="MONAI JukeboxLoss (spectral) weight (0: off). Default 1.")
+    losses.add_argument("--adversarial_weight", type=non_negative_float, default=0.01,
+                        help="Patch-adversarial weight (0: no discriminator). Default 0.01.")
+    losses.add_argument("--adversarial_warmup", type=non_negative_int, default=0,
+                        help="Ramp the adversarial weight up linearly over this many epochs (0: off, default; "
+                             "ddpm-ood's --adversarial_warmup=1 ramps over 50).")
+    losses.add_argument("--kl_weight", type=non_negative_float, default=1e-6,
+                        help="KL weight of an AutoencoderKL. Default 1e-6.")
+    losses.add_argument("--eval_freq", type=positive_int, default=1, help="Validate every N epochs. Default 1.")
+    losses.add_argument("--seed", type=seed_value, default=0, help="Seed. Default 0.")
+    losses.add_argument("--max_minutes", type=non_negative_float, default=None,
+                        help="Stop after this many minutes with a checkpoint (re-run to continue).")
+    parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
+    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="Threads reading image files.")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    from ddpm_ood.autoencoder_training import (AutoencoderSettings, AutoencoderTrainer, autoencoderkl_network,
+                                               vqvae_network)
+    from ddpm_ood.data import check_image_shape, load_images
+    from ddpm_ood.run_files import images_sha256
+    from ddpm_ood.runlock import run_lock
+    from ddpm_ood.runtime import pick_device
+    from ddpm_ood.train_config import data_record
+
+    run_dir = args.output_dir / args.model_name
+    device = pick_device(args.device)
+    space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi, image_size=args.image_size,
+                      num_workers=args.num_workers)
+    train_set = load_images(args.training_ids, bool(args.is_grayscale), first_n=args.first_n, **space_args)
+    val_set = load_images(args.validation_ids, bool(args.is_grayscale), **space_args)
+    check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}", args.validation_ids)
+    channels = 1 if args.is_grayscale else 3
+    if args.autoencoder == "vqvae":
+        network = vqvae_network(args.spatial_dimension, channels, args.vqvae_num_channels,
+                                args.vqvae_num_res_channels or args.vqvae_num_channels, args.vqvae_num_res_layers,
+                                args.vqvae_downsample_parameters, args.vqvae_upsample_parameters,
+                                args.vqvae_num_embeddings, args.vqvae_embedding_dim, args.vqvae_commitment_cost,
+                                args.vqvae_decay)
+    else:
+        network = autoencoderkl_network(args.spatial_dimension, channels, args.vqvae_num_channels,
+                                        args.vqvae_embedding_dim, args.vqvae_num_res_layers)
+    settings = AutoencoderSettings(**{k: getattr(args, k) for k in (
+        "n_epochs", "batch_size", "lr", "lr_d", "seed", "eval_freq", "perceptual_weight", "spectral_weight",
+        "adversarial_weight", "adversarial_warmup", "kl_weight", "max_minutes")})
+    data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
+                              else None)
+            for name, path, split in (("training", args.training_ids, train_set),
+                                      ("validation", args.validation_ids, val_set))}
+    perceptual = None
+    if args.perceptual_weight:
+        from ddpm_ood.metrics import LPIPSMetric
+
+        perceptual = LPIPSMetric()
+    with run_lock(run_dir, "train_vqvae"):
+        trainer = AutoencoderTrainer(args.autoencoder, network, train_set.images, val_set.images, settings, run_dir,
+                                     device, data, perceptual)
+        logger.info("first stage: %s with %.2fM parameters on %s", args.autoencoder,
+                    sum(p.numel() for p in trainer.model.parameters()) / 1e6, device)
+        summary = trainer.run()
+    logger.info("done: %d epochs, best validation L1 %.5f; files in %s", summary["epochs"], summary["best_val_loss"],
+                run_dir)
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args)
