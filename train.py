@@ -91,22 +91,31 @@ def check_same_config(run, cfg) -> None:
             "--config_diffusion_file and overrides to resume, or a new --model_name for a new run.")
 
 
-def latents_of(args, train_set, val_set, device, dist):
+def first_stage_of(args) -> dict | None:
+    """--vqvae_checkpoint's first stage, read and checked against --spatial_dimension before any data is loaded."""
+    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.first_stage import read_first_stage
+
+    if args.vqvae_checkpoint is None:
+        return None
+    record = read_first_stage(args.vqvae_checkpoint)
+    dims = record["network"]["spatial_dims"]
+    if dims != args.spatial_dimension:
+        raise ConfigError(f"The first stage {record['path']} is {dims}D, but --spatial_dimension is "
+                          f"{args.spatial_dimension}: pass --spatial_dimension {dims} or another first stage.")
+    return record
+
+
+def latents_of(args, record, train_set, val_set, device, dist):
     """The first stage of --vqvae_checkpoint (checked against the images), and both sets encoded by it,
     scaled to unit standard deviation on the training set and padded by --latent_pad."""
     import torch
     from tqdm import tqdm
 
     from ddpm_ood.autoencoder_training import latent_scale
-    from ddpm_ood.errors import ConfigError
-    from ddpm_ood.first_stage import LatentSpace, check_images_for, read_first_stage
+    from ddpm_ood.first_stage import LatentSpace, check_images_for
 
-    record = read_first_stage(args.vqvae_checkpoint)
     where = record["path"]
-    if record["network"]["spatial_dims"] != args.spatial_dimension:
-        raise ConfigError(f"The first stage {where} is {record['network']['spatial_dims']}D, but "
-                          f"--spatial_dimension is {args.spatial_dimension}: pass --spatial_dimension "
-                          f"{record['network']['spatial_dims']} or another first stage.")
     check_images_for(record, train_set.images.shape[1:], args.training_ids, where)
     space = LatentSpace.from_record({**record, "pad": 0}, where).to(device)
 
@@ -168,6 +177,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
+        record = first_stage_of(args)
         logger.info("loading data...")
         space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi,
                           image_size=args.image_size)
@@ -179,7 +189,7 @@ def main(args: argparse.Namespace) -> dict:
                           args.validation_ids)
         train_images, val_images, first_stage = train_set.images, val_set.images, None
         if args.vqvae_checkpoint is not None:
-            first_stage, train_images, val_images = latents_of(args, train_set, val_set, device, dist)
+            first_stage, train_images, val_images = latents_of(args, record, train_set, val_set, device, dist)
         cfg = set_network_shape(cfg, args.spatial_dimension, first_stage)
         check_same_config(run, cfg)
         if dist.is_main:  # only now: bad input above writes nothing

@@ -252,8 +252,9 @@ def load_image(path: str | Path, where: str | None = None) -> np.ndarray:
     elif array.ndim == 3 and array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
         array = array.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
     if array.ndim != 3 or array.shape[0] not in (1, 3):
+        hint = " (a volume? pass --spatial_dimension 3)" if array.ndim in (3, 4) else ""
         raise DataError(f"{where}: image {path} has shape {array.shape}; expected (H, W), (C, H, W) or (H, W, C) with "
-                        "C = 1 or 3.")
+                        f"C = 1 or 3{hint}.")
     return array
 
 

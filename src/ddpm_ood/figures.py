@@ -85,7 +85,9 @@ def examples_figure(examples: dict[str, np.ndarray], path: Path, title: str) -> 
     fig, axes = plt.subplots(n, k + 1, figsize=(1.1 * (k + 1), 1.1 * n + 0.5), squeeze=False)
     for row in range(n):
         for col in range(k + 1):
-            image = inputs[row] if col == 0 else recons[row, col - 1]  # (C, H, W) in [0, 1]
+            image = inputs[row] if col == 0 else recons[row, col - 1]  # (C, H, W) in [0, 1], or a volume
+            if image.ndim == 4:  # (C, D, H, W): its middle slice
+                image = image[:, image.shape[1] // 2]
             ax = axes[row, col]
             if image.shape[0] == 1:
                 ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)

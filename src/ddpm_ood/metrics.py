@@ -252,9 +252,16 @@ class LPIPSMetric(torch.nn.Module):
         volume (MONAI's "fake 3D" perceptual loss, with every slice)."""
         total = 0.0
         for axis in (2, 3, 4):
-            a, b = (slices(x, axis) for x in (images, reconstructions))
+            a, b = (self.at_least_min_size(slices(x, axis)) for x in (images, reconstructions))
             total = total + self.distance(a, b).reshape(images.shape[0], -1).mean(dim=1)
         return total / 3
+
+    def at_least_min_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Slices zero-padded (centred) to at least ``min_size`` a side: AlexNet's pooling needs that much."""
+        short = [max(0, self.min_size - side) for side in x.shape[-2:]]
+        if not any(short):
+            return x
+        return F.pad(x, (short[1] // 2, short[1] - short[1] // 2, short[0] // 2, short[0] - short[0] // 2))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
