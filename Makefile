@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv clean
+.PHONY: demo demo3d test venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ venv: $(VENV)/.installed
 demo: venv
 	PYTHON=$(BIN)/python bash scripts/demo.sh
 
+# The 3D (latent by default) pipeline offline on MNI152 volumes; nilearn's wheel only for its template files.
+demo3d: venv
+	$(BIN)/pip install --quiet --no-deps nilearn==0.14.1
+	PYTHON=$(BIN)/python bash scripts/demo_3d.sh
+
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf demo_output
+	rm -rf demo_output demo3d_output

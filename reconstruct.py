@@ -84,6 +84,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--save_examples", type=non_negative_int, default=0,
         help="Keep the first N images of each set and their reconstructions from every start point in "
              "ood/examples_<set>.npz, for the reconstruction grid of ood_detection.py. Default 0.")
+    add("--save_maps", type=non_negative_int, default=0,
+        help="Anomaly maps: keep the first N images of every set (the validation set included) and their "
+             "reconstructions from every start point (as --save_examples; the larger N is kept), from which "
+             "ood_detection.py draws per-pixel (per-voxel) squared errors z-scored on the validation images' "
+             "(ood/maps_<set>.npz, ood/figures/maps_<set>.png). Needs N >= 2. Default 0.")
     add("--restart", action=argparse.BooleanOptionalAction, default=False,
         help="Discard results (finished or partial) made with other settings instead of stopping.")
     add("--verbose", action="store_true", help="Log debug messages.")
@@ -169,7 +174,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 if run_chunks(store, len(image_set), args.chunk_size, measure, dist, workers,
                               detector.progress_label(name)):
                     store.record_extras(detector.cost())
-                    store.save_examples(run.examples(name), min(args.save_examples, len(image_set)),
+                    store.save_examples(run.examples(name), min(max(args.save_examples, args.save_maps), len(image_set)),
                                         lambda n: detector.examples(model, image_set.images[:n], args.seed),
                                         image_set.filenames)
     shutdown(dist)

@@ -109,7 +109,7 @@ def volume_reconstruct_args(out, splits, *extra):
     return reconstruct.parse_args([
         f"--output_dir={out}", "--model_name=balls", f"--validation_ids={splits['val']}", f"--in_ids={splits['test']}",
         f"--out_ids={splits['ood']}", "--num_inference_steps=10", "--inference_skip_factor=4", "--batch_size=2",
-        "--save_examples=2", *extra])
+        "--save_examples=2", "--save_maps=3", *extra])
 
 
 def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys):
@@ -125,6 +125,9 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
     ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=balls"]))
     assert "AUC for balls vs Slabs: " in capsys.readouterr().out
     assert list((out / "balls" / "ood" / "figures").glob("*.png"))
+    maps = np.load(out / "balls" / "ood" / "maps_Slabs.npz")  # --save_maps 3: the first 3 volumes of each set
+    assert maps["z"].shape == (3, 3, 12, 12, 12) and maps["mean"].shape == (3, 12, 12, 12)
+    assert (out / "balls" / "ood" / "figures" / "maps_Slabs.png").is_file()
     # A 2D split given to the 3D model: refused, naming the file.
     flat = root / "flat"
     flat.mkdir(exist_ok=True)

@@ -300,6 +300,77 @@ def prepare_mnist5k(data_root: Path, source_dir: Path | None) -> list[Path]:
     return [path]
 
 
+# --- MNI152: an offline 3D set from the templates nilearn's wheel ships ------------------------------
+
+MNI152_FILES = {"T1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+                "GM": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                "WM": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+# The sets made of them: (name, split, template, count, seed, with a lesion).
+MNI152_SETS = (("MNI152", "train", "T1", 160, 0, False), ("MNI152", "val", "T1", 24, 1, False),
+               ("MNI152", "test", "T1", 32, 2, False), ("MNI152Lesion", "test", "T1", 32, 3, True),
+               ("MNI152GM", "test", "GM", 32, 4, False), ("MNI152WM", "test", "WM", 32, 5, False))
+MNI152_SIZE = 32
+
+
+def mni152_files(source_dir: Path | None = None) -> dict[str, Path]:
+    """The MNI152 T1 template and its grey and white matter maps: in ``source_dir``, else in the
+    installed nilearn package's ``datasets/data/`` (found without importing nilearn)."""
+    import importlib.util
+
+    folders = [source_dir] if source_dir is not None else []
+    spec = importlib.util.find_spec("nilearn")
+    if spec is not None and spec.submodule_search_locations:
+        folders.append(Path(spec.submodule_search_locations[0]) / "datasets" / "data")
+    for folder in folders:
+        if all((folder / name).is_file() for name in MNI152_FILES.values()):
+            return {key: folder / name for key, name in MNI152_FILES.items()}
+    raise DownloadError(f"MNI152 needs {', '.join(MNI152_FILES.values())}, which nilearn's wheel ships: pip install "
+                        "--no-deps nilearn==0.14.1 (make demo3d does), or pass --source_dir MNI152=DIR with them in DIR.")
+
+
+def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: int = MNI152_SIZE):
+    """``count`` uint8 size^3 volumes of a template: the brain's bounding box resampled to
+    (size + 4)^3, then per volume a random size^3 crop (shifts of up to 4 voxels), a random gamma
+    (0.8 to 1.25) and noise (2% of the range); ``lesion``: plus a bright ball of radius 2 to 4 voxels
+    somewhere in the brain (a synthetic anomaly)."""
+    import nibabel
+    import torch
+
+    volume = np.asanyarray(nibabel.load(str(template)).dataobj, dtype=np.float32)
+    inside = np.argwhere(volume > 0.1 * volume.max())
+    low, high = inside.min(0), inside.max(0) + 1
+    box = torch.from_numpy(np.ascontiguousarray(volume[tuple(slice(a, b) for a, b in zip(low, high))]))
+    big = torch.nn.functional.interpolate(box[None, None], size=(size + 4,) * 3, mode="trilinear",
+                                          align_corners=False)[0, 0].numpy()
+    big = (big - big.min()) / (big.max() - big.min())
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.mgrid[:size, :size, :size], -1)
+    for _ in range(count):
+        dz, dy, dx = rng.integers(0, 5, 3)
+        crop = big[dz:dz + size, dy:dy + size, dx:dx + size] ** rng.uniform(0.8, 1.25)
+        if lesion:
+            brain = np.argwhere(crop > 0.3)
+            centre, radius = brain[rng.integers(len(brain))], rng.uniform(2, 4)
+            crop = np.maximum(crop, (np.linalg.norm(grid - centre, axis=-1) <= radius) * rng.uniform(0.9, 1.0))
+        crop = np.clip(crop + rng.normal(0, 0.02, crop.shape), 0, 1)
+        yield np.rint(crop * 255).astype(np.uint8)
+
+
+def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
+    """MNI152 (in-distribution: train, val, test) and three OOD test sets: MNI152Lesion (the T1 with a
+    bright ball), MNI152GM and MNI152WM (the grey and white matter maps: another contrast)."""
+    files = mni152_files(source_dir)
+    written = []
+    for name, split, template, count, seed, lesion in MNI152_SETS:
+        source = f"{files[template].resolve()} (seed {seed}{', lesion' if lesion else ''})"
+        folder = convert_split(data_root, name, split, lambda t=template, n=count, s=seed, le=lesion:
+                               mni152_volumes(files[t], n, s, le), count, source)
+        path = data_root / "data_splits" / f"{name}_{split}.csv"
+        save_csv_atomic(path, pd.DataFrame({"filename": [str(f.resolve()) for f in _sorted_files(folder)]}))
+        written.append(path)
+    return written
+
+
 def prepare(data_root: Path, name: str, source_dir: Path | None = None, download_celeba: bool = True,
             top_level_ok: bool = True) -> list[Path]:
     """Convert one dataset and write its split CSVs; returns the CSV paths."""
@@ -315,6 +386,8 @@ def prepare(data_root: Path, name: str, source_dir: Path | None = None, download
         prepare_digits(data_root)
     elif name == "MNIST5k":
         return prepare_mnist5k(data_root, source_dir)
+    elif name == "MNI152":
+        return prepare_mni152(data_root, source_dir)
     else:
         raise ValueError(f"Unknown dataset {name!r}; choose from {DATASETS}.")
     return write_splits(data_root, name)

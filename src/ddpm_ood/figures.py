@@ -98,3 +98,24 @@ def examples_figure(examples: dict[str, np.ndarray], path: Path, title: str) -> 
                 ax.set_title("input" if col == 0 else f"t = {int(ts[col - 1])}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def maps_figure(inputs: np.ndarray, maps: np.ndarray, path: Path, title: str, vmax: float = 5.0) -> None:
+    """One column per image: the input (gray; mid-slice of a volume) and, under it, its anomaly map
+    (z, clipped to [0, vmax]) drawn over it."""
+    plt = _pyplot()
+    n = len(inputs)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for i in range(n):
+        image, heat = inputs[i], maps[i]
+        if image.ndim == 4:  # (C, D, H, W): the middle slice, as the map's
+            image, heat = image[:, image.shape[1] // 2], heat[heat.shape[0] // 2]
+        gray = image.mean(axis=0)
+        axes[0, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
+        shown = axes[1, i].imshow(np.clip(heat, 0, vmax), cmap="inferno", vmin=0, vmax=vmax, alpha=0.6)
+        for ax in axes[:, i]:
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="z")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)

@@ -184,7 +184,37 @@ def write_figures(evaluation: Evaluation) -> None:
             with np.load(run.examples(name)) as examples:
                 examples_figure(dict(examples), run.example_figure(name),
                                 f"{name}: input, then its reconstruction from each start point")
+    write_maps(run, ["in", *evaluation.ood_sets])
     logger.info("figures in %s", run.figures)
+
+
+def write_maps(run, set_names) -> None:
+    """Anomaly maps of the sets reconstruct.py kept examples of, z-scored on the validation set's
+    (``--save_maps``): ``ood/maps_<set>.npz`` and a figure each."""
+    from ddpm_ood.anomaly_maps import error_maps, zscored_maps
+    from ddpm_ood.figures import maps_figure
+    from ddpm_ood.files import save_npz_atomic
+
+    if not run.examples("val").exists():
+        return
+    with np.load(run.examples("val")) as val:
+        val_maps = error_maps(val)
+    if len(val_maps) < 2:
+        return
+    for name in set_names:
+        if not run.examples(name).exists():
+            continue
+        with np.load(run.examples(name)) as examples:
+            examples = dict(examples)
+        try:
+            z, mean = zscored_maps(error_maps(examples), val_maps)
+        except ValueError as err:
+            logger.warning("no anomaly maps for %s: %s", name, err)
+            continue
+        save_npz_atomic(run.maps(name), z=z.astype(np.float32), mean=mean.astype(np.float32), t=examples["t"],
+                        filenames=examples["filenames"])
+        maps_figure(examples["inputs"], mean, run.maps_figure(name),
+                    f"{name}: where it is unusual (squared error z-scored on the validation images, mean over t)")
 
 
 def log_to_tensorboard(evaluation: Evaluation) -> None:

@@ -14,6 +14,7 @@ A run is the folder ``OUTPUT_DIR/MODEL_NAME/``:
 ``ood/summary_auroc.csv``, ``ood/scores_<set>.csv``    ``ood_detection.py``'s metrics and per-image scores
 ``ood/auroc_per_t.csv``, ``ood/fits/<detector>.json``  AUROC per start point; each detector's fit and thresholds
 ``ood/figures/``, ``ood/examples_<set>.npz``           figures; the reconstructions ``--save_examples`` kept
+``ood/maps_<set>.npz``                                 anomaly maps (``--save_maps``), z-scored on the validation set
 ``ood/predictions_<name>.csv``                         ``ood_detection.py --score_ids``'s verdicts
 =====================================================  ===============================================
 
@@ -122,6 +123,12 @@ class RunFiles:
 
     def example_figure(self, set_name: str) -> Path:
         return self.figures / f"examples_{set_name}.png"
+
+    def maps(self, set_name: str) -> Path:
+        return self.ood / f"maps_{set_name}.npz"
+
+    def maps_figure(self, set_name: str) -> Path:
+        return self.figures / f"maps_{set_name}.png"
 
     def predictions(self, name: str, detector: str | None = None) -> Path:
         """``ood_detection.py --score_ids``'s verdicts: predictions_<name>.csv, or with --detector X
