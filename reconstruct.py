@@ -8,14 +8,11 @@ the other detectors asked for.
         --out_ids=${data_root}/data_splits/MNIST_test.csv,${data_root}/data_splits/FashionMNIST_vflip_test.csv \
         --is_grayscale=1 --num_inference_steps=100 --inference_skip_factor=16 --run_val=1 --run_in=1 --run_out=1
 
-The model and schedule are rebuilt from the checkpoint. Writes OUTPUT_DIR/MODEL_NAME/ood/
-results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD CSV's stem without
-"_test", e.g. MNIST, FashionMNIST_vflip), one row per (image, start t). --detectors adds the
-other detectors of src/detectors/, each in ood/<detector>/results_<set>.csv (README, "Detectors").
-
-``torchrun --nproc_per_node=N reconstruct.py <the same flags>`` shares each set's chunks over
-N processes; ``--shard K/N`` does the same for independent jobs. Either way the results are
-byte-identical to one process.
+The model and schedule are rebuilt from the checkpoint (a latent model's first stage too). Writes
+OUTPUT_DIR/MODEL_NAME/ood/results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD
+CSV's stem without "_test"), one row per (image, start t). --detectors adds the other detectors,
+each in ood/<detector>/results_<set>.csv (README, "Detectors"). ``torchrun --nproc_per_node=N``
+and ``--shard K/N`` share each set's chunks; the results are byte-identical to one process.
 """
 from __future__ import annotations
 
@@ -84,11 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--save_examples", type=non_negative_int, default=0,
         help="Keep the first N images of each set and their reconstructions from every start point in "
              "ood/examples_<set>.npz, for the reconstruction grid of ood_detection.py. Default 0.")
-    add("--save_maps", type=non_negative_int, default=0,
-        help="Anomaly maps: keep the first N images of every set (the validation set included) and their "
-             "reconstructions from every start point (as --save_examples; the larger N is kept), from which "
-             "ood_detection.py draws per-pixel (per-voxel) squared errors z-scored on the validation images' "
-             "(ood/maps_<set>.npz, ood/figures/maps_<set>.png). Needs N >= 2. Default 0.")
+    add("--save_maps", type=non_negative_int, default=0, help="Anomaly maps of the first N (>= 2) images of every set: "
+        "kept as --save_examples does; ood_detection.py z-scores and draws them (README, 'Anomaly maps'). Default 0.")
     add("--restart", action=argparse.BooleanOptionalAction, default=False,
         help="Discard results (finished or partial) made with other settings instead of stopping.")
     add("--verbose", action="store_true", help="Log debug messages.")
@@ -97,26 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_test_splits(model, sets) -> None:
-    """Before any work: a test set (in-distribution test or OOD) that is the very split file the model's
-    first stage was trained on is refused (the same images under another file name are refused when
-    their pixels are read: LoadedModel.trained_on)."""
-    from ddpm_ood.errors import DataError
-
-    record = ((model.info.get("first_stage") or {}).get("data") or {}).get("training") or {}
-    trained = Path(record["split"]) if record.get("split") else None
-    for name, path, _ in sets:
-        if trained is not None and name not in ("val", "fit") and Path(path).exists() and trained.exists() and \
-                Path(path).resolve() == trained.resolve():
-            raise DataError(f"The test set {path} is the split the model's first stage was trained on: its scores "
-                            "would measure memorised images. Score held-out images, or train the first stage "
-                            "(train_vqvae.py) on the training split.")
-
-
 def main(args: argparse.Namespace) -> dict[str, Path]:
     from ddpm_ood.config import warn_if_config_differs
     from ddpm_ood.data import load_images
-    from ddpm_ood.errors import ConfigError, DataError
     from ddpm_ood.detectors import detector_class
     from ddpm_ood.distributed import init_distributed, shutdown
     from ddpm_ood.inference import ModelSource, load_model_fn
@@ -142,26 +119,18 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     detectors = [detector_class(name).from_args(args, model) for name in args.detectors]
     for detector in detectors:
         logger.info("%s", detector.describe())
-    if args.spatial_dimension not in (None, model.spatial_dims):
-        raise ConfigError(f"--spatial_dimension {args.spatial_dimension}, but the model {model.source} is "
-                          f"{model.spatial_dims}D: leave the flag out (the model's is used).")
-    check_test_splits(model, sets)
+    model.check_run(args.spatial_dimension, sets)  # before any work: the dimension, no first stage's training set
     run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale), "noise": NOISE}
 
     written = {}
     with run_lock(run.ood, "reconstruct", shared=not workers.alone) if dist.is_main else contextlib.nullcontext():
         dist.barrier()  # the other ranks start once rank 0 holds the run
         for name, path, first_n in sets:
-            image_set = load_images(path, is_grayscale, model.spatial_dims, first_n=first_n,
-                                    num_workers=args.num_workers, progress=dist.is_main, image_roi=args.image_roi,
-                                    image_size=args.image_size)
+            image_set = load_images(path, is_grayscale, model.spatial_dims, first_n, dist.is_main, args.num_workers,
+                                    args.image_roi, args.image_size)
             model.check_images(image_set, path)
             entries = set_entries(path, first_n, image_set.filenames, image_set.images)
-            memorised = model.trained_on(entries["images_sha256"]) if name not in ("val", "fit") else None
-            if memorised:
-                raise DataError(f"The test set {path} holds exactly the images {memorised}: its scores would measure "
-                                "memorised images. Score held-out images, or train the first stage on the training "
-                                "split.")
+            model.refuse_memorised(name, path, entries["images_sha256"])
             for detector in (d for d in detectors if name != "fit" or d.measures_fit_set):
                 store = ResultsStore(run, detector.folder(), name, build_manifest(
                     model.manifest(run.dir), run_settings, detector.settings(), entries, args.chunk_size), args.restart)

@@ -101,7 +101,7 @@ def first_stage_of(args) -> dict | None:
     record = read_first_stage(args.vqvae_checkpoint)
     dims = record["network"]["spatial_dims"]
     if dims != args.spatial_dimension:
-        raise ConfigError(f"The first stage {record['path']} is {dims}D, but --spatial_dimension is "
+        raise ConfigError(f"The first stage {record['file']} is {dims}D, but --spatial_dimension is "
                           f"{args.spatial_dimension}: pass --spatial_dimension {dims} or another first stage.")
     return record
 
@@ -115,7 +115,7 @@ def latents_of(args, record, train_set, val_set, device, dist):
     from ddpm_ood.autoencoder_training import latent_scale
     from ddpm_ood.first_stage import LatentSpace, check_images_for
 
-    where = record["path"]
+    where = record["file"]
     check_images_for(record, train_set.images.shape[1:], args.training_ids, where)
     space = LatentSpace.from_record({**record, "pad": 0}, where).to(device)
 

@@ -16,13 +16,14 @@ PACKAGE = ROOT / "src" / "ddpm_ood"
 
 # Lowest first: a module may import only modules listed before it.
 LAYERS = [
-    "errors", "dataset_names", "runtime", "train_config", "files", "runlock", "data", "run_files", "distributed", "diffusion",
-    "unet", "config", "boundary", "checkpoint", "pretrained", "inference", "metrics", "reconstruction", "scoring", "results",
+    "errors", "anomaly_maps", "dataset_names", "runtime", "train_config", "files", "runlock", "data", "run_files", "distributed", "diffusion",
+    "unet", "config", "boundary", "checkpoint", "first_stage", "autoencoder_training", "pretrained", "monai_models",
+    "inference", "metrics", "reconstruction", "scoring", "results",
     "results_store", "figures", "datasets_download", "training",
     "detectors", "detectors.base", "detectors.density", "detectors.recon", "detectors.path", "detectors.msma",
     "detectors.denoise", "detectors.combined", "fits", "evaluation", "report", "api", "cli",
 ]
-SCRIPTS = ("train.py", "reconstruct.py", "ood_detection.py", "get_datasets.py")
+SCRIPTS = ("train.py", "reconstruct.py", "ood_detection.py", "get_datasets.py", "train_vqvae.py")
 
 
 def src_imports(path) -> set[str]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ddpm_ood.errors import CheckpointError, ConfigError
 
-AUTOENCODERS = ("vqvae", "autoencoderkl")
+AUTOENCODERS = ("vqvae", "autoencoderkl", "diffusers-vqmodel")  # MONAI's two; diffusers' VQModel (LDMPipeline)
 FIRST_STAGE_KIND = "first_stage"
 
 
@@ -40,6 +40,10 @@ def build_autoencoder(kind: str, network: dict) -> torch.nn.Module:
         raise ConfigError(f"A first stage needs MONAI ({err}); pip install -r requirements.txt.") from None
     if kind not in AUTOENCODERS:
         raise ConfigError(f"Unknown first stage {kind!r}; known: {', '.join(AUTOENCODERS)}.")
+    if kind == "diffusers-vqmodel":
+        from diffusers import VQModel
+
+        return VQModel.from_config(network)
     cls = VQVAE if kind == "vqvae" else AutoencoderKL
     args = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
             for k, v in network.items()}
@@ -74,7 +78,7 @@ def read_first_stage(path: str | Path) -> dict:
     if obj.get("kind") != FIRST_STAGE_KIND:
         raise CheckpointError(f"{path} is a {obj.get('kind', 'model')} file of train.py, not a first stage: "
                               "--vqvae_checkpoint takes train_vqvae.py's run folder or its best_model.pth.")
-    return {**obj, "path": str(path)}
+    return {**obj, "file": str(path)}
 
 
 def autoencoder_from(record: dict, where: str) -> torch.nn.Module:
@@ -89,14 +93,22 @@ def autoencoder_from(record: dict, where: str) -> torch.nn.Module:
 
 
 def encode_raw(module: torch.nn.Module, kind: str, images: torch.Tensor) -> torch.Tensor:
-    """Images -> unscaled latents: a VQ-VAE's quantised codes, an AutoencoderKL's mean."""
+    """Images in [0, 1] -> unscaled latents: a MONAI VQ-VAE's quantised codes, an AutoencoderKL's mean,
+    a diffusers VQModel's encoding of the image in [-1, 1] (quantised when decoded, as LDMPipeline)."""
     if kind == "vqvae":
         return module.encode_stage_2_inputs(images)
+    if kind == "diffusers-vqmodel":
+        return module.encode(images * 2 - 1).latents
     return module.encode(images)[0]
 
 
 def decode_raw(module: torch.nn.Module, kind: str, latents: torch.Tensor) -> torch.Tensor:
-    return module.decode_stage_2_outputs(latents) if kind == "vqvae" else module.decode(latents)
+    """Unscaled latents -> images (in [0, 1] for a well-trained first stage; not clamped)."""
+    if kind == "vqvae":
+        return module.decode_stage_2_outputs(latents)
+    if kind == "diffusers-vqmodel":
+        return (module.decode(latents).sample + 1) / 2
+    return module.decode(latents)
 
 
 class LatentSpace:
@@ -116,7 +128,7 @@ class LatentSpace:
     def from_record(cls, record: dict, where: str) -> "LatentSpace":
         """From a first stage's model file, or the ``first_stage`` entry a latent DDPM's file keeps."""
         return cls(autoencoder_from(record, where), record["autoencoder"], record["network"], record["image_shape"],
-                   record.get("scale", 1.0), record.get("pad", 0), record.get("data"), record.get("path", where))
+                   record.get("scale", 1.0), record.get("pad", 0), record.get("data"), record.get("file", where))
 
     def to(self, device) -> "LatentSpace":
         self.module.to(device)
@@ -179,7 +191,7 @@ class LatentSpace:
         return {"kind": FIRST_STAGE_KIND, "autoencoder": self.kind, "network": self.network,
                 "model": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
                 "image_shape": list(self.image_shape), "scale": self.scale, "pad": self.pad, "data": self.data,
-                "path": self.location}
+                "file": self.location}
 
 
 def check_images_for(record: dict, shape, where: str, first_stage: str) -> None:

@@ -146,7 +146,7 @@ class ModelSource:
         if pretrained is not None:
             if eval_checkpoint:
                 raise ConfigError("--pretrained and --eval_checkpoint name two models; pass one of them.")
-            return DiffusersModel(pretrained)
+            return pretrained_source(pretrained)
         return RunModel(run.find_model_file(eval_checkpoint))
 
 
@@ -191,7 +191,48 @@ class DiffusersModel(ModelSource):
         return load_pretrained(self.location).network()
 
 
-SOURCES: dict[str, type[ModelSource]] = {source.kind: source for source in (RunModel, DiffusersModel)}
+class MonaiBundle(ModelSource):
+    """A MONAI model-zoo bundle folder of a diffusion model (``configs/*.json``, ``models/*.pt``), with
+    its autoencoder when it has one (:mod:`ddpm_ood.monai_models`)."""
+
+    kind = "monai-bundle"
+
+    def __str__(self) -> str:
+        return f"MONAI bundle {self.location}"
+
+    def load(self) -> Network:
+        from ddpm_ood.monai_models import load_bundle
+
+        return load_bundle(self.location)
+
+
+class DdpmOodRun(ModelSource):
+    """A run folder of ddpm-ood's later code: ``checkpoint.pth`` and its arguments, ``args.json``."""
+
+    kind = "ddpm-ood"
+
+    def __str__(self) -> str:
+        return f"ddpm-ood run {self.location}"
+
+    def load(self) -> Network:
+        from ddpm_ood.monai_models import load_ddpm_ood
+
+        return load_ddpm_ood(self.location)
+
+
+SOURCES: dict[str, type[ModelSource]] = {source.kind: source for source in (RunModel, DiffusersModel, MonaiBundle,
+                                                                            DdpmOodRun)}
+
+
+def pretrained_source(location: str) -> ModelSource:
+    """--pretrained's source, by what the folder holds: a MONAI bundle (configs/ and models/), a ddpm-ood
+    run (args.json and checkpoint.pth), else a diffusers folder or hub id."""
+    path = Path(location).expanduser()
+    if (path / "configs").is_dir() and (path / "models").is_dir():
+        return MonaiBundle(path)
+    if (path / "args.json").is_file() and (path / "checkpoint.pth").is_file():
+        return DdpmOodRun(path)
+    return DiffusersModel(location)
 
 
 # --- the loaded model -----------------------------------------------------------------------------
@@ -233,13 +274,45 @@ class LoadedModel:
         """2 for images, 3 for volumes."""
         return len(self.image_space.shape) - 1 if self.image_space.shape is not None else 2
 
-    def trained_on(self, images_sha256: str) -> str | None:
-        """Whether the model's first stage was trained on exactly these images (then, in words): scoring
-        them as a test set would measure memorised images."""
-        record = ((self.info.get("first_stage") or {}).get("data") or {}).get("training") or {}
-        if record.get("images_sha256") == images_sha256:
-            return f"its first stage was trained on ({record.get('split')})"
-        return None
+    def check_run(self, spatial_dimension: int | None, sets) -> None:
+        """reconstruct.py's checks before any work: its --spatial_dimension, and no test set that is the
+        split the first stage was trained on."""
+        self.check_spatial_dimension(spatial_dimension)
+        self.refuse_test_splits(sets)
+
+    def check_spatial_dimension(self, flag: int | None) -> None:
+        """--spatial_dimension, if given, must be the model's."""
+        if flag not in (None, self.spatial_dims):
+            raise ConfigError(f"--spatial_dimension {flag}, but the model {self.source} is {self.spatial_dims}D: leave "
+                              "the flag out (the model's is used).")
+
+    def first_stage_training(self) -> dict:
+        """The first stage's training split record (train_config.data_record); {} for a pixel model."""
+        return ((self.info.get("first_stage") or {}).get("data") or {}).get("training") or {}
+
+    def refuse_test_splits(self, sets) -> None:
+        """Before any work: a test set (in-distribution test or OOD; not "val" or "fit") that is the very
+        split file the first stage was trained on is refused (the same images under another file name
+        are refused when their pixels are read: :meth:`refuse_memorised`)."""
+        from ddpm_ood.errors import DataError
+
+        trained = Path(self.first_stage_training().get("split") or "")
+        for name, path, _ in sets:
+            if name not in ("val", "fit") and trained.is_file() and Path(path).exists() and \
+                    Path(path).resolve() == trained.resolve():
+                raise DataError(f"The test set {path} is the split the model's first stage was trained on: its scores "
+                                "would measure memorised images. Score held-out images, or train the first stage "
+                                "(train_vqvae.py) on the training split.")
+
+    def refuse_memorised(self, name: str, path, images_sha256: str) -> None:
+        """A test set holding exactly the images the first stage was trained on is refused."""
+        from ddpm_ood.errors import DataError
+
+        record = self.first_stage_training()
+        if name not in ("val", "fit") and record.get("images_sha256") == images_sha256:
+            raise DataError(f"The test set {path} holds exactly the images its first stage was trained on "
+                            f"({record.get('split')}): its scores would measure memorised images. Score held-out "
+                            "images, or train the first stage on the training split.")
 
     def manifest(self, run_dir: Path | None = None) -> dict:
         """The model group of every results manifest: the identity (compared), its parts and where the

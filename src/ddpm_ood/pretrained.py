@@ -55,7 +55,9 @@ VP_SCHEDULERS = (
     "UniPCMultistepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
     "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
 )
-# Parts of a pipeline folder that mean the UNet does not run on pixels (a latent pipeline).
+# Parts of a pipeline folder that mean the UNet does not run on pixels (a latent pipeline): an
+# LDMPipeline's vqvae (a VQModel) is taken as the model's first stage; a vae (Stable Diffusion's, for
+# text-conditioned UNets) is refused.
 FIRST_STAGES = ("vqvae", "vae")
 
 
@@ -65,6 +67,7 @@ class PretrainedFiles:
     unet_config: Path
     weights: Path
     scheduler_config: Path
+    first_stage: Path | None = None  # an LDMPipeline's vqvae/ folder (a VQModel)
 
 
 def locate(given: str) -> PretrainedFiles:
@@ -86,7 +89,8 @@ def locate(given: str) -> PretrainedFiles:
         root = fetch(given)
     else:
         raise ConfigError(f"--pretrained {given}: no such folder, and not a Hugging Face hub id (owner/name).")
-    refuse_latent_pipeline(given, root)
+    first_stage = latent_pipeline(given, root)
+    root = root.parent if first_stage is not None and root.name == "unet" else root
     for unet_dir, scheduler_dir in ((root, root), (root / "unet", root / "scheduler")):
         if (unet_dir / "config.json").is_file():
             break
@@ -105,7 +109,8 @@ def locate(given: str) -> PretrainedFiles:
         raise ConfigError(f"--pretrained {given}: {unet_dir} has {kind}{': ' + ', '.join(found) if found else ''}; "
                           f"one file {' or '.join(WEIGHT_FILES)} is needed. Re-save the UNet with diffusers' "
                           "save_pretrained(folder) (no variant, one shard).")
-    return PretrainedFiles(given if not path.exists() else str(root), unet_dir / "config.json", weights, scheduler)
+    return PretrainedFiles(given if not path.exists() else str(root), unet_dir / "config.json", weights, scheduler,
+                           first_stage)
 
 
 def looks_local(given: str) -> bool:
@@ -116,18 +121,28 @@ def looks_local(given: str) -> bool:
             or Path(given).expanduser().parent.is_dir() and str(Path(given).parent) not in ("", "."))
 
 
-def refuse_latent_pipeline(given: str, root: Path) -> None:
-    """A pipeline with an autoencoder (LDMPipeline: vqvae/ + unet/) runs its UNet on latents, not pixels."""
+def latent_pipeline(given: str, root: Path) -> Path | None:
+    """An LDMPipeline (vqvae/ + unet/ + scheduler/: CompVis/ldm-celebahq-256's layout) runs its UNet on
+    a VQModel's latents: its vqvae/ folder, which becomes the model's first stage. A pipeline with a
+    ``vae`` (Stable Diffusion's: text-conditioned) is refused; None for a pixel-space model."""
     parts = {name for name in FIRST_STAGES if (root / name).is_dir()}
     index = root / "model_index.json"
     if index.is_file():
         parts |= {name for name in read_json(index) if name in FIRST_STAGES}
     if not parts and root.name == "unet" and (root.parent / "model_index.json").is_file():
-        return refuse_latent_pipeline(given, root.parent)
-    if parts:
-        raise ConfigError(f"--pretrained {given}: {root} is a latent-diffusion pipeline (it has {', '.join(sorted(parts))}"
-                          "): its UNet runs on an autoencoder's latents, not on pixels, and latent models are not "
-                          "supported yet. Pass a pixel-space model (a UNet2DModel with a DDPM-family scheduler).")
+        return latent_pipeline(given, root.parent)
+    if not parts:
+        return None
+    if parts != {"vqvae"}:
+        raise ConfigError(f"--pretrained {given}: {root} is a latent-diffusion pipeline with {', '.join(sorted(parts))}: "
+                          "only an LDMPipeline's VQModel (vqvae/) is supported as a first stage. Pass an unconditional "
+                          "LDMPipeline or a pixel-space model.")
+    vqvae = root / "vqvae"
+    weights = [vqvae / name for name in WEIGHT_FILES if (vqvae / name).is_file()]
+    if not (vqvae / "config.json").is_file() or not weights:
+        raise ConfigError(f"--pretrained {given}: {vqvae} needs config.json and {' or '.join(WEIGHT_FILES)} (the "
+                          "pipeline's VQModel, its first stage); re-save the pipeline with save_pretrained.")
+    return vqvae
 
 
 def fetch(repo_id: str) -> Path:
@@ -229,25 +244,38 @@ def read_weights(path: Path) -> dict:
                               "be a safetensors file or a plain state dict; nothing in the file was run.") from None
 
 
-class DiffusersEps(torch.nn.Module):
-    """A diffusers UNet2DModel as eps(x, t), x in the model's own data range."""
+class PredictionEps(torch.nn.Module):
+    """Another library's UNet as eps(x, t), x in the model's own space: ``raw`` is the network's output
+    (eps, v or x0, by ``prediction``), converted to eps here."""
 
-    def __init__(self, unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str):
+    def __init__(self, unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, channels: int):
         super().__init__()
-        self.unet, self.prediction = unet, prediction
-        self.channels = unet.config.in_channels
+        self.unet, self.prediction, self.channels = unet, prediction, channels
         self.register_buffer("sqrt_ab", torch.from_numpy(schedule.sqrt_alphas_cumprod).float(), persistent=False)
         self.register_buffer("sqrt_1m_ab", torch.from_numpy(schedule.sqrt_one_minus_alphas_cumprod).float(),
                              persistent=False)
 
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.unet(x, t).sample[:, :self.channels]  # a learned variance fills the second half
+        out = self.raw(x, t)[:, :self.channels]  # a learned variance fills the second half
         if self.prediction == "epsilon":
             return out
         a, b = (table[t.long()].reshape(-1, *([1] * (x.dim() - 1))) for table in (self.sqrt_ab, self.sqrt_1m_ab))
         if self.prediction == "v_prediction":
             return a * out + b * x
         return (x - a * out) / b  # "sample": the model predicts x0
+
+
+class DiffusersEps(PredictionEps):
+    """A diffusers UNet2DModel as eps(x, t), x in the model's own data range."""
+
+    def __init__(self, unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str):
+        super().__init__(unet, schedule, prediction, unet.config.in_channels)
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
 
 
 @dataclass
@@ -257,6 +285,7 @@ class PretrainedModel:
     image_shape: tuple[int, int, int]
     files: PretrainedFiles
     config: dict
+    space: object = None  # an LDMPipeline's first stage (a LatentSpace); None: pixels in [-1, 1]
 
     def network(self) -> Network:
         """The model at the boundary: eps in [-1, 1] pixels, its identity's config, where its files are."""
@@ -264,7 +293,8 @@ class PretrainedModel:
         files = {"pretrained": self.files.given, "model_file": str(self.files.weights.resolve()),
                  "model_file_bytes": stat.st_size, "model_file_mtime_ns": stat.st_mtime_ns}
         config = {k: v for k, v in dict(self.eps.unet.config).items() if not k.startswith("_")}
-        return Network(self.eps, self.schedule, ImageSpace(self.image_shape[0], self.image_shape), PixelSpace(*DATA_RANGE),
+        space = self.space if self.space is not None else PixelSpace(*DATA_RANGE)
+        return Network(self.eps, self.schedule, ImageSpace(self.image_shape[0], self.image_shape), space,
                        self.eps.prediction, config, {"config": self.config}, files, self.files.given)
 
 
@@ -304,4 +334,29 @@ def load_pretrained(given: str) -> PretrainedModel:
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     shape = (int(unet.config.in_channels), int(height), int(width))
-    return PretrainedModel(DiffusersEps(unet.eval(), schedule, prediction), schedule, shape, files, config)
+    space = None
+    if files.first_stage is not None:
+        space = vqmodel_space(files.first_stage, shape)
+        shape = space.image_shape
+    return PretrainedModel(DiffusersEps(unet.eval(), schedule, prediction), schedule, shape, files, config, space)
+
+
+def vqmodel_space(folder: Path, latent_shape: tuple[int, ...]):
+    """An LDMPipeline's VQModel as the model's first stage: latents scaled by its ``scaling_factor`` as
+    the pipeline does; the images are (out_channels, latent size x 2^(levels - 1))."""
+    from ddpm_ood.first_stage import LatentSpace, build_autoencoder
+
+    config = {k: v for k, v in read_json(folder / "config.json").items() if not k.startswith("_")}
+    module = build_autoencoder("diffusers-vqmodel", config)
+    weights = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
+    try:
+        module.load_state_dict(read_weights(weights))
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{weights} does not match {folder / 'config.json'} ({str(err)[:300]}).") from None
+    if int(config.get("latent_channels", 3)) != latent_shape[0]:
+        raise ConfigError(f"{folder}: the VQModel's latent_channels {config.get('latent_channels')} are not the UNet's "
+                          f"in_channels {latent_shape[0]}: the pipeline's parts do not belong together.")
+    factor = 2 ** (len(config.get("block_out_channels", [64])) - 1)
+    image_shape = (int(config.get("out_channels", 3)), *(d * factor for d in latent_shape[1:]))
+    return LatentSpace(module.eval().requires_grad_(False), "diffusers-vqmodel", config, image_shape,
+                       float(config.get("scaling_factor", 1.0)), 0, None, str(folder))
