@@ -30,7 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(a test split only); Digits is scikit-learn's 8x8 digits upsampled to 28x28. MNI152 (3D, offline) "
                              "makes 32^3 volumes of the MNI152 T1 template nilearn's wheel ships (in-distribution) and "
                              "three OOD test sets: MNI152Lesion (a bright ball added), MNI152GM and MNI152WM (the grey "
-                             "and white matter maps).")
+                             "and white matter maps). Medical (their own libraries download them, or --source_dir NAME=DIR reads "
+                             "their published layouts): MedNIST (one split per class), MedMNIST3D (the six 3D sets, "
+                             "through the medmnist package) and Decathlon (the ten tasks, through MONAI).")
     parser.add_argument("--download_celeba", type=str2bool, default=True,
                         help="0/False: use CelebA files placed by hand in DATA_ROOT/CelebA/raw/celeba/ "
                              "(when Google Drive's quota blocks the download). Default: True.")
@@ -60,7 +62,7 @@ def parse_sources(entries: Sequence[str]) -> tuple[Path | None, dict[str, Path]]
 
 
 def main(args: argparse.Namespace) -> dict[str, list[Path]]:
-    from ddpm_ood.datasets_download import prepare
+    from ddpm_ood.medical_datasets import prepare
 
     shared, per_dataset = parse_sources(args.source_dir)
     n_idx = sum(name in ("MNIST", "FashionMNIST") for name in args.datasets)

@@ -19,7 +19,7 @@ LAYERS = [
     "errors", "anomaly_maps", "dataset_names", "runtime", "train_config", "files", "runlock", "data", "run_files", "distributed", "diffusion",
     "unet", "config", "boundary", "checkpoint", "first_stage", "autoencoder_training", "pretrained", "monai_models",
     "inference", "metrics", "reconstruction", "scoring", "results",
-    "results_store", "figures", "datasets_download", "training",
+    "results_store", "figures", "datasets_download", "medical_datasets", "training",
     "detectors", "detectors.base", "detectors.density", "detectors.recon", "detectors.path", "detectors.msma",
     "detectors.denoise", "detectors.combined", "fits", "evaluation", "report", "api", "cli",
 ]

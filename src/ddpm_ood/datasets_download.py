@@ -388,6 +388,7 @@ def prepare(data_root: Path, name: str, source_dir: Path | None = None, download
         return prepare_mnist5k(data_root, source_dir)
     elif name == "MNI152":
         return prepare_mni152(data_root, source_dir)
+
     else:
         raise ValueError(f"Unknown dataset {name!r}; choose from {DATASETS}.")
     return write_splits(data_root, name)

@@ -1,0 +1,126 @@
+"""get_datasets.py's medical converters (issue 25, part 5), on files made here in each dataset's
+published layout (downloads fail offline), and the MNI152 volumes made from nilearn's templates."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import get_datasets
+from ddpm_ood.data import load_images
+from ddpm_ood.errors import DownloadError
+
+nibabel = pytest.importorskip("nibabel")
+pytest.importorskip("monai")
+
+
+def run(data_root, name, source):
+    return get_datasets.main(get_datasets.parse_args([f"--data_root={data_root}", "--datasets", name,
+                                                      "--source_dir", f"{name}={source}"]))[name]
+
+
+def test_mednist_one_split_per_class_from_its_extracted_folder(tmp_path):
+    source = tmp_path / "src" / "MedNIST"
+    rng = np.random.default_rng(0)
+    for cls in ("AbdomenCT", "Hand", "HeadCT"):
+        (source / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(source / cls / f"{i:06d}.jpeg")
+    written = run(tmp_path / "data", "MedNIST", tmp_path / "src")
+    assert {p.name for p in written} == {f"{c}_{s}.csv" for c in ("AbdomenCT", "Hand", "HeadCT")
+                                         for s in ("train", "val", "test")}
+    splits = tmp_path / "data" / "data_splits"
+    for cls in ("AbdomenCT", "Hand", "HeadCT"):
+        files = [set(pd.read_csv(splits / f"{cls}_{s}.csv")["filename"]) for s in ("train", "val", "test")]
+        assert sum(map(len, files)) == 20 and not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+        assert all(f"/{cls}/" in f for f in files[0])
+    n = {s: sum(len(pd.read_csv(splits / f"{c}_{s}.csv")) for c in ("AbdomenCT", "Hand", "HeadCT"))
+         for s in ("train", "val", "test")}
+    assert n == {"train": 48, "val": 6, "test": 6}  # MedNISTDataset's 10% / 10% of 60
+    assert load_images(splits / "Hand_test.csv", True).images.shape[1:] == (1, 64, 64)
+    run(tmp_path / "data2", "MedNIST", tmp_path / "src")  # deterministic: the same split again
+    assert pd.read_csv(splits / "Hand_val.csv")["filename"].tolist() == \
+        pd.read_csv(tmp_path / "data2" / "data_splits" / "Hand_val.csv")["filename"].tolist()
+
+
+def test_medmnist3d_from_its_npz_files(tmp_path):
+    from ddpm_ood.medical_datasets import MEDMNIST3D_FLAGS
+
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(1)
+    for flag in MEDMNIST3D_FLAGS:
+        np.savez(source / f"{flag}.npz", **{f"{s}_images": rng.integers(0, 255, (n, 28, 28, 28), dtype=np.uint8)
+                                             for s, n in (("train", 3), ("val", 2), ("test", 2))},
+                 **{f"{s}_labels": np.zeros((2, 1)) for s in ("train", "val", "test")})
+    written = run(tmp_path / "data", "MedMNIST3D", source)
+    assert len(written) == 18
+    organ = load_images(tmp_path / "data" / "data_splits" / "medmnist3d_organmnist3d_train.csv", True,
+                        spatial_dimension=3)
+    assert organ.images.shape == (3, 1, 28, 28, 28)
+    with np.load(source / "organmnist3d.npz") as arrays:
+        raw = arrays["train_images"][1].astype(np.float32)
+    np.testing.assert_allclose(organ.images[1][0].numpy(), (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
+    with pytest.raises(DownloadError, match="no organmnist3d.npz"):
+        run(tmp_path / "data3", "MedMNIST3D", tmp_path)
+
+
+def decathlon_task(root, task, n_train, n_test, modalities=1):
+    folder = root / task
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    shape = (10, 12, 8) + ((modalities,) if modalities > 1 else ())
+    training, test = [], []
+    for i in range(n_train):
+        nibabel.save(nibabel.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)),
+                     folder / "imagesTr" / f"case_{i:03d}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(np.zeros(shape[:3], np.uint8), np.eye(4)),
+                     folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+        training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
+    for i in range(n_test):
+        nibabel.save(nibabel.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)),
+                     folder / "imagesTs" / f"case_{100 + i:03d}.nii.gz")
+        test.append(f"./imagesTs/case_{100 + i:03d}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({
+        "name": task, "description": "test", "reference": "", "licence": "CC-BY-SA 4.0", "release": "1.0",
+        "tensorImageSize": "4D" if modalities > 1 else "3D", "modality": {str(m): f"m{m}" for m in range(modalities)},
+        "labels": {"0": "background"}, "numTraining": n_train, "numTest": n_test, "training": training, "test": test}))
+
+
+def test_decathlon_tasks_from_their_folders_first_modality_of_multimodal_ones(tmp_path):
+    source = tmp_path / "src"
+    decathlon_task(source, "Task04_Hippocampus", 10, 3)
+    decathlon_task(source, "Task01_BrainTumour", 5, 2, modalities=4)
+    written = run(tmp_path / "data", "Decathlon", source)
+    assert {p.name for p in written} == {f"{t}_{s}.csv" for t in ("Task01_BrainTumour", "Task04_Hippocampus")
+                                         for s in ("train", "val", "test")}
+    splits = tmp_path / "data" / "data_splits"
+    hippo = {s: pd.read_csv(splits / f"Task04_Hippocampus_{s}.csv")["filename"].tolist() for s in ("train", "val", "test")}
+    assert (len(hippo["train"]), len(hippo["val"]), len(hippo["test"])) == (8, 2, 3)  # DecathlonDataset: 20% validation
+    assert not set(hippo["train"]) & set(hippo["val"])
+    brats = load_images(splits / "Task01_BrainTumour_train.csv", True, spatial_dimension=3)
+    assert brats.images.shape[1:] == (1, 10, 12, 8)  # the FLAIR (first) modality of each 4D volume
+    name = Path(brats.filenames[0]).name
+    original = np.asarray(nibabel.load(str(source / "Task01_BrainTumour" / "imagesTr" / name)).dataobj)
+    first = original[..., 0]
+    np.testing.assert_allclose(brats.images[0][0].numpy(), (first - first.min()) / (first.max() - first.min()),
+                               atol=1e-6)
+
+
+def test_mni152_volumes_from_nilearns_templates(tmp_path):
+    from ddpm_ood.datasets_download import MNI152_FILES, mni152_files
+
+    try:
+        mni152_files()
+    except DownloadError:
+        pytest.skip("nilearn's wheel is not installed (make demo3d installs it)")
+    written = get_datasets.main(get_datasets.parse_args([f"--data_root={tmp_path}", "--datasets", "MNI152"]))["MNI152"]
+    assert len(written) == 6 and len(MNI152_FILES) == 3
+    volumes = {p.stem: load_images(p, True, spatial_dimension=3).images for p in written}
+    assert volumes["MNI152_train"].shape == (160, 1, 32, 32, 32) and volumes["MNI152Lesion_test"].shape[0] == 32
+    assert not np.allclose(volumes["MNI152GM_test"][0].numpy(), volumes["MNI152_test"][0].numpy())
