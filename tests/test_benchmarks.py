@@ -68,3 +68,17 @@ def test_scaling_bench_prints_both_efficiencies(capsys):
                          rf"{FLOAT}", out)
         one, two, efficiency = figures[kind]
         assert one > 0 and two > 0 and abs(efficiency - two / (2 * one)) < 1e-9
+
+
+def test_latent_bench_prints_the_speed_ratio_and_the_volume_memory():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    speed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_bench.py"), "speed", "--images", "1",
+                            "--steps", "2", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert speed.returncode == 0, speed.stderr
+    assert re.search(rf"latent \(3, 16, 16\): {FLOAT} s per image", speed.stdout)
+    assert re.search(rf"latent is {FLOAT}x cheaper", speed.stdout)
+    memory = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_bench.py"), "memory_one", "--size", "16",
+                             "--space", "latent", "--steps", "2", "--device", "cpu"], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert memory.returncode == 0, memory.stderr
+    assert '"size": 16, "space": "latent", "peak_rss_mib"' in memory.stdout

@@ -97,12 +97,15 @@ def test_bad_volumes_are_refused_naming_the_file(volume_splits, tmp_path):
         load_images(write_split(tmp_path / "timed.csv", [timed]), True, spatial_dimension=3)
 
 
+def volume_train_flags(out, splits, *extra):
+    return [f"--output_dir={out}", "--model_name=balls", f"--training_ids={splits['train']}",
+            f"--validation_ids={splits['val']}", "--is_grayscale=1", f"--config_diffusion_file={TINY_CONFIG}",
+            "--n_epochs=1", "--batch_size=4", "--num_sample_images=2", "--sample_steps=2", "--num_workers=0",
+            "--spatial_dimension=3", *extra]
+
+
 def volume_train_args(out, splits, *extra):
-    return train.parse_args([
-        f"--output_dir={out}", "--model_name=balls", f"--training_ids={splits['train']}",
-        f"--validation_ids={splits['val']}", "--is_grayscale=1", f"--config_diffusion_file={TINY_CONFIG}",
-        "--n_epochs=1", "--batch_size=4", "--num_sample_images=2", "--sample_steps=2", "--num_workers=0",
-        "--spatial_dimension=3", *extra])
+    return train.parse_args(volume_train_flags(out, splits, *extra))
 
 
 def volume_reconstruct_args(out, splits, *extra):
@@ -159,3 +162,42 @@ def test_3d_latent_pipeline_end_to_end(volume_splits, random_alexnet_home, capsy
     with pytest.raises(UserError, match="first stage .* is 3D, but --spatial_dimension is 2"):
         train.main(volume_train_args(out, splits, f"--vqvae_checkpoint={out / 'vq3d'}", "--spatial_dimension=2",
                                      "--model_name=x"))
+
+
+def test_3d_pixel_and_latent_under_torchrun_give_one_process_bytes(volume_splits, tmp_path):
+    """train.py and reconstruct.py on volumes under torchrun (2 processes, gloo): a pixel and a latent 3D
+    model train, and reconstruct.py's results are the bytes of one process."""
+    import os
+    import subprocess
+    import sys
+
+    import train_vqvae
+    from conftest import ROOT
+
+    _, splits = volume_splits
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train_vqvae.main(train_vqvae.parse_args([
+        f"--output_dir={tmp_path}", "--model_name=vq", f"--training_ids={splits['train']}",
+        f"--validation_ids={splits['val']}", "--spatial_dimension=3", "--vqvae_num_channels=[8,8]",
+        "--vqvae_num_res_channels=[8,8]", "--vqvae_num_res_layers=1", "--vqvae_num_embeddings=8",
+        "--vqvae_embedding_dim=2", "--n_epochs=1", "--batch_size=4", "--num_workers=0", "--perceptual_weight=0"]))
+
+    def launch(script, nproc, *args):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        result = subprocess.run([*(launcher if nproc else [sys.executable]), str(ROOT / script), *args], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    for name, extra in (("pixel", []), ("latent", [f"--vqvae_checkpoint={tmp_path / 'vq'}"])):
+        launch("train.py", 2, *volume_train_flags(tmp_path, splits, f"--model_name={name}", "--num_sample_images=0",
+                                                   *extra))
+        results = {}
+        for nproc in (0, 2):
+            out = tmp_path / f"{name}_{nproc}"
+            (out / name).mkdir(parents=True)
+            (out / name / "best_model.pth").write_bytes((tmp_path / name / "best_model.pth").read_bytes())
+            launch("reconstruct.py", nproc, f"--output_dir={out}", f"--model_name={name}",
+                   f"--validation_ids={splits['val']}", f"--in_ids={splits['test']}", "--run_out=0", "--metrics=mse",
+                   "--num_inference_steps=10", "--inference_skip_factor=4", "--batch_size=2", "--chunk_size=2")
+            results[nproc] = [(out / name / "ood" / f"results_{s}.csv").read_bytes() for s in ("val", "in")]
+        assert results[2] == results[0], name
