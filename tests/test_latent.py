@@ -139,3 +139,14 @@ def test_bad_first_stages_are_refused_before_any_work(latent_run, tmp_path):
     copy = write_split(tmp_path / "Copy_test.csv", [p for p in pd.read_csv(splits["train"])["filename"]])
     with pytest.raises(UserError, match="holds exactly the images its first stage was trained on"):
         reconstruct.main(reconstruct_args(out, {**splits, "ood": copy}, "--run_val=0", "--run_in=0"))
+
+
+def test_first_stage_stopped_by_max_minutes_keeps_a_model_and_resumes_where_it_stopped(latent_run):
+    out, splits = latent_run
+    first = train_vqvae.main(vqvae_args(out, splits, "--model_name=timed", "--n_epochs=5", "--max_minutes=0"))
+    run = out / "timed"
+    state = torch.load(run / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 1, 1)  # stopped after its first step
+    assert (run / "best_model.pth").is_file() and (run / "final_model.pth").is_file() and first["steps"] == 1
+    again = train_vqvae.main(vqvae_args(out, splits, "--model_name=timed", "--n_epochs=1"))
+    assert again["epochs"] == 1 and again["steps"] == 3  # 24 images in batches of 8: the epoch's other two steps

@@ -291,11 +291,14 @@ class AutoencoderTrainer:
                     done += 1
                     self.batch_in_epoch = i + 1
                     if self.out_of_time() and i + 1 < steps_per_epoch:
-                        self.save_checkpoint(order)
-                        logger.info("Stopping the first stage at epoch %d, batch %d: --max_minutes=%s reached. Re-run "
-                                    "the same command to continue.", self.epoch + 1, i + 1, settings.max_minutes)
-                        return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val,
-                                "stopped": True}
+                        break
+                if self.batch_in_epoch < steps_per_epoch:  # out of time inside the epoch: a checkpoint right here
+                    self.save_checkpoint(order)
+                    logger.info("Stopping the first stage at epoch %d, batch %d: --max_minutes=%s reached. Re-run "
+                                "the same command to continue.", self.epoch + 1, self.batch_in_epoch,
+                                settings.max_minutes)
+                    self.evaluate(self.epoch)
+                    break
                 n = max(1, done)
                 for name, value in sums.items():
                     self.writer.add_scalar(f"train/{name}", value / n, self.step)
@@ -313,7 +316,7 @@ class AutoencoderTrainer:
             self.writer.close()
         if self.val_loss is None:
             self.evaluate(self.epoch)
-        save_torch_atomic(self.files.final_model, self.model_file(self.epoch))
+        save_torch_atomic(self.files.final_model, self.model_file(self.epoch))  # as train.py: also when stopped
         return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val}
 
 
