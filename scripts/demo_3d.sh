@@ -52,7 +52,7 @@ $PYTHON reconstruct.py --output_dir="$output_root" --model_name="$MODEL" \
   --validation_ids="$splits/MNI152_val.csv" --in_ids="$splits/MNI152_test.csv" \
   --out_ids="$splits/MNI152Lesion_test.csv,$splits/MNI152GM_test.csv,$splits/MNI152WM_test.csv" \
   --num_inference_steps="$STEPS" --inference_skip_factor=1 --first_n_val="$N_EVAL" --first_n="$N_EVAL" \
-  --batch_size=8 --save_examples=4 --detectors=${DEMO3D_DETECTORS:-recon}
+  --batch_size=8 --save_examples=4 --save_maps=${DEMO3D_MAPS:-8} --detectors=${DEMO3D_DETECTORS:-recon}
 stage_done "reconstruction"
 
 echo "== scoring =="

@@ -332,7 +332,8 @@ def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: in
     """``count`` uint8 size^3 volumes of a template: the brain's bounding box resampled to
     (size + 4)^3, then per volume a random size^3 crop (shifts of up to 4 voxels), a random gamma
     (0.8 to 1.25) and noise (2% of the range); ``lesion``: plus a bright ball of radius 2 to 4 voxels
-    somewhere in the brain (a synthetic anomaly)."""
+    in the brain, centred on the middle slice along the first axis (a synthetic anomaly where the
+    figures' mid-slices show it)."""
     import nibabel
     import torch
 
@@ -348,8 +349,9 @@ def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: in
     for _ in range(count):
         dz, dy, dx = rng.integers(0, 5, 3)
         crop = big[dz:dz + size, dy:dy + size, dx:dx + size] ** rng.uniform(0.8, 1.25)
-        if lesion:
+        if lesion:  # centred on the middle slice along the first axis, where the figures look
             brain = np.argwhere(crop > 0.3)
+            brain = brain[brain[:, 0] == size // 2]
             centre, radius = brain[rng.integers(len(brain))], rng.uniform(2, 4)
             crop = np.maximum(crop, (np.linalg.norm(grid - centre, axis=-1) <= radius) * rng.uniform(0.9, 1.0))
         crop = np.clip(crop + rng.normal(0, 0.02, crop.shape), 0, 1)
@@ -362,7 +364,7 @@ def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
     files = mni152_files(source_dir)
     written = []
     for name, split, template, count, seed, lesion in MNI152_SETS:
-        source = f"{files[template].resolve()} (seed {seed}{', lesion' if lesion else ''})"
+        source = f"{files[template].resolve()} (seed {seed}{', lesion on the middle slice' if lesion else ''})"
         folder = convert_split(data_root, name, split, lambda t=template, n=count, s=seed, le=lesion:
                                mni152_volumes(files[t], n, s, le), count, source)
         path = data_root / "data_splits" / f"{name}_{split}.csv"
