@@ -150,3 +150,12 @@ def test_first_stage_stopped_by_max_minutes_keeps_a_model_and_resumes_where_it_s
     assert (run / "best_model.pth").is_file() and (run / "final_model.pth").is_file() and first["steps"] == 1
     again = train_vqvae.main(vqvae_args(out, splits, "--model_name=timed", "--n_epochs=1"))
     assert again["epochs"] == 1 and again["steps"] == 3  # 24 images in batches of 8: the epoch's other two steps
+
+
+def test_a_latent_run_resumes_only_on_its_own_first_stage(latent_run):
+    out, splits = latent_run
+    train_vqvae.main(vqvae_args(out, splits, "--model_name=vq_other", "--n_epochs=1", "--seed=7"))
+    for extra, words in (([f"--vqvae_checkpoint={out / 'vq_other'}"], "latents of another first stage"),
+                         (["--latent_pad=1"], "another first stage \\(or --latent_pad\\)")):
+        with pytest.raises(UserError, match=words):
+            train.main(latent_train_args(out, splits, "--n_epochs=2", *extra))

@@ -167,11 +167,6 @@ class LatentSpace:
 
     to_model, to_image = encode, decode
 
-    def model_shape(self, image_shape) -> tuple[int, ...]:
-        with torch.no_grad():
-            probe = torch.zeros(1, *image_shape, device=next(self.module.parameters()).device)
-            return tuple(self.encode(probe).shape[1:])
-
     def weights_digest(self) -> str:
         if self._weights is None:
             from ddpm_ood.boundary import weights_digest

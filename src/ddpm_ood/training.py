@@ -310,6 +310,7 @@ class TrainLoop:
         else:
             self.check_resume_settings(state.get("settings"))
             self.check_resume_data(state.get("data"))
+            self.check_resume_first_stage(state.get("first_stage"))
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
@@ -350,6 +351,22 @@ class TrainLoop:
         if changed:
             raise ConfigError(f"The run in {self.run_dir} cannot resume on other data: {'; '.join(changed)}. Resume "
                               "with the splits it was trained on, or start a new --model_name.")
+
+    def check_resume_first_stage(self, stored: dict | None) -> None:
+        """A latent run resumes on the latents of its own first stage only (and a pixel run stays one)."""
+        from ddpm_ood.boundary import weights_digest
+
+        current = self.first_stage
+        if stored is None and current is None:
+            return
+        if stored is None or current is None:
+            was, now = ("pixel", "latent") if stored is None else ("latent", "pixel")
+            raise ConfigError(f"The run in {self.run_dir} was trained in {was} space; this command asks for {now} "
+                              f"space (--vqvae_checkpoint): resume it as it was, or start a new --model_name.")
+        if weights_digest(stored["model"]) != current.weights_digest() or stored.get("pad") != current.pad:
+            raise ConfigError(f"The run in {self.run_dir} was trained on the latents of another first stage (or "
+                              f"--latent_pad) than {current.location}: resume with the first stage it was trained "
+                              "on, or start a new --model_name.")
 
     def record(self) -> dict:
         """How the model was trained, kept in every checkpoint and model file: every setting and the data."""
