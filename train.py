@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import (add_settings, add_space_flags, binary_int, device_name, non_negative_int, plain_name,
+from ddpm_ood.cli import (add_settings, add_space_flags, add_training_run_flags, device_name, non_negative_int,
                           positive_int, run_main)
 from ddpm_ood.train_config import TrainSettings
 
@@ -30,12 +30,7 @@ logger = logging.getLogger("ddpm_ood")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
-    parser.add_argument("--model_name", required=True, type=plain_name,
-                        help="Run name, a plain name; files go to OUTPUT_DIR/MODEL_NAME/.")
-    parser.add_argument("--training_ids", required=True, help="Split CSV of training images.")
-    parser.add_argument("--validation_ids", required=True, help="Split CSV of validation images (model selection).")
-    parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB. Default 1.")
+    add_training_run_flags(parser)  # --output_dir, --model_name, --training_ids, --validation_ids, --is_grayscale
     parser.add_argument("--config_diffusion_file", type=Path, default=None,
                         help="Model/schedule YAML (default: src/configs/diffusion/diffusion_{grayscale,colour}.yaml). "
                              "An existing run keeps its config: a different one is refused.")

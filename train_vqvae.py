@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
-from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import (add_space_flags, binary_int, device_name, non_negative_float, non_negative_int, plain_name, positive_float,
-                          positive_int, run_main, seed_value, unit_fraction)
+from ddpm_ood.cli import (add_space_flags, add_training_run_flags, device_name, non_negative_float, non_negative_int,
+                          positive_float, positive_int, run_main, seed_value, unit_fraction)
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -45,12 +44,7 @@ def int_lists(depth: int):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
-    parser.add_argument("--model_name", required=True, type=plain_name,
-                        help="Run name, a plain name; files go to OUTPUT_DIR/MODEL_NAME/.")
-    parser.add_argument("--training_ids", required=True, help="Split CSV of training images (in-distribution only).")
-    parser.add_argument("--validation_ids", required=True, help="Split CSV of validation images (model selection).")
-    parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB. Default 1.")
+    add_training_run_flags(parser)  # --output_dir, --model_name, --training_ids, --validation_ids, --is_grayscale
     add_space_flags(parser)  # --spatial_dimension (ddpm-ood's default is 3; ours 2), --image_roi, --image_size
     parser.add_argument("--autoencoder", choices=("vqvae", "autoencoderkl"), default="vqvae",
                         help="MONAI's VQVAE (as ddpm-ood) or AutoencoderKL. Default vqvae.")

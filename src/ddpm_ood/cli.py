@@ -201,3 +201,13 @@ def add_space_flags(parser: argparse.ArgumentParser, spatial_default: int | None
                         help="Volumes: crop this centre region first. Default: the whole volume.")
     parser.add_argument("--image_size", type=positive_int, default=None, metavar="N",
                         help="Volumes: resize to N x N x N (trilinear) after any crop. Default: as stored.")
+
+
+def add_training_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every training script starts with: where the run goes and the images it learns from."""
+    parser.add_argument("--output_dir", required=True, type=Path, help="Root folder for all runs.")
+    parser.add_argument("--model_name", required=True, type=plain_name,
+                        help="Run name, a plain name; files go to OUTPUT_DIR/MODEL_NAME/.")
+    parser.add_argument("--training_ids", required=True, help="Split CSV of training images (in-distribution only).")
+    parser.add_argument("--validation_ids", required=True, help="Split CSV of validation images (model selection).")
+    parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB. Default 1.")
