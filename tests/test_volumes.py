@@ -128,6 +128,14 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
     ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=balls"]))
     assert "AUC for balls vs Slabs: " in capsys.readouterr().out
     assert list((out / "balls" / "ood" / "figures").glob("*.png"))
+    from ddpm_ood.api import OODDetector
+
+    # The Python API takes volumes (N, C, D, H, W) and scores them as ood_detection.py scored their files.
+    detector = OODDetector.load(out / "balls", device="cpu")
+    files = pd.read_csv(splits["test"])["filename"].tolist()[:2]
+    scores = detector.score(np.stack([np.load(f) for f in files])[:, None], filenames=files)
+    written = pd.read_csv(out / "balls" / "ood" / "scores_in.csv")["score"].to_numpy()[:2]
+    np.testing.assert_allclose(scores, written, rtol=1e-5)
     maps = np.load(out / "balls" / "ood" / "maps_Slabs.npz")  # --save_maps 3: the first 3 volumes of each set
     assert maps["z"].shape == (3, 3, 12, 12, 12) and maps["mean"].shape == (3, 12, 12, 12)
     assert (out / "balls" / "ood" / "figures" / "maps_Slabs.png").is_file()

@@ -434,9 +434,9 @@ def prepare_images(images, filenames=None) -> torch.Tensor:
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise DataError(f"Images must be a torch tensor, a numpy array or a list of them, not {type(images).__name__}.")
-    if images.dim() != 4:
-        raise DataError(f"Images must be a batch of shape (N, C, H, W), got shape {tuple(images.shape)} (for one image "
-                        "use images[None]).")
+    if images.dim() not in (4, 5):
+        raise DataError(f"Images must be a batch of shape (N, C, H, W), or (N, C, D, H, W) of volumes, got shape "
+                        f"{tuple(images.shape)} (for one image use images[None]).")
     if len(images) == 0:
         raise DataError("The batch is empty: pass at least one image.")
     if filenames is not None and len(filenames) != len(images):
