@@ -5,7 +5,8 @@
 # torch.compile, with FLOP/s as a share of the card's peak and a profile of the fast
 # reconstruction path; every detector's cost on a pretrained diffusers model (the architecture of
 # google/ddpm-cifar10-32 with random weights, and the real weights where PRETRAINED names them:
-# a folder, or a hub id in the Hugging Face cache); then train.py and reconstruct.py under
+# a folder, or a hub id in the Hugging Face cache); latent against pixel space at 64x64 and the peak
+# memory per 32^3 and 64^3 volume (benchmarks/latent_bench.py); then train.py and reconstruct.py under
 # torchrun (NPROC processes, default 1) on a tiny model.
 #
 #   bash benchmarks/prepare_gpu_check.sh              # here: wheels the GPU image lacks -> .whl/
@@ -30,10 +31,12 @@ run_all() {
   if [[ "${SMOKE:-0}" == 1 ]]; then
     SETTING=(--setting cpu --device cpu); TRAIN_STEPS=(2 2); BATCHES=(4 4,8); RECON=(--steps 4 --skip 2)
     PRETRAINED_BENCH=(--architecture tiny --device cpu --n 4 --batch_size 4 --steps 10 --skip 3)
+    LATENT=(--device cpu --steps 2); LATENT_IMAGES=2
     "$PYTHON" -c "import torch; print('torch', torch.__version__, '(smoke run on the CPU)')"
   else
     SETTING=(--setting paper); TRAIN_STEPS=(20 40); BATCHES=(64 64,256); RECON=()
     PRETRAINED_BENCH=(--architecture ddpm-cifar10-32 --device cuda --n 256 --batch_size 64)
+    LATENT=(--device cuda --steps 10); LATENT_IMAGES=${LATENT_IMAGES:-64}
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
     "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
   fi
@@ -63,6 +66,13 @@ run_all() {
     fi
   else
     echo "diffusers is not installed: the pretrained section is skipped (bash benchmarks/prepare_gpu_check.sh)"
+  fi
+  if "$PYTHON" -c "import monai" 2> /dev/null; then
+    echo "== [${SECONDS}s] latent against pixel space at 64x64, and peak memory per 32^3 and 64^3 volume =="
+    "$PYTHON" benchmarks/latent_bench.py speed "${LATENT[@]}" --images "$LATENT_IMAGES" "${LPIPS[@]}"
+    "$PYTHON" benchmarks/latent_bench.py memory "${LATENT[@]}"
+  else
+    echo "monai is not installed: the latent and 3D section is skipped (bash benchmarks/prepare_gpu_check.sh)"
   fi
   echo "== [${SECONDS}s] torchrun --nproc_per_node=${NPROC:-1}: both scripts on the tiny model =="
   "$PYTHON" benchmarks/torchrun_smoke.py --nproc "${NPROC:-1}"

@@ -55,6 +55,7 @@ def test_gpu_check_script_runs_in_smoke_mode(tmp_path):
     assert log.count("efficiency ratio") == 3  # fp32 at one batch size, bf16 + compile at two
     assert "fused speed-up over sequential" in log and "profile of one fused batch" in log
     assert re.search(r"recon +26 +\d", log) and re.search(r"msma +10 +\d", log)  # the pretrained section
+    assert "latent is " in log and "64^3 latent: peak RSS +" in log  # the latent and 3D section
 
 
 def test_scaling_bench_prints_both_efficiencies(capsys):

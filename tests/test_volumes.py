@@ -136,6 +136,11 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
     scores = detector.score(np.stack([np.load(f) for f in files])[:, None], filenames=files)
     written = pd.read_csv(out / "balls" / "ood" / "scores_in.csv")["score"].to_numpy()[:2]
     np.testing.assert_allclose(scores, written, rtol=1e-5)
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=balls",
+                                                 f"--score_ids={splits['test']}"]))  # volumes read a batch at a time
+    predictions = pd.read_csv(out / "balls" / "ood" / "predictions_Balls.csv")
+    np.testing.assert_allclose(predictions["score"], pd.read_csv(out / "balls" / "ood" / "scores_in.csv")["score"],
+                               rtol=1e-5)
     maps = np.load(out / "balls" / "ood" / "maps_Slabs.npz")  # --save_maps 3: the first 3 volumes of each set
     assert maps["z"].shape == (3, 3, 12, 12, 12) and maps["mean"].shape == (3, 12, 12, 12)
     assert (out / "balls" / "ood" / "figures" / "maps_Slabs.png").is_file()

@@ -157,7 +157,7 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     """``ood_detection.py --score_ids``: score a split CSV or a folder of image files, and write
     ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one),
     or ``output``."""
-    from ddpm_ood.data import load_split, resolve_split
+    from ddpm_ood.data import load_images, resolve_split
     from ddpm_ood.files import check_writable, save_csv_atomic
 
     name = resolve_split(split).name
@@ -170,8 +170,13 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     check_writable(path)  # before any work: a read-only run would otherwise fail after measuring every image
     scorer = OODDetector.load(run_dir, device, lpips_weights, detector=detector, model=model)
     scorer.progress = True
-    images = load_split(split, scorer.model.channels == 1)
-    scores = scorer.score(images.images, images.filenames)  # checks the size before any work
+    images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims)
+    if isinstance(images.images, torch.Tensor):
+        scores = scorer.score(images.images, images.filenames)  # checks the size before any work
+    else:  # volumes, read from disk a batch at a time (all of one shape: their headers were checked)
+        step = scorer.batch_size
+        scores = np.concatenate([scorer.score(images.images[i:i + step], images.filenames[i:i + step])
+                                 for i in range(0, len(images), step)])
     predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold})
     if path.exists():
         logger.warning("Replacing %s.", path)  # no output replaces an earlier one without saying so
