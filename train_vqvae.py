@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import os
 from typing import Sequence
 
 from ddpm_ood.cli import (add_space_flags, add_training_run_flags, device_name, non_negative_float, non_negative_int,
@@ -99,6 +100,12 @@ def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.runtime import pick_device
     from ddpm_ood.train_config import data_record
 
+    from ddpm_ood.distributed import launched_by_torchrun
+    from ddpm_ood.errors import ConfigError
+
+    if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("train_vqvae.py trains in one process (its ranks would each write the same run): launch it "
+                          "with python, not torchrun; train.py's DDPM on its latents runs under torchrun.")
     run_dir = args.output_dir / args.model_name
     device = pick_device(args.device)
     space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi, image_size=args.image_size,

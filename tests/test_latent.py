@@ -159,3 +159,13 @@ def test_a_latent_run_resumes_only_on_its_own_first_stage(latent_run):
                          (["--latent_pad=1"], "another first stage \\(or --latent_pad\\)")):
         with pytest.raises(UserError, match=words):
             train.main(latent_train_args(out, splits, "--n_epochs=2", *extra))
+
+
+def test_train_vqvae_under_torchrun_is_refused_not_raced(latent_run, monkeypatch):
+    out, splits = latent_run
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="trains in one process"):
+        train_vqvae.main(vqvae_args(out, splits, "--model_name=raced"))
+    assert not (out / "raced").exists()
