@@ -169,3 +169,26 @@ def test_train_vqvae_under_torchrun_is_refused_not_raced(latent_run, monkeypatch
     with pytest.raises(UserError, match="trains in one process"):
         train_vqvae.main(vqvae_args(out, splits, "--model_name=raced"))
     assert not (out / "raced").exists()
+
+
+def test_every_train_vqvae_flag_reaches_the_recorded_network_or_settings(latent_run, capsys):
+    out, splits = latent_run
+    train_vqvae.main(vqvae_args(out, splits, "--model_name=kl", "--autoencoder=autoencoderkl", "--n_epochs=1",
+                                "--kl_weight=0.001", "--adversarial_warmup=3", "--spectral_weight=0", "--lr=0.0002",
+                                "--lr_d=0.0003", "--eval_freq=2"))
+    record = read_first_stage(out / "kl")
+    assert record["autoencoder"] == "autoencoderkl" and record["network"]["latent_channels"] == 2
+    assert {k: record["training"][k] for k in ("kl_weight", "adversarial_warmup", "spectral_weight", "lr", "lr_d",
+                                               "eval_freq")} == {"kl_weight": 0.001, "adversarial_warmup": 3,
+                                                                 "spectral_weight": 0.0, "lr": 0.0002, "lr_d": 0.0003,
+                                                                 "eval_freq": 2}
+    train_vqvae.main(vqvae_args(out, splits, "--model_name=vq_flags", "--n_epochs=1", "--vqvae_commitment_cost=0.5",
+                                "--vqvae_decay=0.9", "--vqvae_downsample_parameters=[[2,3,1,1],[2,3,1,1]]",
+                                "--vqvae_upsample_parameters=[[2,3,1,1,1],[2,3,1,1,1]]"))
+    network = read_first_stage(out / "vq_flags")["network"]
+    assert (network["commitment_cost"], network["decay"]) == (0.5, 0.9)
+    assert network["downsample_parameters"] == [[2, 3, 1, 1]] * 2 and network["upsample_parameters"] == [[2, 3, 1, 1, 1]] * 2
+    for bad in ("--vqvae_num_channels=[8,x]", "--vqvae_downsample_parameters=[2,4,1,1]"):
+        with pytest.raises(SystemExit):
+            vqvae_args(out, splits, bad)
+        assert "expected a list" in capsys.readouterr().err

@@ -214,3 +214,11 @@ def test_3d_pixel_and_latent_under_torchrun_give_one_process_bytes(volume_splits
                    "--num_inference_steps=10", "--inference_skip_factor=4", "--batch_size=2", "--chunk_size=2")
             results[nproc] = [(out / name / "ood" / f"results_{s}.csv").read_bytes() for s in ("val", "in")]
         assert results[2] == results[0], name
+
+
+def test_image_roi_and_image_size_reach_training(volume_splits, tmp_path):
+    _, splits = volume_splits
+    train.main(volume_train_args(tmp_path, splits, "--image_roi=[10,10,10]", "--image_size=8", "--num_sample_images=0"))
+    assert torch.load(tmp_path / "balls" / "best_model.pth", weights_only=True)["image_shape"] == [1, 8, 8, 8]
+    with pytest.raises(UserError, match="--image_roi and --image_size apply to volumes"):
+        train.main(volume_train_args(tmp_path, splits, "--spatial_dimension=2", "--image_size=8", "--model_name=flat"))
