@@ -192,3 +192,20 @@ def test_every_train_vqvae_flag_reaches_the_recorded_network_or_settings(latent_
         with pytest.raises(SystemExit):
             vqvae_args(out, splits, bad)
         assert "expected a list" in capsys.readouterr().err
+
+
+def test_the_pytorch_ood_adapter_takes_images_for_a_latent_model(latent_run):
+    """pytorch-ood's Detector on a latent model: fitted and scoring on images (encoded by the first stage)."""
+    pytest.importorskip("pytorch_ood")
+    from ddpm_ood.api import pytorch_ood_detector
+    from ddpm_ood.data import load_split
+
+    out, splits = latent_run
+    detector = pytorch_ood_detector(out / "blobs" / "best_model.pth", "denoise", device="cpu", denoise_levels=2)
+    images = load_split(splits["train"], True).images  # 24 images: enough for the fit
+    detector.fit([(images, torch.zeros(len(images)))])
+    stripes = load_split(splits["ood"], True).images
+    scores = detector(torch.cat([images[:4], stripes[:4]]))
+    assert scores.shape == (8,) and torch.isfinite(torch.as_tensor(scores)).all()
+    with pytest.raises(UserError, match="convert them to 1 channel"):
+        detector(torch.rand(2, 3, 28, 28))
