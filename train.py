@@ -124,20 +124,19 @@ def latents_of(args, record, train_set, val_set, device, dist):
     space.scale, space.pad = latent_scale(train_latents), args.latent_pad
     logger.info("first stage %s: latents of shape %s, scaled by %.4f%s", where, tuple(train_latents.shape[1:]),
                 space.scale, f", padded by {args.latent_pad}" if args.latent_pad else "")
-    pad = lambda z: torch.nn.functional.pad(z * space.scale, (args.latent_pad,) * (2 * (z.dim() - 2)))
-    return space, pad(train_latents), pad(val_latents)
+    return space, space.place(train_latents), space.place(val_latents)
 
 
-def set_network_shape(cfg, spatial_dimension: int, first_stage):
-    """The UNet's dims (2 or 3) and, for a latent model, its channels: the first stage's latent channels."""
+def set_network_shape(cfg, spatial_dimension: int, latent_channels: int | None):
+    """The UNet's dims (2 or 3) and, for a latent model, its channels: those of the first stage's latents."""
     from omegaconf import OmegaConf, open_dict
 
     unet = cfg.ldm.params.unet_config.params
     with open_dict(unet):
         if spatial_dimension == 3 or "dims" in unet:
             unet.dims = spatial_dimension
-        if first_stage is not None:
-            channels = int(first_stage.network.get("embedding_dim", first_stage.network.get("latent_channels", 0)))
+        if latent_channels is not None:
+            channels = int(latent_channels)
             if unet.in_channels != channels:
                 logger.info("latent model: the UNet takes the first stage's %d latent channels (in_channels and "
                             "out_channels set from %d)", channels, unet.in_channels)
@@ -185,7 +184,7 @@ def main(args: argparse.Namespace) -> dict:
         train_images, val_images, first_stage = train_set.images, val_set.images, None
         if args.vqvae_checkpoint is not None:
             first_stage, train_images, val_images = latents_of(args, record, train_set, val_set, device, dist)
-        cfg = set_network_shape(cfg, args.spatial_dimension, first_stage)
+        cfg = set_network_shape(cfg, args.spatial_dimension, train_images.shape[1] if first_stage else None)
         check_same_config(run, cfg)
         if dist.is_main:  # only now: bad input above writes nothing
             write_text_atomic(run.config, OmegaConf.to_yaml(cfg))

@@ -48,9 +48,12 @@ class ImageSpace:
         shape = tuple(images.shape[1:])
         if len(shape) == len(self.shape or (self.channels, 0, 0)) and not self.mismatch(shape):
             return
-        fix = f"convert them to {self.channels} channel(s)" if shape[:1] != (self.channels,) else "resize them"
-        raise DataError(f"Images{where} have shape {shape}, but the model {model} takes {self.describe()}: {fix}, or "
-                        "use a model trained on such images.")
+        raise DataError(f"Images{where} have shape {shape}, but the model {model} takes {self.describe()}: "
+                        f"{self.fix(shape)}, or use a model trained on such images.")
+
+    def fix(self, shape: tuple[int, ...]) -> str:
+        """What to do with images of ``shape`` that are not of this space."""
+        return f"convert them to {self.channels} channel(s)" if tuple(shape)[:1] != (self.channels,) else "resize them"
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,15 @@ def schedule_digest(schedule: DDPMSchedule) -> str:
 
 def identity_parts(network: "Network") -> dict:
     """Every setting that changes a number the model gives, each as a digest or a small value."""
+    space = network.space.record()
     return {
         "weights": weights_digest(network.module.state_dict()),
         "network": hashlib.sha256(json.dumps(network.config, sort_keys=True, default=str).encode()).hexdigest(),
         "alphas_cumprod": schedule_digest(network.schedule),
         "prediction": network.prediction,
         "image_space": [network.image_space.channels, list(network.image_space.shape or [])],
-        "model_space": network.space.record(),
-        "first_stage": network.space.record() if network.space.record().get("kind") == "latent" else None,
+        "model_space": space,
+        "first_stage": space if space.get("kind") == "latent" else None,
     }
 
 

@@ -132,6 +132,13 @@ def _sorted_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
 
 
+def write_split_csv(data_root: Path, name: str, files) -> Path:
+    """``data_splits/<name>.csv``: one absolute path per row, under a ``filename`` header, written atomically."""
+    path = data_root / "data_splits" / f"{name}.csv"
+    save_csv_atomic(path, pd.DataFrame({"filename": [str(Path(f).resolve()) for f in files]}))
+    return path
+
+
 def write_splits(data_root: Path, name: str) -> list[Path]:
     """Write ``<name>_{train,val,test}.csv``; val is 5% of train (or CelebA's official one)."""
     root = numpy_dir(data_root, name)
@@ -141,12 +148,7 @@ def write_splits(data_root: Path, name: str) -> list[Path]:
         train, val = train_test_split(_sorted_files(root / "train"), test_size=VAL_FRACTION, random_state=SPLIT_SEED)
         splits = {"train": train, "val": val}
     splits["test"] = _sorted_files(root / "test")
-    written = []
-    for split, files in splits.items():
-        path = data_root / "data_splits" / f"{name}_{split}.csv"
-        save_csv_atomic(path, pd.DataFrame({"filename": [str(f.resolve()) for f in files]}))
-        written.append(path)
-    return written
+    return [write_split_csv(data_root, f"{name}_{split}", files) for split, files in splits.items()]
 
 
 # --- the datasets ------------------------------------------------------------------------
@@ -295,9 +297,7 @@ def prepare_mnist5k(data_root: Path, source_dir: Path | None) -> list[Path]:
     """MNIST5k: a test split only (an OOD set): ``data_splits/MNIST5k_test.csv``."""
     images, source = mnist5k_images(source_dir)
     folder = convert_split(data_root, "MNIST5k", "test", lambda: iter(images), len(images), source)
-    path = data_root / "data_splits" / "MNIST5k_test.csv"
-    save_csv_atomic(path, pd.DataFrame({"filename": [str(f.resolve()) for f in _sorted_files(folder)]}))
-    return [path]
+    return [write_split_csv(data_root, "MNIST5k_test", _sorted_files(folder))]
 
 
 # --- MNI152: an offline 3D set from the templates nilearn's wheel ships ------------------------------
@@ -367,9 +367,7 @@ def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
         source = f"{files[template].resolve()} (seed {seed}{', lesion on the middle slice' if lesion else ''})"
         folder = convert_split(data_root, name, split, lambda t=template, n=count, s=seed, le=lesion:
                                mni152_volumes(files[t], n, s, le), count, source)
-        path = data_root / "data_splits" / f"{name}_{split}.csv"
-        save_csv_atomic(path, pd.DataFrame({"filename": [str(f.resolve()) for f in _sorted_files(folder)]}))
-        written.append(path)
+        written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder)))
     return written
 
 

@@ -3,7 +3,7 @@ images and the latents the DDPM is trained on, as ddpm-ood's later versions and 
 2023 paper run the method.
 
 - :func:`build_autoencoder`: the MONAI network of a recorded ``kind`` and constructor arguments.
-- :func:`first_stage_file` / :func:`read_first_stage`: ``train_vqvae.py``'s model files
+- :func:`locate_first_stage` / :func:`read_first_stage`: ``train_vqvae.py``'s model files
   (``{"kind": "first_stage", "autoencoder", "network", "model", "image_shape", "data", ...}``), read
   back with errors that name the file and say what to pass instead.
 - :class:`LatentSpace`: the model space of a latent DDPM, the same interface as
@@ -134,10 +134,6 @@ class LatentSpace:
         self.module.to(device)
         return self
 
-    @property
-    def identity(self) -> bool:
-        return False
-
     @torch.no_grad()
     def encode_unscaled(self, images: torch.Tensor) -> torch.Tensor:
         return encode_raw(self.module, self.kind, images.float()).float()
@@ -150,12 +146,14 @@ class LatentSpace:
         out = function(x.reshape(-1, *x.shape[-rank:]))
         return out.reshape(*lead, *out.shape[1:])
 
+    def place(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents (N, C, *spatial) -> model space: scaled by ``scale``, zero-padded by ``pad``."""
+        z = latents * self.scale
+        return F.pad(z, (self.pad,) * (2 * (z.dim() - 2))) if self.pad else z
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        def encode(x):
-            z = self.encode_unscaled(x) * self.scale
-            return F.pad(z, (self.pad,) * (2 * (z.dim() - 2))) if self.pad else z
-        return self.batched(encode, images)
+        return self.batched(lambda x: self.place(self.encode_unscaled(x)), images)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -191,10 +189,11 @@ class LatentSpace:
 
 def check_images_for(record: dict, shape, where: str, first_stage: str) -> None:
     """Images of ``shape`` (C, H, W[, D]) must be what the first stage was trained on."""
+    from ddpm_ood.boundary import ImageSpace
+
     expected = tuple(int(d) for d in record["image_shape"])
     shape = tuple(int(d) for d in shape)
     if shape != expected:
-        fix = (f"convert them to {expected[0]} channel(s)" if shape[:1] != expected[:1] else
-               "resize them")
         raise ConfigError(f"The images of {where} have shape {shape}, but the first stage {first_stage} was trained "
-                          f"on {expected}: {fix}, or train a first stage on such images (train_vqvae.py).")
+                          f"on {expected}: {ImageSpace(expected[0], expected).fix(shape)}, or train a first stage on "
+                          "such images (train_vqvae.py).")

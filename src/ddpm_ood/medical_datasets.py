@@ -22,8 +22,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from ddpm_ood.datasets_download import _sorted_files, convert_split, prepare as prepare_benchmark, write_split_csv
 from ddpm_ood.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,6 @@ MEDMNIST3D_FLAGS = ("organmnist3d", "nodulemnist3d", "fracturemnist3d", "adrenal
 DECATHLON_TASKS = ("Task01_BrainTumour", "Task02_Heart", "Task03_Liver", "Task04_Hippocampus", "Task05_Prostate",
                    "Task06_Lung", "Task07_Pancreas", "Task08_HepaticVessel", "Task09_Spleen", "Task10_Colon")
 SPLIT_NAMES = {"training": "train", "validation": "val", "test": "test"}
-
-
-def write_csv(path: Path, files) -> Path:
-    from ddpm_ood.files import save_csv_atomic
-
-    save_csv_atomic(path, pd.DataFrame({"filename": [str(Path(f).resolve()) for f in files]}))
-    return path
 
 
 # --- MedNIST -----------------------------------------------------------------------------------------
@@ -77,7 +70,7 @@ def prepare_mednist(data_root: Path, source_dir: Path | None) -> list[Path]:
     for cls in classes:
         for split, rows in sections.items():
             chosen = [files[i][1] for i in sorted(rows) if files[i][0] == cls.name]
-            written.append(write_csv(data_root / "data_splits" / f"{cls.name}_{split}.csv", chosen))
+            written.append(write_split_csv(data_root, f"{cls.name}_{split}", chosen))
     return written
 
 
@@ -107,8 +100,6 @@ def medmnist_npz(flag: str, data_root: Path, source_dir: Path | None) -> Path:
 
 
 def prepare_medmnist3d(data_root: Path, source_dir: Path | None) -> list[Path]:
-    from ddpm_ood.datasets_download import _sorted_files, convert_split
-
     written = []
     for flag in MEDMNIST3D_FLAGS:
         path = medmnist_npz(flag, data_root, source_dir)
@@ -119,8 +110,7 @@ def prepare_medmnist3d(data_root: Path, source_dir: Path | None) -> list[Path]:
                     raise DownloadError(f"{path}: {split}_images has shape {volumes.shape}, not (N, D, H, W) volumes.")
                 folder = convert_split(data_root, f"MedMNIST3D_{flag}", split, lambda v=volumes: iter(v), len(volumes),
                                        str(path.resolve()))
-                written.append(write_csv(data_root / "data_splits" / f"medmnist3d_{flag}_{split}.csv",
-                                         _sorted_files(folder)))
+                written.append(write_split_csv(data_root, f"medmnist3d_{flag}_{split}", _sorted_files(folder)))
     return written
 
 
@@ -170,7 +160,7 @@ def prepare_decathlon(data_root: Path, source_dir: Path | None, tasks=DECATHLON_
         lists = decathlon_lists(root, task, download=source_dir is None)
         for split, files in lists.items():
             volumes = [first_modality(Path(f), data_root / "Decathlon" / task / "modality0") for f in files]
-            written.append(write_csv(data_root / "data_splits" / f"{task}_{split}.csv", volumes))
+            written.append(write_split_csv(data_root, f"{task}_{split}", volumes))
             logger.info("%s %s: %d volumes", task, split, len(volumes))
     return written
 
@@ -178,9 +168,7 @@ def prepare_decathlon(data_root: Path, source_dir: Path | None, tasks=DECATHLON_
 def prepare(data_root: Path, name: str, source_dir: Path | None = None, download_celeba: bool = True,
             top_level_ok: bool = True) -> list[Path]:
     """get_datasets.py's dispatch: the medical datasets here, the others in :mod:`ddpm_ood.datasets_download`."""
-    from ddpm_ood import datasets_download
-
     medical = {"MedNIST": prepare_mednist, "MedMNIST3D": prepare_medmnist3d, "Decathlon": prepare_decathlon}
     if name in medical:
         return medical[name](data_root, source_dir)
-    return datasets_download.prepare(data_root, name, source_dir, download_celeba, top_level_ok)
+    return prepare_benchmark(data_root, name, source_dir, download_celeba, top_level_ok)
