@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ddpm_ood.cli import run_main, str2bool
-from ddpm_ood.dataset_names import DATASETS
-from ddpm_ood.errors import DataError
+from ddpm_ood.data.names import DATASETS
+from ddpm_ood.utils.errors import DataError
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -62,7 +62,7 @@ def parse_sources(entries: Sequence[str]) -> tuple[Path | None, dict[str, Path]]
 
 
 def main(args: argparse.Namespace) -> dict[str, list[Path]]:
-    from ddpm_ood.medical_datasets import prepare
+    from ddpm_ood.data.medical import prepare
 
     shared, per_dataset = parse_sources(args.source_dir)
     n_idx = sum(name in ("MNIST", "FashionMNIST") for name in args.datasets)

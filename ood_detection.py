@@ -48,7 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "is_ood). Run ood_detection.py without it first.")
     parser.add_argument("--detector", default=None, metavar="NAME",
                         help=f"For --score_ids: the detector ({detector_help(combinations=True)}; its main score) or "
-                             "one of their scores (README, 'Detectors') to score with; writes "
+                             "one of their scores (docs/detectors.md) to score with; writes "
                              "ood/predictions_<name>_<NAME>.csv. Default: the paper's score.")
     parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
     parser.add_argument("--predictions", default=None, metavar="CSV",
@@ -74,8 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace):
     import os
 
-    from ddpm_ood.errors import ConfigError
-    from ddpm_ood.run_files import RunFiles
+    from ddpm_ood.utils.errors import ConfigError
+    from ddpm_ood.runs.layout import RunFiles
 
     if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")):
         return None  # under torchrun: it takes seconds, on rank 0 alone (one output, one set of files)
@@ -96,8 +96,8 @@ def main(args: argparse.Namespace):
               f"(score above {scorer.threshold:.4g}, the threshold at {100 * scorer.tpr:.0f}% in-distribution TPR); "
               f"wrote {path}")
         return predictions
-    from ddpm_ood.evaluation import Options, evaluate
-    from ddpm_ood.report import print_report, write_report
+    from ddpm_ood.evaluation.scores import Options, evaluate
+    from ddpm_ood.evaluation.report import print_report, write_report
 
     options = Options(max_start_t=args.max_start_t, min_start_t=args.min_start_t, t_skip=args.t_skip,
                       fit_on=args.fit_on, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, tpr=args.tpr)

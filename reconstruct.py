@@ -11,7 +11,7 @@ the other detectors asked for.
 The model and schedule are rebuilt from the checkpoint (a latent model's first stage too). Writes
 OUTPUT_DIR/MODEL_NAME/ood/results_val.csv, results_in.csv and results_<Name>.csv (Name: the OOD
 CSV's stem without "_test"), one row per (image, start t). --detectors adds the other detectors,
-each in ood/<detector>/results_<set>.csv (README, "Detectors"). ``torchrun --nproc_per_node=N``
+each in ood/<detector>/results_<set>.csv (docs/detectors.md). ``torchrun --nproc_per_node=N``
 and ``--shard K/N`` share each set's chunks; the results are byte-identical to one process.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Sequence
 from ddpm_ood.cli import (add_knobs, add_space_flags, binary_int, detector_list, device_name, non_negative_int, plain_name, positive_int,
                      run_main, seed_value, shard_spec)
 from ddpm_ood.detectors import DEFAULT_DETECTORS, detector_help, measure_knobs
-from ddpm_ood.runtime import PRECISIONS
+from ddpm_ood.utils.runtime import PRECISIONS
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -54,12 +54,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Model file to use: an absolute path, or a path relative to the run's folder OUTPUT_DIR/MODEL_NAME/ (never "
              "the working directory). Default: best_model.pth, else final_model.pth, else checkpoint.pth.")
     add("--pretrained", default=None, metavar="PATH_OR_ID", help="Score with a pretrained diffusers model (a folder, or "
-        "a hub id such as google/ddpm-cifar10-32) instead of a run's own; README, 'Pretrained models'.")
+        "a hub id such as google/ddpm-cifar10-32) instead of a run's own; docs/pretrained.md.")
     add("--batch_size", type=positive_int, default=64, help="Images per batch (each run from every start).")
     add("--detectors", type=detector_list, default=",".join(DEFAULT_DETECTORS),
         help=f"Comma-separated detectors to measure, from {detector_help()}, or 'all'. Default: the paper's "
              f"reconstruction score ({','.join(DEFAULT_DETECTORS)}); the others cost about 10 UNet calls per image "
-             "each. See README, 'Detectors'.")
+             "each. See docs/detectors.md, 'Which detector, for how much'.")
     add("--seed", type=seed_value, default=0, help="Seed of the start noise of each (image, t). Default 0.")
     add("--device", type=device_name, default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     add("--precision", choices=PRECISIONS, default="fp32", help="Autocast precision of the UNet.")
@@ -82,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Keep the first N images of each set and their reconstructions from every start point in "
              "ood/examples_<set>.npz, for the reconstruction grid of ood_detection.py. Default 0.")
     add("--save_maps", type=non_negative_int, default=0, help="Anomaly maps of the first N (>= 2) images of every set: "
-        "kept as --save_examples does; ood_detection.py z-scores and draws them (README, 'Anomaly maps'). Default 0.")
+        "kept as --save_examples does; ood_detection.py z-scores and draws them (docs/latent_and_3d.md, '4. Anomaly maps'). Default 0.")
     add("--restart", action=argparse.BooleanOptionalAction, default=False,
         help="Discard results (finished or partial) made with other settings instead of stopping.")
     add("--verbose", action="store_true", help="Log debug messages.")
@@ -92,16 +92,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict[str, Path]:
-    from ddpm_ood.config import warn_if_config_differs
-    from ddpm_ood.data import load_images
+    from ddpm_ood.models.config import warn_if_config_differs
+    from ddpm_ood.data.loading import load_images
     from ddpm_ood.detectors import detector_class
-    from ddpm_ood.distributed import init_distributed, shutdown
-    from ddpm_ood.inference import ModelSource, load_model_fn
-    from ddpm_ood.reconstruction import NOISE
-    from ddpm_ood.results_store import ResultsStore, Workers, run_chunks
-    from ddpm_ood.run_files import RunFiles, build_manifest, planned_sets, set_entries
-    from ddpm_ood.runlock import run_lock
-    from ddpm_ood.runtime import pick_device
+    from ddpm_ood.utils.distributed import init_distributed, shutdown
+    from ddpm_ood.models.loading import ModelSource, load_model_fn
+    from ddpm_ood.diffusion.reconstruction import NOISE
+    from ddpm_ood.runs.store import ResultsStore, Workers, run_chunks
+    from ddpm_ood.runs.layout import RunFiles, build_manifest, planned_sets, set_entries
+    from ddpm_ood.runs.lock import run_lock
+    from ddpm_ood.utils.runtime import pick_device
 
     sets = planned_sets(args.validation_ids, args.in_ids, args.fit_ids, args.out_ids, args.run_val, args.run_in,
                         args.run_out, args.first_n_val, args.first_n)

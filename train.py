@@ -11,7 +11,7 @@ tensorboard/. Extra ``key=value`` arguments override the config, e.g.
 ``ldm.params.unet_config.params.model_channels=128``.
 
 ``torchrun --nproc_per_node=N train.py <the same flags>`` trains on N processes with DDP
-(--batch_size stays the global batch); see the README's torchrun section.
+(--batch_size stays the global batch); see docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Sequence
 
 from ddpm_ood.cli import (add_settings, add_space_flags, add_training_run_flags, device_name, non_negative_int,
                           positive_int, run_main)
-from ddpm_ood.train_config import TrainSettings
+from ddpm_ood.training.settings import TrainSettings
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -34,7 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config_diffusion_file", type=Path, default=None,
                         help="Model/schedule YAML (default: src/configs/diffusion/diffusion_{grayscale,colour}.yaml). "
                              "An existing run keeps its config: a different one is refused.")
-    add_settings(parser, TrainSettings)  # the training settings: defaults and help in src/ddpm_ood/train_config.py
+    add_settings(parser, TrainSettings)  # the training settings: defaults and help in src/ddpm_ood/training/settings.py
     parser.add_argument("--num_workers", type=non_negative_int, default=4,
                         help="Threads reading image files at start-up; the data then stays in memory. Default 4.")
     parser.add_argument("--device", type=device_name, default="auto",
@@ -68,8 +68,8 @@ def check_same_config(run, cfg) -> None:
     """
     from omegaconf import OmegaConf
 
-    from ddpm_ood.config import config_differences, to_container
-    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.models.config import config_differences, to_container
+    from ddpm_ood.utils.errors import ConfigError
 
     stored_file = run.config
     if not (stored_file.exists() and run.trained_files()):
@@ -88,8 +88,8 @@ def check_same_config(run, cfg) -> None:
 
 def first_stage_of(args) -> dict | None:
     """--vqvae_checkpoint's first stage, read and checked against --spatial_dimension before any data is loaded."""
-    from ddpm_ood.errors import ConfigError
-    from ddpm_ood.first_stage import read_first_stage
+    from ddpm_ood.utils.errors import ConfigError
+    from ddpm_ood.models.first_stage import read_first_stage
 
     if args.vqvae_checkpoint is None:
         return None
@@ -107,8 +107,8 @@ def latents_of(args, record, train_set, val_set, device, dist):
     import torch
     from tqdm import tqdm
 
-    from ddpm_ood.autoencoder_training import latent_scale
-    from ddpm_ood.first_stage import LatentSpace, check_images_for
+    from ddpm_ood.training.first_stage import latent_scale
+    from ddpm_ood.models.first_stage import LatentSpace, check_images_for
 
     where = record["file"]
     check_images_for(record, train_set.images.shape[1:], args.training_ids, where)
@@ -148,16 +148,16 @@ def main(args: argparse.Namespace) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from ddpm_ood.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
-    from ddpm_ood.data import check_image_shape, load_images
-    from ddpm_ood.errors import ConfigError
-    from ddpm_ood.files import write_text_atomic
-    from ddpm_ood.distributed import init_distributed, shutdown
-    from ddpm_ood.run_files import RunFiles, images_sha256
-    from ddpm_ood.runlock import run_lock
-    from ddpm_ood.runtime import pick_device
-    from ddpm_ood.train_config import data_record
-    from ddpm_ood.training import train
+    from ddpm_ood.models.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
+    from ddpm_ood.data.loading import check_image_shape, load_images
+    from ddpm_ood.utils.errors import ConfigError
+    from ddpm_ood.utils.files import write_text_atomic
+    from ddpm_ood.utils.distributed import init_distributed, shutdown
+    from ddpm_ood.runs.layout import RunFiles, images_sha256
+    from ddpm_ood.runs.lock import run_lock
+    from ddpm_ood.utils.runtime import pick_device
+    from ddpm_ood.training.settings import data_record
+    from ddpm_ood.training.ddpm import train
 
     run = RunFiles(args.output_dir / args.model_name)
     logger.info("loading config...")

@@ -92,16 +92,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from ddpm_ood.autoencoder_training import (AutoencoderSettings, AutoencoderTrainer, autoencoderkl_network,
+    from ddpm_ood.training.first_stage import (AutoencoderSettings, AutoencoderTrainer, autoencoderkl_network,
                                                vqvae_network)
-    from ddpm_ood.data import check_image_shape, load_images
-    from ddpm_ood.run_files import images_sha256
-    from ddpm_ood.runlock import run_lock
-    from ddpm_ood.runtime import pick_device
-    from ddpm_ood.train_config import data_record
+    from ddpm_ood.data.loading import check_image_shape, load_images
+    from ddpm_ood.runs.layout import images_sha256
+    from ddpm_ood.runs.lock import run_lock
+    from ddpm_ood.utils.runtime import pick_device
+    from ddpm_ood.training.settings import data_record
 
-    from ddpm_ood.distributed import launched_by_torchrun
-    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.utils.distributed import launched_by_torchrun
+    from ddpm_ood.utils.errors import ConfigError
 
     if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("train_vqvae.py trains in one process (its ranks would each write the same run): launch it "
@@ -132,7 +132,7 @@ def main(args: argparse.Namespace) -> dict:
                                       ("validation", args.validation_ids, val_set))}
     perceptual = None
     if args.perceptual_weight:
-        from ddpm_ood.metrics import LPIPSMetric
+        from ddpm_ood.metrics.distances import LPIPSMetric
 
         perceptual = LPIPSMetric()
     with run_lock(run_dir, "train_vqvae"):

@@ -91,7 +91,7 @@ def main(args) -> None:
 
     import ood_detection
     import reconstruct
-    from ddpm_ood.metrics import LPIPSUnavailable, find_alexnet_weights
+    from ddpm_ood.metrics.distances import LPIPSUnavailable, find_alexnet_weights
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     splits = prepare_data(args)

@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpm_ood.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
-from ddpm_ood.diffusion import PLMSSampler  # noqa: E402
-from ddpm_ood.first_stage import LatentSpace, build_autoencoder  # noqa: E402
-from ddpm_ood.inference import model_function  # noqa: E402
-from ddpm_ood.reconstruction import measure_split  # noqa: E402
+from ddpm_ood.models.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
+from ddpm_ood.diffusion.ddpm import PLMSSampler  # noqa: E402
+from ddpm_ood.models.first_stage import LatentSpace, build_autoencoder  # noqa: E402
+from ddpm_ood.models.loading import model_function  # noqa: E402
+from ddpm_ood.diffusion.reconstruction import measure_split  # noqa: E402
 
 
 def vqvae(dims: int, levels: int = 2, latent: int = 3) -> LatentSpace:
@@ -69,7 +69,7 @@ def speed(args) -> None:
     images = torch.rand(args.images, 1, 64, 64)
     lpips = None
     if args.lpips:
-        from ddpm_ood.metrics import LPIPSMetric
+        from ddpm_ood.metrics.distances import LPIPSMetric
         lpips = LPIPSMetric().to(device)
     space = vqvae(2).to(device)
     latent_channels = space.network["embedding_dim"]

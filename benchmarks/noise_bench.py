@@ -47,7 +47,7 @@ def scores_with(scorer, images, seed: int, draws: int) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> None:
     from ddpm_ood import OODDetector
-    from ddpm_ood.data import load_split
+    from ddpm_ood.data.loading import load_split
 
     first = OODDetector.load(args.run, device="cpu", detector=args.detectors.split(",")[0])
     split = args.set or first.settings["split"]

@@ -64,8 +64,8 @@ def random_model(architecture: str, folder: Path) -> str:
 
 def main(args) -> dict:
     from ddpm_ood.detectors import detector_class, measure_knobs
-    from ddpm_ood.inference import DiffusersModel, load_model_fn
-    from ddpm_ood.pretrained import load_pretrained
+    from ddpm_ood.models.loading import DiffusersModel, load_model_fn
+    from ddpm_ood.models.diffusers_models import load_pretrained
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

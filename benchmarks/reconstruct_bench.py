@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import achieved, count_flops, sync  # noqa: E402
-from ddpm_ood.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
-from ddpm_ood.diffusion import PLMSSampler  # noqa: E402
-from ddpm_ood.metrics import LPIPSMetric  # noqa: E402
-from ddpm_ood.inference import default_model_batch, in_chunks, unet_caller  # noqa: E402
-from ddpm_ood.reconstruction import measure_split  # noqa: E402
+from ddpm_ood.models.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
+from ddpm_ood.diffusion.ddpm import PLMSSampler  # noqa: E402
+from ddpm_ood.metrics.distances import LPIPSMetric  # noqa: E402
+from ddpm_ood.models.loading import default_model_batch, in_chunks, unet_caller  # noqa: E402
+from ddpm_ood.diffusion.reconstruction import measure_split  # noqa: E402
 
 SETTINGS = {
     # name: (config, image size, channels, steps, skip, batch)

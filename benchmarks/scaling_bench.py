@@ -41,12 +41,12 @@ def parse_args(argv=None):
 def worker(args) -> None:
     import torch
 
-    from ddpm_ood.config import CONFIG_DIR, build_schedule, build_unet, load_config
-    from ddpm_ood.diffusion import PLMSSampler
-    from ddpm_ood.distributed import init_distributed, shutdown
-    from ddpm_ood.inference import model_function
-    from ddpm_ood.reconstruction import measure_split
-    from ddpm_ood.training import TrainLoop, TrainSettings, epoch_order
+    from ddpm_ood.models.config import CONFIG_DIR, build_schedule, build_unet, load_config
+    from ddpm_ood.diffusion.ddpm import PLMSSampler
+    from ddpm_ood.utils.distributed import init_distributed, shutdown
+    from ddpm_ood.models.loading import model_function
+    from ddpm_ood.diffusion.reconstruction import measure_split
+    from ddpm_ood.training.ddpm import TrainLoop, TrainSettings, epoch_order
 
     dist, device = init_distributed(torch.device(args.device))
     cfg = load_config(CONFIG_DIR / SETTINGS[args.setting])

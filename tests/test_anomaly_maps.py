@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm_ood.anomaly_maps import error_maps, zscored_maps
+from ddpm_ood.evaluation.anomaly_maps import error_maps, zscored_maps
 
 
 def test_error_maps_are_per_pixel_squared_errors_averaged_over_channels():

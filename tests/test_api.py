@@ -16,9 +16,9 @@ import reconstruct
 import train
 from conftest import blob_splits, TINY_CONFIG, reseal
 from ddpm_ood.api import ImageDetector, OODDetector, pytorch_ood_detector
-from ddpm_ood.data import load_split
+from ddpm_ood.data.loading import load_split
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
-from ddpm_ood.errors import ScoringError
+from ddpm_ood.utils.errors import ScoringError
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_detectors_through_pytorch_oods_detector_interface(scored_run):
     pytorch_ood = pytest.importorskip("pytorch_ood")
     from pytorch_ood.metrics import OODMetrics
 
-    from ddpm_ood.scoring import ood_metrics
+    from ddpm_ood.metrics.scoring import ood_metrics
 
     run, paths = scored_run
     val, test, ood = (load_split(paths[k], True).images for k in ("val", "test", "ood"))
@@ -220,7 +220,7 @@ def test_score_ids_takes_a_class_folder_tree_and_dot_and_writes_where_asked(scor
 
 def test_score_ids_checks_it_can_write_before_any_work(scored_run, monkeypatch):
     """Main before this measured every image of a read-only run, then failed to write."""
-    from ddpm_ood.errors import WriteError
+    from ddpm_ood.utils.errors import WriteError
 
     run, paths = scored_run
     monkeypatch.setattr(OODDetector, "load", classmethod(lambda *a, **k: pytest.fail("measured before checking")))
@@ -233,8 +233,8 @@ def test_the_pytorch_ood_adapter_behaves_as_a_pytorch_ood_detector(scored_run):
     pytest.importorskip("pytorch_ood")
     from pytorch_ood.api import RequiresFittingException
 
-    from ddpm_ood.data import load_split as load
-    from ddpm_ood.errors import DataError
+    from ddpm_ood.data.loading import load_split as load
+    from ddpm_ood.utils.errors import DataError
 
     run, paths = scored_run
     model = run / "best_model.pth"

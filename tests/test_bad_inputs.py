@@ -14,10 +14,10 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG, write_results, write_split
-from ddpm_ood.checkpoint import CheckpointError, load_model
-from ddpm_ood.data import DataError, load_split
-from ddpm_ood.files import WriteError, save_csv_atomic, save_torch_atomic
-from ddpm_ood.scoring import ScoringError
+from ddpm_ood.models.model_file import CheckpointError, load_model
+from ddpm_ood.data.loading import DataError, load_split
+from ddpm_ood.utils.files import WriteError, save_csv_atomic, save_torch_atomic
+from ddpm_ood.metrics.scoring import ScoringError
 
 
 def run_script(script, *args):
@@ -62,7 +62,7 @@ def test_inf_pixels_and_constant_images(tmp_path):
 def test_checkpoint_from_a_different_architecture(tmp_path):
     from omegaconf import OmegaConf
 
-    from ddpm_ood.config import build_unet
+    from ddpm_ood.models.config import build_unet
     config = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG))
     state = build_unet(config).state_dict()
     config["ldm"]["params"]["unet_config"]["params"]["model_channels"] = 16

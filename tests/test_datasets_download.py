@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import get_datasets
-from ddpm_ood.datasets_download import DownloadError, digits_images, read_idx, write_idx
+from ddpm_ood.data.download import DownloadError, digits_images, read_idx, write_idx
 
 
 def make_idx_source(folder, n_train=40, n_test=10, seed=0):
@@ -88,7 +88,7 @@ def test_celeba_is_resized_like_the_papers_code():
     """The paper called img.resize((32, 32)): Pillow's default filter, bicubic (not bilinear)."""
     from PIL import Image
 
-    from ddpm_ood.datasets_download import celeba_to_array
+    from ddpm_ood.data.download import celeba_to_array
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8))  # CelebA's size
     stored = celeba_to_array(photo)

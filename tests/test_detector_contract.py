@@ -13,9 +13,9 @@ import torch
 
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS, detector_class, measure_knobs
 from ddpm_ood.detectors.base import CombinationRule, Detector, FeatureDetector
-from ddpm_ood.diffusion import DDPMSchedule
-from ddpm_ood.errors import UserError
-from ddpm_ood.inference import IMAGE_RANGE
+from ddpm_ood.diffusion.ddpm import DDPMSchedule
+from ddpm_ood.utils.errors import UserError
+from ddpm_ood.models.loading import IMAGE_RANGE
 from test_detectors import gaussian_oracle
 
 SCHEDULE = DDPMSchedule()

@@ -22,10 +22,10 @@ from ddpm_ood.detectors.denoise import DenoiseDetector
 from ddpm_ood.detectors.msma import MSMADetector
 from ddpm_ood.detectors.path import STATISTICS, PathDetector, ddim_inversion
 from ddpm_ood.detectors.recon import ReconDetector, nfe as recon_nfe
-from ddpm_ood.diffusion import DDPMSchedule, PLMSSampler
-from ddpm_ood.errors import ScoringError
-from ddpm_ood.reconstruction import measure_split, start_noise
-from ddpm_ood.scoring import auroc
+from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler
+from ddpm_ood.utils.errors import ScoringError
+from ddpm_ood.diffusion.reconstruction import measure_split, start_noise
+from ddpm_ood.metrics.scoring import auroc
 from test_diffusion import point_mass_oracle
 
 # Every registered detector with one row of features per image: the checks below cover a new one too.
@@ -303,7 +303,7 @@ def test_detector_results_resume_and_refuse_other_settings(detector_run):
     before = results.read_bytes()
     run("--detectors=recon,path")  # complete: nothing redone
     assert results.read_bytes() == before
-    from ddpm_ood.errors import DataError
+    from ddpm_ood.utils.errors import DataError
 
     with pytest.raises(DataError, match="path_t"):
         run("--detectors=path", "--path_steps=5")

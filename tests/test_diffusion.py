@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_ood.diffusion import DDPMSchedule, PLMSSampler, plms_grid
+from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler, plms_grid
 
 
 def test_linear_schedule_is_linear_in_sqrt_beta_at_both_ends():
@@ -171,7 +171,7 @@ def test_oracle_reconstruction_returns_the_point_from_every_start(skip):
     """Every trajectory of two or more steps returns the point exactly. The one-step
     trajectory from t = 1 evaluates its corrector at t = 1 on a sample already at the t = 0
     level (as the paper's code did), so it is off by that: checked in the next test."""
-    from ddpm_ood.reconstruction import reconstruct_fused, reconstruct_sequential, start_noise
+    from ddpm_ood.diffusion.reconstruction import reconstruct_fused, reconstruct_sequential, start_noise
 
     # A schedule with alphas_cumprod[0] = 1, so the final step lands exactly on the data.
     schedule = DDPMSchedule(1000, "plain_linear", 0.0, 0.02)
@@ -188,7 +188,7 @@ def test_oracle_reconstruction_returns_the_point_from_every_start(skip):
 
 
 def test_oracle_one_step_trajectory_follows_the_papers_corrector():
-    from ddpm_ood.reconstruction import reconstruct_fused, start_noise
+    from ddpm_ood.diffusion.reconstruction import reconstruct_fused, start_noise
 
     schedule = DDPMSchedule()
     sampler = PLMSSampler(schedule)
@@ -210,7 +210,7 @@ def test_oracle_one_step_trajectory_follows_the_papers_corrector():
 def test_oracle_with_paper_schedule_ends_at_alphas_cumprod_0():
     """With the paper's schedule the last step goes to alphas_cumprod[0], not to 1: the result is
     sqrt(ab_0) c + sqrt(1 - ab_0) eps, eps being the start noise (a point mass keeps its eps)."""
-    from ddpm_ood.reconstruction import reconstruct_fused, start_noise
+    from ddpm_ood.diffusion.reconstruction import reconstruct_fused, start_noise
 
     schedule = DDPMSchedule()
     sampler = PLMSSampler(schedule)
@@ -253,7 +253,7 @@ def test_sampling_gaussian_data_with_its_exact_eps_recovers_the_gaussian(n_steps
 def test_adams_bashforth_rows_and_the_published_weights():
     """The one multistep combination: scalar weights (one trajectory) and per-row weights (the
     fused loop) give PNDM's (55e - 59e1 + 37e2 - 9e3) / 24 and its lower orders."""
-    from ddpm_ood.diffusion import ADAMS_BASHFORTH, adams_bashforth
+    from ddpm_ood.diffusion.ddpm import ADAMS_BASHFORTH, adams_bashforth
 
     e, e1, e2, e3 = (torch.full((3, 1, 2, 2), v) for v in (1.0, 2.0, 4.0, 8.0))
     expected = {1: 1.0, 2: (3 * 1 - 2) / 2, 3: (23 - 16 * 2 + 5 * 4) / 12, 4: (55 - 59 * 2 + 37 * 4 - 9 * 8) / 24}

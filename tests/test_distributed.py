@@ -16,7 +16,7 @@ import torch
 
 import reconstruct
 from conftest import ROOT, TINY_CONFIG, make_images, write_split
-from ddpm_ood.errors import DataError
+from ddpm_ood.utils.errors import DataError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -194,7 +194,7 @@ def test_shard_with_restart_is_refused(tmp_path):
 @pytest.mark.parametrize("n_rows,world,sizes", [(180, 7, [26, 26, 26, 26, 26, 25, 25]), (7, 2, [4, 3]), (2, 3, [1, 1, 0]),
                                                (8, 1, [8])])
 def test_each_rank_takes_a_contiguous_disjoint_slice_of_the_global_batch(n_rows, world, sizes):
-    from ddpm_ood.distributed import Dist
+    from ddpm_ood.utils.distributed import Dist
 
     shares = [Dist(rank, world).share(n_rows) for rank in range(world)]
     assert [s.stop - s.start for s in shares] == sizes

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from conftest import write_results
-from ddpm_ood.errors import ScoringError
-from ddpm_ood.evaluation import Options, evaluate
-from ddpm_ood.run_files import RunFiles
+from ddpm_ood.utils.errors import ScoringError
+from ddpm_ood.evaluation.scores import Options, evaluate
+from ddpm_ood.runs.layout import RunFiles
 
 
 def recon_results(values, ts=(1, 11), scale=1.0):

@@ -36,7 +36,7 @@ def test_first_n_batch_size_and_max_minutes(tmp_path, synthetic_splits):
 def test_lr_seed_and_checkpoint_every(tmp_path, synthetic_splits):
     _, frozen = run(tmp_path, synthetic_splits, "frozen", "--lr=1e-30")
     torch.manual_seed(0)
-    from ddpm_ood.config import build_unet, load_config
+    from ddpm_ood.models.config import build_unet, load_config
     initial = build_unet(load_config(TINY_CONFIG)).state_dict()
     torch.testing.assert_close(weights(frozen), weights({"model": initial}), atol=1e-6, rtol=0)
     _, seed0 = run(tmp_path, synthetic_splits, "s0")
@@ -77,7 +77,7 @@ def test_compile_trains_like_eager_with_one_graph(tmp_path, synthetic_splits, mo
 
 
 def test_ema_update_follows_the_warm_up_formula():
-    from ddpm_ood.training import update_ema
+    from ddpm_ood.training.ddpm import update_ema
 
     model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     for p_ema, p in zip(ema.parameters(), model.parameters()):
@@ -114,7 +114,7 @@ def test_lr_given_on_resume_is_applied_and_kept(tmp_path, synthetic_splits):
 
 
 def test_a_changed_batch_size_on_resume_is_refused(tmp_path, synthetic_splits):
-    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.utils.errors import ConfigError
     run(tmp_path, synthetic_splits, "bs")
     import pytest
     with pytest.raises(ConfigError, match="batch_size 8 -> 4"):
@@ -127,8 +127,8 @@ def test_a_changed_batch_size_on_resume_is_refused(tmp_path, synthetic_splits):
 def test_ema_copy_is_made_after_the_checkpoints_weights_load(tmp_path):
     """A checkpoint without EMA weights (an older run) resumed with EMA on: the EMA starts from
     the loaded weights, not from the fresh model's random initialisation."""
-    from ddpm_ood.config import build_schedule, build_unet, load_config
-    from ddpm_ood.training import TrainLoop, TrainSettings, rng_state
+    from ddpm_ood.models.config import build_schedule, build_unet, load_config
+    from ddpm_ood.training.ddpm import TrainLoop, TrainSettings, rng_state
 
     cfg = load_config(TINY_CONFIG)
     torch.manual_seed(1)

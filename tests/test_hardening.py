@@ -17,10 +17,10 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG, make_images, write_results, write_split
-from ddpm_ood.run_files import RunFiles
-from ddpm_ood.errors import ConfigError, DataError, RunLocked, ScoringError
-from ddpm_ood.files import TEMP_PREFIX, remove_stale_temporaries, save_csv_atomic
-from ddpm_ood.runlock import run_lock
+from ddpm_ood.runs.layout import RunFiles
+from ddpm_ood.utils.errors import ConfigError, DataError, RunLocked, ScoringError
+from ddpm_ood.utils.files import TEMP_PREFIX, remove_stale_temporaries, save_csv_atomic
+from ddpm_ood.runs.lock import run_lock
 
 
 def run_script(script, *args, **kwargs):
@@ -309,7 +309,7 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point(monkeypatch):
     """A KeyboardInterrupt raised inside a finalizer is only printed by Python; the run went on
     (seen once in CI as a Ctrl-C that never stopped training). The handler's flag stops it at
     the next training step or reconstruction chunk."""
-    from ddpm_ood import runtime
+    from ddpm_ood.utils import runtime
 
     monkeypatch.setattr(runtime, "_interrupted", False)
     runtime.check_interrupted()  # nothing pressed: nothing raised
@@ -322,7 +322,7 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point(monkeypatch):
 
 
 def test_offline_lpips_prints_no_download_line(tmp_path, no_alexnet, capfd, caplog):
-    from ddpm_ood.metrics import LPIPSMetric, LPIPSUnavailable
+    from ddpm_ood.metrics.distances import LPIPSMetric, LPIPSUnavailable
     with caplog.at_level("DEBUG"), pytest.raises(LPIPSUnavailable):
         LPIPSMetric()
     assert "Downloading" not in capfd.readouterr().err and "Downloading" not in caplog.text
@@ -333,7 +333,7 @@ def test_lpips_weights_download_is_checked_and_atomic(tmp_path, monkeypatch, cap
     import io
     import urllib.request
 
-    from ddpm_ood.metrics import LPIPSUnavailable, download_weights
+    from ddpm_ood.metrics.distances import LPIPSUnavailable, download_weights
     payload = b"weights" * 1000
     prefix = hashlib.sha256(payload).hexdigest()[:8]
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
@@ -348,7 +348,7 @@ def test_lpips_weights_download_is_checked_and_atomic(tmp_path, monkeypatch, cap
 def test_a_finished_run_says_it_is_complete(tmp_path, synthetic_splits, caplog):
     train_tiny(tmp_path, synthetic_splits)
     before = (tmp_path / "m" / "checkpoint.pth").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="ddpm_ood.training"):
+    with caplog.at_level("INFO", logger="ddpm_ood.training.ddpm"):
         summary = train_tiny(tmp_path, synthetic_splits)
     assert summary.get("already_complete") and "already complete" in caplog.text and "Resuming" not in caplog.text
     assert (tmp_path / "m" / "checkpoint.pth").stat().st_mtime_ns == before

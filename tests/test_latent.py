@@ -14,9 +14,9 @@ import reconstruct  # noqa: E402
 import train  # noqa: E402
 import train_vqvae  # noqa: E402
 from conftest import make_images, write_split  # noqa: E402
-from ddpm_ood.errors import UserError  # noqa: E402
-from ddpm_ood.first_stage import LatentSpace, read_first_stage  # noqa: E402
-from ddpm_ood.inference import load_model  # noqa: E402
+from ddpm_ood.utils.errors import UserError  # noqa: E402
+from ddpm_ood.models.first_stage import LatentSpace, read_first_stage  # noqa: E402
+from ddpm_ood.models.loading import load_model  # noqa: E402
 from test_scripts import TINY_CONFIG, reconstruct_args  # noqa: E402
 
 VQVAE_FLAGS = ["--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--vqvae_num_res_layers=1",
@@ -198,7 +198,7 @@ def test_the_pytorch_ood_adapter_takes_images_for_a_latent_model(latent_run):
     """pytorch-ood's Detector on a latent model: fitted and scoring on images (encoded by the first stage)."""
     pytest.importorskip("pytorch_ood")
     from ddpm_ood.api import pytorch_ood_detector
-    from ddpm_ood.data import load_split
+    from ddpm_ood.data.loading import load_split
 
     out, splits = latent_run
     detector = pytorch_ood_detector(out / "blobs" / "best_model.pth", "denoise", device="cpu", denoise_levels=2)

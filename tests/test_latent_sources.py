@@ -14,8 +14,8 @@ diffusers = pytest.importorskip("diffusers")
 from monai.networks.nets import VQVAE, AutoencoderKL, DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDPMScheduler  # noqa: E402
 
-from ddpm_ood.errors import ConfigError  # noqa: E402
-from ddpm_ood.inference import DdpmOodRun, DiffusersModel, MonaiBundle, load_model, pretrained_source  # noqa: E402
+from ddpm_ood.utils.errors import ConfigError  # noqa: E402
+from ddpm_ood.models.loading import DdpmOodRun, DiffusersModel, MonaiBundle, load_model, pretrained_source  # noqa: E402
 
 ATOL = 1e-6
 

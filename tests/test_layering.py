@@ -1,33 +1,29 @@
-"""The shape of the code, checked: library modules import only modules below them, never the
-scripts' src/cli.py; the scripts hold no detector names and read like a table of contents; the
-old API path still works, with a warning."""
+"""The shape of the code, checked: each subpackage imports only the subpackages listed before it,
+and no modules import each other in a circle; only the scripts import cli.py; the scripts hold no
+detector names and read like a table of contents; the 0.4 module paths still work, with a warning."""
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 from conftest import ROOT
+from ddpm_ood._moved import MOVED
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
 
 PACKAGE = ROOT / "src" / "ddpm_ood"
 
-# Lowest first: a module may import only modules listed before it.
-LAYERS = [
-    "errors", "anomaly_maps", "dataset_names", "runtime", "train_config", "files", "runlock", "data", "run_files", "distributed", "diffusion",
-    "unet", "config", "boundary", "checkpoint", "first_stage", "autoencoder_training", "pretrained", "monai_models",
-    "inference", "metrics", "reconstruction", "scoring", "results",
-    "results_store", "figures", "datasets_download", "medical_datasets", "training",
-    "detectors", "detectors.base", "detectors.density", "detectors.recon", "detectors.path", "detectors.msma",
-    "detectors.denoise", "detectors.combined", "fits", "evaluation", "report", "api", "cli",
-]
+# The subpackages (and top-level modules), lowest first: each imports only those before it and itself.
+PACKAGES = ["_moved", "utils", "data", "metrics", "diffusion", "models", "runs", "training", "detectors", "evaluation",
+            "api", "cli"]
 SCRIPTS = ("train.py", "reconstruct.py", "ood_detection.py", "get_datasets.py", "train_vqvae.py")
 
 
 def src_imports(path) -> set[str]:
-    """Every src module a file imports, at module level or inside a function."""
+    """Every package module a file imports, at module level or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpm_ood"):
@@ -46,22 +42,41 @@ def module_name(path) -> str:
     return ".".join(parts)
 
 
-def layers(modules) -> list[str]:
-    """LAYERS, with any detector module it does not name (a new detector) placed among the detectors,
-    after the shared ones: a new detector needs no line here."""
-    new = sorted(m for m in modules if m.startswith("detectors.") and m not in LAYERS)
-    at = LAYERS.index("detectors.combined")
-    return LAYERS[:at] + new + LAYERS[at:]
+def modules() -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports."""
+    return {module_name(p): src_imports(p) for p in PACKAGE.rglob("*.py") if module_name(p)}
 
 
-def test_every_module_imports_only_modules_below_it():
-    modules = sorted(p for p in (PACKAGE).rglob("*.py") if module_name(p))
-    order = layers(module_name(p) for p in modules)
-    assert sorted(module_name(p) for p in modules) == sorted(order), "place every src module in LAYERS"
-    for path in modules:
-        name = module_name(path)
-        upward = [m for m in src_imports(path) if order.index(m) >= order.index(name)]
-        assert not upward, f"src/{path.relative_to(PACKAGE)} imports {upward}, which are not below it"
+def test_every_module_is_in_a_listed_subpackage():
+    unplaced = sorted(m for m in modules() if m.split(".")[0] not in PACKAGES)
+    assert not unplaced, f"place {unplaced} in a subpackage listed in PACKAGES (or list a new one)"
+
+
+def test_every_subpackage_imports_only_those_below_it():
+    for name, imported in modules().items():
+        rank = PACKAGES.index(name.split(".")[0])
+        upward = sorted(m for m in imported if PACKAGES.index(m.split(".")[0]) > rank)
+        assert not upward, f"ddpm_ood.{name} imports {upward}, which are not below its subpackage"
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    graph = modules()
+    done, path = set(), []
+
+    def visit(name):
+        if name in path:
+            pytest.fail("an import circle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done or name not in graph:
+            return
+        path.append(name)
+        for imported in graph[name] - {name}:
+            if not name.startswith(imported + "."):  # a module may use its own package's __init__
+                visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
 
 
 def test_only_the_scripts_import_cli():
@@ -95,7 +110,30 @@ def test_the_old_src_imports_work_with_a_deprecation_warning():
             "assert src.detectors.base.Detector is __import__('ddpm_ood.detectors.base').detectors.base.Detector")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "warned: src.detector is deprecated: import ddpm_ood.api" in result.stdout
+    assert "warned: src.detector is deprecated since 0.5.0" in result.stdout
+    assert "import ddpm_ood.api" in result.stdout
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_every_old_module_path_is_its_new_module_with_a_warning(old):
+    """``ddpm_ood.<old>`` (or, where a subpackage took the name, its attributes) and ``src.<old>``."""
+    import importlib
+
+    new = importlib.import_module("ddpm_ood." + MOVED[old])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if old == MOVED[old].split(".")[0]:  # ddpm_ood.data is the subpackage now: names forward
+            public = next(n for n in vars(new) if not n.startswith("_") and getattr(new, n).__class__.__name__
+                          in ("function", "type"))
+            sys.modules["ddpm_ood." + old].__dict__.pop(public, None)
+            assert getattr(importlib.import_module("ddpm_ood." + old), public) is getattr(new, public)
+        else:
+            sys.modules.pop("ddpm_ood." + old, None)
+            assert importlib.import_module("ddpm_ood." + old) is new
+        sys.modules.pop("src." + old, None)
+        assert importlib.import_module("src." + old) is new
+    messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
+    assert len(messages) == 2 and all(f"import ddpm_ood.{MOVED[old]}" in m and "0.6.0" in m for m in messages)
 
 
 def test_the_package_imports_from_any_folder_without_torch_until_used(tmp_path):

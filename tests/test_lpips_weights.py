@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_ood import metrics
-from ddpm_ood.errors import LPIPSUnavailable
+from ddpm_ood.metrics import distances as metrics
+from ddpm_ood.utils.errors import LPIPSUnavailable
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import get_datasets
-from ddpm_ood.data import load_images
-from ddpm_ood.errors import DownloadError
+from ddpm_ood.data.loading import load_images
+from ddpm_ood.utils.errors import DownloadError
 
 nibabel = pytest.importorskip("nibabel")
 pytest.importorskip("monai")
@@ -48,7 +48,7 @@ def test_mednist_one_split_per_class_from_its_extracted_folder(tmp_path):
 
 
 def test_medmnist3d_from_its_npz_files(tmp_path):
-    from ddpm_ood.medical_datasets import MEDMNIST3D_FLAGS
+    from ddpm_ood.data.medical import MEDMNIST3D_FLAGS
 
     source = tmp_path / "src"
     source.mkdir()
@@ -113,7 +113,7 @@ def test_decathlon_tasks_from_their_folders_first_modality_of_multimodal_ones(tm
 
 
 def test_mni152_volumes_from_nilearns_templates(tmp_path):
-    from ddpm_ood.datasets_download import MNI152_FILES, mni152_files
+    from ddpm_ood.data.download import MNI152_FILES, mni152_files
 
     try:
         mni152_files()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_ood.metrics import LPIPSMetric, LPIPSUnavailable, alexnet_cache_path, mse_per_image
+from ddpm_ood.metrics.distances import LPIPSMetric, LPIPSUnavailable, alexnet_cache_path, mse_per_image
 
 
 def test_mse_per_image():

@@ -15,8 +15,8 @@ import ood_detection
 import reconstruct
 import train
 from conftest import TINY_CONFIG, blob_splits
-from ddpm_ood.errors import ConfigError, DataError, ScoringError
-from ddpm_ood.inference import DiffusersModel, RunModel, load_model
+from ddpm_ood.utils.errors import ConfigError, DataError, ScoringError
+from ddpm_ood.models.loading import DiffusersModel, RunModel, load_model
 
 diffusers = pytest.importorskip("diffusers")
 from test_pretrained import colour_split, scheduler, tiny_unet  # noqa: E402
@@ -173,7 +173,7 @@ def test_a_copied_run_that_was_retrained_never_scores_with_the_original_model(tr
 
 
 def test_a_checkpoint_records_how_it_was_trained_and_refuses_other_data(trained, tmp_path):
-    from ddpm_ood.train_config import TrainSettings
+    from ddpm_ood.training.settings import TrainSettings
 
     out, paths, fit = trained
     for name in ("checkpoint.pth", "best_model.pth"):
@@ -193,7 +193,7 @@ def test_a_checkpoint_records_how_it_was_trained_and_refuses_other_data(trained,
 
 
 def test_train_flags_come_from_the_one_training_config():
-    from ddpm_ood.train_config import TrainSettings
+    from ddpm_ood.training.settings import TrainSettings
 
     args = train.parse_args(["--output_dir=o", "--model_name=m", "--training_ids=t", "--validation_ids=v"])
     for field in TrainSettings.flags():
@@ -311,7 +311,7 @@ def test_a_folder_or_a_data_file_given_as_a_model_is_named_for_what_it_is(tmp_pa
     """Main before this answered 'Delete it and use another checkpoint' (and, for a CSV, torch's advice to
     load it with weights_only=False)."""
     from ddpm_ood.api import ImageDetector
-    from ddpm_ood.errors import CheckpointError
+    from ddpm_ood.utils.errors import CheckpointError
 
     given = tmp_path / "given"
     make(given)
@@ -329,7 +329,7 @@ def test_an_unused_config_file_never_stops_a_run_and_a_read_only_run_is_read(tra
     import errno
     import os
 
-    from ddpm_ood import runlock
+    from ddpm_ood.runs import lock as runlock
 
     out, paths, _ = trained
     args = [f"--output_dir={out}", "--model_name=blobs", f"--validation_ids={paths['val']}", "--run_in=0",
@@ -374,7 +374,7 @@ def test_the_same_images_in_another_folder_are_not_measured_again(trained, tmp_p
 
 def test_a_model_of_other_channels_says_to_convert_not_to_resize():
     """Main before this told a 4-channel model's user with 3-channel images to resize them."""
-    from ddpm_ood.boundary import ImageSpace
+    from ddpm_ood.models.spaces import ImageSpace
 
     space = ImageSpace(4, (4, 32, 32))
     with pytest.raises(DataError, match=r"takes \(4, 32, 32\): convert them to 4 channel"):

@@ -19,9 +19,9 @@ import ood_detection
 import reconstruct
 from conftest import ROOT, reseal, write_split
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
-from ddpm_ood.errors import CheckpointError, ConfigError, ScoringError
-from ddpm_ood.inference import DiffusersModel, ModelSource, load_model_fn
-from ddpm_ood.pretrained import DiffusersEps, load_pretrained, locate, schedule_from_config
+from ddpm_ood.utils.errors import CheckpointError, ConfigError, ScoringError
+from ddpm_ood.models.loading import DiffusersModel, ModelSource, load_model_fn
+from ddpm_ood.models.diffusers_models import DiffusersEps, load_pretrained, locate, schedule_from_config
 
 diffusers = pytest.importorskip("diffusers")
 CPU = torch.device("cpu")
@@ -84,7 +84,7 @@ def test_our_schedule_is_the_schedulers_for_each_beta_schedule(tmp_path, config)
 
 def test_diffusers_linear_is_our_plain_linear_and_scaled_linear_our_linear(tmp_path):
     """The name clash: diffusers' linear is linear in beta; our config's linear is linear in sqrt(beta)."""
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     scheduler(beta_schedule="linear").save_pretrained(tmp_path / "a")
     scheduler(beta_schedule="scaled_linear").save_pretrained(tmp_path / "b")
@@ -98,7 +98,7 @@ def test_diffusers_linear_is_our_plain_linear_and_scaled_linear_our_linear(tmp_p
 def test_v_and_x0_predictions_are_converted_to_eps_exactly():
     """Single-point data c with known noise e: x_t = sqrt(a) c + sqrt(1 - a) e. A model predicting
     v = sqrt(a) e - sqrt(1 - a) c exactly, or x0 = c exactly, must give back e."""
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     schedule = DDPMSchedule(1000, "plain_linear", 1e-4, 0.02)
     gen = torch.Generator().manual_seed(0)
@@ -134,8 +134,8 @@ def test_our_plms_reconstruction_is_diffusers_pndm_in_plms_mode(model_dirs, star
     at the repeated point is the first step's corrector (the model at the predicted sample and the
     next grid point), which our sampler makes in one step. A one-step trajectory (k = 0) has no
     PNDM counterpart: its corrector would be evaluated at a negative timestep, so it is left out."""
-    from ddpm_ood.diffusion import PLMSSampler
-    from ddpm_ood.reconstruction import reconstruct_sequential, start_noise
+    from ddpm_ood.diffusion.ddpm import PLMSSampler
+    from ddpm_ood.diffusion.reconstruction import reconstruct_sequential, start_noise
 
     model = load_model_fn(DiffusersModel(str(model_dirs["flat"])), CPU)
     sampler = PLMSSampler(model.schedule)
@@ -213,7 +213,7 @@ def test_every_detector_runs_on_a_pretrained_model_and_records_its_source(pretra
                                                                f"--score_ids={splits['ood']}"]))
     pipeline = pd.read_csv(ood / "scores_Stripes.csv")
     np.testing.assert_allclose(predictions["score"], pipeline["score"], rtol=1e-5, atol=1e-6)
-    from ddpm_ood.data import load_split
+    from ddpm_ood.data.loading import load_split
 
     images = load_split(splits["ood"], False).images
     np.testing.assert_allclose(OODDetector.load(out / "p", device="cpu").score(images), pipeline["score"],
@@ -225,7 +225,7 @@ def test_results_of_a_pretrained_and_of_another_model_are_never_mixed(pretrained
     other = tmp_path / "other"
     tiny_unet(seed=5).save_pretrained(other)
     scheduler().save_pretrained(other)
-    from ddpm_ood.errors import DataError
+    from ddpm_ood.utils.errors import DataError
 
     with pytest.raises(DataError, match="model identity"):  # the finished results of the first model are kept
         run("--run_in=0", "--run_out=0", model=str(other))
@@ -338,7 +338,7 @@ def test_pretrained_and_eval_checkpoint_together_are_refused(tmp_path):
 
 def test_help_and_the_papers_path_never_import_diffusers():
     code = ("import sys, reconstruct\ntry:\n    reconstruct.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
-            "import ddpm_ood.inference, ddpm_ood.api, ddpm_ood.evaluation\nassert 'diffusers' not in sys.modules")
+            "import ddpm_ood.models.loading, ddpm_ood.api, ddpm_ood.evaluation.scores\nassert 'diffusers' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIG
-from ddpm_ood.config import build_schedule, build_unet, load_config
-from ddpm_ood.diffusion import PLMSSampler
-from ddpm_ood.reconstruction import (image_keys, measure_split, noise_seed, reconstruct_fused, reconstruct_sequential,
+from ddpm_ood.models.config import build_schedule, build_unet, load_config
+from ddpm_ood.diffusion.ddpm import PLMSSampler
+from ddpm_ood.diffusion.reconstruction import (image_keys, measure_split, noise_seed, reconstruct_fused, reconstruct_sequential,
                                 start_noise)
 
 
@@ -61,7 +61,7 @@ def test_fused_handles_unsorted_starts(tiny_model):
 
 def test_model_evaluations_per_image_match_the_paper():
     """100 PLMS steps, skip 16: 7 trajectories of j + 1 steps plus one corrector each = 350."""
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     schedule = DDPMSchedule()
     sampler = PLMSSampler(schedule)
@@ -155,7 +155,7 @@ def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_mode
 
 
 def test_chunked_unet_calls_give_the_same_reconstructions(tiny_model):
-    from ddpm_ood.inference import in_chunks
+    from ddpm_ood.models.loading import in_chunks
 
     model, schedule = tiny_model
     sampler, starts, x0, noise = reconstruction_case(schedule, 10, 2, 4, seed=5)
@@ -193,7 +193,7 @@ def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatc
     import functools
 
     import torch._dynamo
-    from ddpm_ood.inference import unet_caller
+    from ddpm_ood.models.loading import unet_caller
 
     model, schedule = tiny_model
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))

@@ -13,8 +13,8 @@ import torch
 
 import train
 from conftest import ROOT, TINY_CONFIG, make_images, write_split
-from ddpm_ood.checkpoint import CheckpointError
-from ddpm_ood.training import NonFiniteLoss
+from ddpm_ood.models.model_file import CheckpointError
+from ddpm_ood.training.ddpm import NonFiniteLoss
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_no_whole_checkpoint_stops_instead_of_starting_afresh(tmp_path, long_spl
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, long_splits, monkeypatch):
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     real_loss = DDPMSchedule.training_loss
     calls = {"n": 0}
@@ -107,7 +107,7 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, long_splits, 
 
 
 def test_non_finite_gradient_with_a_finite_loss_stops_too(tmp_path, long_splits, monkeypatch):
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     class NanBackward(torch.autograd.Function):
         """Identity forward; NaN gradients backward (a finite loss whose gradients overflowed)."""
@@ -139,7 +139,7 @@ def test_resume_inside_an_epoch_uses_the_stored_data_order(tmp_path, long_splits
     """The checkpoint's data order, not one derived again, drives the resumed epoch: with the order
     function broken during the resume, the epoch still ends exactly as the original run's. A
     resume with another --seed is refused (it would make the run a mix of two)."""
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     train.main(train.parse_args(command(tmp_path / "clean", long_splits, epochs=1, every_steps=2)))
     real_loss = DDPMSchedule.training_loss
@@ -156,10 +156,10 @@ def test_resume_inside_an_epoch_uses_the_stored_data_order(tmp_path, long_splits
         train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2)))
     monkeypatch.undo()
     assert torch.load(tmp_path / "resumed/m/checkpoint.pth", weights_only=True)["batch_in_epoch"] == 4
-    from ddpm_ood.errors import ConfigError
+    from ddpm_ood.utils.errors import ConfigError
     with pytest.raises(ConfigError, match="seed 0 -> 1"):
         train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2) + ["--seed=1"]))
-    import ddpm_ood.training
-    monkeypatch.setattr(ddpm_ood.training, "epoch_order", lambda n, seed, epoch: torch.arange(n).flip(0))
+    import ddpm_ood.training.ddpm
+    monkeypatch.setattr(ddpm_ood.training.ddpm, "epoch_order", lambda n, seed, epoch: torch.arange(n).flip(0))
     train.main(train.parse_args(command(tmp_path / "resumed", long_splits, epochs=1, every_steps=2)))
     assert_same_training_state(tmp_path / "clean/m/checkpoint.pth", tmp_path / "resumed/m/checkpoint.pth")

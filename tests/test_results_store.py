@@ -4,10 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ddpm_ood.distributed import Dist
-from ddpm_ood.errors import DataError
-from ddpm_ood.results_store import ResultsStore, Workers, run_chunks
-from ddpm_ood.run_files import RunFiles, made_with, read_manifest
+from ddpm_ood.utils.distributed import Dist
+from ddpm_ood.utils.errors import DataError
+from ddpm_ood.runs.store import ResultsStore, Workers, run_chunks
+from ddpm_ood.runs.layout import RunFiles, made_with, read_manifest
 
 SETTINGS = {"seed": 0, "chunk_size": 3, "n_images": 8}
 

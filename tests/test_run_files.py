@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ddpm_ood.errors import DataError, ManifestError
-from ddpm_ood.run_files import (RunFiles, build_manifest, made_with, manifest_differences, manifest_file, model_settings,
+from ddpm_ood.utils.errors import DataError, ManifestError
+from ddpm_ood.runs.layout import (RunFiles, build_manifest, made_with, manifest_differences, manifest_file, model_settings,
                            planned_sets, read_manifest, scored_settings, set_entries, write_manifest)
 
 MODEL = {"model_file": "/r/m/best_model.pth", "model_file_bytes": 10, "model_file_mtime_ns": 5}

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ddpm_ood.detectors.recon import ReconDetector
-from ddpm_ood.scoring import ScoringError, auroc, select_start_t
+from ddpm_ood.metrics.scoring import ScoringError, auroc, select_start_t
 
 
 def fit_validation_stats(val, metrics, source="The validation results"):
@@ -89,7 +89,7 @@ def test_t_values_missing_from_validation_are_an_error():
                                          "fpr95tpr": 0.25}),
 ])
 def test_ood_metrics_known_answers(in_scores, ood_scores, expected):
-    from ddpm_ood.scoring import ood_metrics
+    from ddpm_ood.metrics.scoring import ood_metrics
     values = ood_metrics(np.array(in_scores), np.array(ood_scores))
     assert values == pytest.approx(expected)
 
@@ -112,7 +112,7 @@ def test_metrics_equal_pytorch_oods(case):
     import torch
 
     ood_metrics_class = pytest.importorskip("pytorch_ood.metrics").OODMetrics
-    from ddpm_ood.scoring import ood_metrics
+    from ddpm_ood.metrics.scoring import ood_metrics
 
     in_scores, ood_scores = scores_to_check()[case]
     theirs = ood_metrics_class().update(torch.tensor(np.r_[in_scores, ood_scores]),
@@ -124,7 +124,7 @@ def test_metrics_equal_pytorch_oods(case):
 
 
 def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
-    from ddpm_ood.scoring import bootstrap_intervals, ood_metrics
+    from ddpm_ood.metrics.scoring import bootstrap_intervals, ood_metrics
     rng = np.random.default_rng(0)
     in_scores, ood_scores = rng.normal(0, 1, 80), rng.normal(1, 1, 60)
     a = bootstrap_intervals(in_scores, ood_scores, 100, seed=3)
@@ -173,7 +173,7 @@ def test_per_image_scores_and_the_metrics_table(tmp_path, capsys):
 def test_figures_and_the_auroc_per_start_point(tmp_path):
     import ood_detection
     from conftest import write_results
-    from ddpm_ood.scoring import auroc
+    from ddpm_ood.metrics.scoring import auroc
 
     rng = np.random.default_rng(0)
 

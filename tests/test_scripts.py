@@ -14,8 +14,8 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG
-from ddpm_ood.data import DataError
-from ddpm_ood.metrics import LPIPSUnavailable
+from ddpm_ood.data.loading import DataError
+from ddpm_ood.metrics.distances import LPIPSUnavailable
 
 
 def train_args(out, splits, epochs=2, *extra):
@@ -130,7 +130,7 @@ def test_missing_input_exits_2_and_names_the_file(tmp_path, script, args):
 def test_a_config_flag_that_disagrees_with_the_checkpoint_is_reported(caplog):
     from omegaconf import OmegaConf
 
-    from ddpm_ood.config import warn_if_config_differs
+    from ddpm_ood.models.config import warn_if_config_differs
 
     stored = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG))
     with caplog.at_level("WARNING", logger="ddpm_ood"):
@@ -148,9 +148,9 @@ def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synth
                                       f"--eval_checkpoint={out / 'blobs' / 'best_model.pth'}"))
     clean = (tmp_path / "clean" / "blobs" / "ood" / "results_val.csv").read_bytes()
 
-    import ddpm_ood.reconstruction
+    import ddpm_ood.diffusion.reconstruction
 
-    real = ddpm_ood.reconstruction.measure_split
+    real = ddpm_ood.diffusion.reconstruction.measure_split
     calls = {"n": 0}
 
     def dies_on_third_chunk(*args, **kwargs):
@@ -159,7 +159,7 @@ def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synth
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ddpm_ood.reconstruction, "measure_split", dies_on_third_chunk)
+    monkeypatch.setattr(ddpm_ood.diffusion.reconstruction, "measure_split", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         reconstruct.main(reconstruct_args(out, synthetic_splits, *extra))
     partial = out / "blobs" / "ood" / ".partial" / "val"
@@ -290,7 +290,7 @@ def test_scoring_new_images_matches_the_pipeline_and_refuses_mismatches(tmp_path
     assert "flagged as OOD" in capsys.readouterr().out
 
     detector = OODDetector.load(out / "blobs", device="cpu")
-    from ddpm_ood.data import load_split
+    from ddpm_ood.data.loading import load_split
     images = load_split(synthetic_splits["ood"], True).images
     np.testing.assert_allclose(detector.score(images), pipeline["score"], rtol=1e-5, atol=1e-6)
 

@@ -17,8 +17,8 @@ import reconstruct
 import train
 from conftest import blob_splits, ROOT, TINY_CONFIG, make_images, reseal, write_results, write_split
 from ddpm_ood.api import OODDetector
-from ddpm_ood.data import load_split
-from ddpm_ood.errors import CheckpointError, ConfigError, DataError, ScoringError, WriteError
+from ddpm_ood.data.loading import load_split
+from ddpm_ood.utils.errors import CheckpointError, ConfigError, DataError, ScoringError, WriteError
 
 
 def train_args(out, paths, *extra, epochs=1):
@@ -103,9 +103,9 @@ def test_3_a_fit_of_other_reconstruction_settings_is_refused(run):
 
 
 def test_4_a_full_disk_while_checkpointing_keeps_both_checkpoints(run, monkeypatch):
-    from ddpm_ood import files
-    from ddpm_ood.run_files import RunFiles
-    from ddpm_ood.training import save_checkpoint
+    from ddpm_ood.utils import files
+    from ddpm_ood.runs.layout import RunFiles
+    from ddpm_ood.training.ddpm import save_checkpoint
 
     out, _ = run
     files_ = RunFiles(out / "m")
@@ -235,7 +235,7 @@ def test_13_detector_levels_above_the_models_timesteps_are_refused(name):
     from types import SimpleNamespace
 
     from ddpm_ood.detectors import detector_class
-    from ddpm_ood.diffusion import DDPMSchedule
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
 
     cls = detector_class(name)
     model = SimpleNamespace(schedule=DDPMSchedule(num_timesteps=50))
@@ -301,7 +301,7 @@ def test_17_get_datasets_converts_again_from_a_corrected_source(tmp_path, caplog
     second = np.load(pd.read_csv(tmp_path / "data" / "data_splits" / "MNIST_test.csv")["filename"][0])
     assert not np.array_equal(first, second)
     # Results made from the old images are not taken for results of the new ones.
-    from ddpm_ood.run_files import set_entries
+    from ddpm_ood.runs.layout import set_entries
 
     split = tmp_path / "data" / "data_splits" / "MNIST_test.csv"
     old = set_entries(split, None, ["a"], torch.from_numpy(first[None, None].astype(np.float32)))
@@ -314,7 +314,7 @@ def test_17_very_long_names_are_refused_in_one_line(tmp_path, synthetic_splits, 
         ood_detection.parse_args(["--output_dir=o", f"--model_name={'m' * 300}"])
     assert "too long a name" in capsys.readouterr().err
     long_csv = write_split(tmp_path / f"{'x' * 150}_test.csv", [synthetic_splits["test"]])
-    from ddpm_ood.run_files import ood_set_name
+    from ddpm_ood.runs.layout import ood_set_name
 
     with pytest.raises(DataError, match="150 characters long"):
         ood_set_name(str(long_csv))

@@ -18,8 +18,8 @@ from PIL import Image
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG, make_images
-from ddpm_ood.data import load_split, read_split_csv
-from ddpm_ood.errors import DataError
+from ddpm_ood.data.loading import load_split, read_split_csv
+from ddpm_ood.utils.errors import DataError
 
 
 @pytest.fixture(scope="module")

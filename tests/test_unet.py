@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIG
-from ddpm_ood.config import build_unet, load_config
-from ddpm_ood.unet import AttentionBlock, UNet, timestep_embedding
+from ddpm_ood.models.config import build_unet, load_config
+from ddpm_ood.models.unet import AttentionBlock, UNet, timestep_embedding
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])

@@ -13,10 +13,10 @@ import ood_detection
 import reconstruct
 import train
 from conftest import TINY_CONFIG, write_split
-from ddpm_ood.data import LazyVolumes, load_images
-from ddpm_ood.errors import DataError, UserError
-from ddpm_ood.metrics import slices
-from ddpm_ood.unet import UNet
+from ddpm_ood.data.loading import LazyVolumes, load_images
+from ddpm_ood.utils.errors import DataError, UserError
+from ddpm_ood.metrics.distances import slices
+from ddpm_ood.models.unet import UNet
 
 nibabel = pytest.importorskip("nibabel")
 

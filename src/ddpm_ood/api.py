@@ -13,8 +13,8 @@ Then, from a notebook::
     is_ood = detector.predict(images)                                 # scores above the threshold
 
 or from the command line, ``ood_detection.py --score_ids new.csv [--detector NAME]``. Images are
-measured with the run's own model and settings (the model loader :func:`src.inference.load_model_fn`
-and the detectors of :mod:`src.detectors`, as ``reconstruct.py`` measures them) and scored with
+measured with the run's own model and settings (the model loader :func:`ddpm_ood.models.loading.load_model_fn`
+and the detectors of :mod:`ddpm_ood.detectors`, as ``reconstruct.py`` measures them) and scored with
 the saved fit, so an image scores exactly as through the scripts; its noise comes from its own
 pixels, so its score does not depend on the images that come with it.
 
@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS, HEADLINE, detector_class, measure_knobs
-from ddpm_ood.errors import CheckpointError, DataError, ScoringError
-from ddpm_ood.fits import read_fit
-from ddpm_ood.inference import DEFAULT_BATCH_SIZE, ModelSource, load_model
-from ddpm_ood.run_files import PLAIN_NAME, RunFiles
+from ddpm_ood.utils.errors import CheckpointError, DataError, ScoringError
+from ddpm_ood.detectors.fits import read_fit
+from ddpm_ood.models.loading import DEFAULT_BATCH_SIZE, ModelSource, load_model
+from ddpm_ood.runs.layout import PLAIN_NAME, RunFiles
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -86,7 +86,7 @@ class OODDetector:
         """``detector``: a detector (its main score) or a score name; default: the paper's score.
         ``model``: where the model that made the run's results is now, if it moved (a pretrained
         folder, or a ModelSource); default: the one its results record. Its identity must match."""
-        from ddpm_ood.runtime import pick_device
+        from ddpm_ood.utils.runtime import pick_device
 
         return cls(Path(run_dir), pick_device(device), lpips_weights, batch_size, detector, model)
 
@@ -107,7 +107,7 @@ class OODDetector:
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """The OOD score of each image (higher = more OOD), as ood_detection.py computes it. Images are
         prepared as the split loader prepares image files (each min-max scaled to [0, 1])."""
-        from ddpm_ood.data import prepare_images, to_channels
+        from ddpm_ood.data.loading import prepare_images, to_channels
 
         images = to_channels(prepare_images(images, filenames), self.model.channels)
         self.check_images(images, filenames)
@@ -119,7 +119,7 @@ class OODDetector:
             scores[member] = scoring.score(fitted, frame).scores
         if self.combination is None:
             return next(iter(scores.values()))[self.score_name].to_numpy()
-        from ddpm_ood.scoring import ZScore
+        from ddpm_ood.metrics.scoring import ZScore
 
         combination, state, members = self.combination
         mains = pd.DataFrame({m: scores[m][self.detectors[m][3]].to_numpy() for m in members})
@@ -157,8 +157,8 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     """``ood_detection.py --score_ids``: score a split CSV or a folder of image files, and write
     ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one),
     or ``output``."""
-    from ddpm_ood.data import load_images, resolve_split
-    from ddpm_ood.files import check_writable, save_csv_atomic
+    from ddpm_ood.data.loading import load_images, resolve_split
+    from ddpm_ood.utils.files import check_writable, save_csv_atomic
 
     name = resolve_split(split).name
     if not PLAIN_NAME.fullmatch(name):  # "." or "../new": the folder's own name
@@ -199,7 +199,7 @@ class ImageDetector:
 
     def __init__(self, model: str | Path | ModelSource, detector: str = HEADLINE, score: str | None = None,
                  device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, **settings):
-        from ddpm_ood.runtime import pick_device
+        from ddpm_ood.utils.runtime import pick_device
 
         if detector not in DETECTORS:
             raise DataError(f"detector {detector!r}: choose from {', '.join(DETECTORS)}.")
@@ -250,7 +250,7 @@ class ImageDetector:
         return ScoringError("Call fit() (or fit_images()) with in-distribution images before predict().")
 
     def _measure(self, images: torch.Tensor) -> pd.DataFrame:
-        from ddpm_ood.data import prepare_images, to_channels
+        from ddpm_ood.data.loading import prepare_images, to_channels
 
         images = to_channels(prepare_images(images), self.model.channels)
         self.model.image_space.check(images, "", str(self.model.source))  # as the scripts check image files

@@ -1,7 +1,7 @@
 """What the four scripts share: flag types, the detectors' flags, logging, the error boundary.
 
-Only the scripts import this module (the library takes its facts from ``src.runtime`` and
-``src.run_files``). Imports nothing heavy: the scripts parse their flags (and answer ``--help``)
+Only the scripts import this module (the library takes its facts from ``ddpm_ood.utils.runtime`` and
+``ddpm_ood.runs.layout``). Imports nothing heavy: the scripts parse their flags (and answer ``--help``)
 before torch, pandas or scikit-learn are loaded.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ddpm_ood.errors import UserError
-from ddpm_ood.run_files import MAX_NAME, PLAIN_NAME
-from ddpm_ood.runtime import install_interrupt_handler
+from ddpm_ood.utils.errors import UserError
+from ddpm_ood.runs.layout import MAX_NAME, PLAIN_NAME
+from ddpm_ood.utils.runtime import install_interrupt_handler
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -123,7 +123,7 @@ def detector_list(text: str) -> list[str]:
 
 
 def add_knobs(parser: argparse.ArgumentParser, knobs) -> None:
-    """One flag per detector knob (``src.detectors.Knob``): its type and range checked by the parser."""
+    """One flag per detector knob (``ddpm_ood.detectors.Knob``): its type and range checked by the parser."""
     for knob in knobs:
         kwargs = {"default": knob.default, "help": knob.help}
         if knob.kind == "switch":
@@ -139,13 +139,18 @@ def add_knobs(parser: argparse.ArgumentParser, knobs) -> None:
         parser.add_argument(knob.flag, *knob.aliases, **kwargs)
 
 
-def add_settings(parser: argparse.ArgumentParser, settings) -> None:
-    """One flag per field of a settings dataclass (``ddpm_ood.train_config.TrainSettings``): its
-    default and help declared there once; its ``kind`` names the type checked here."""
-    from ddpm_ood.runtime import PRECISIONS
+# The command-line type of each ``kind`` of setting (``ddpm_ood.training.settings.setting``).
+SETTING_TYPES = {"positive_int": positive_int, "non_negative_int": non_negative_int, "positive_float": positive_float,
+                 "non_negative_float": non_negative_float, "decay": decay_rate, "seed": seed_value,
+                 "unit_fraction": unit_fraction}
 
-    types = {"positive_int": positive_int, "non_negative_int": non_negative_int, "positive_float": positive_float,
-             "non_negative_float": non_negative_float, "decay": decay_rate, "seed": seed_value}
+
+def add_settings(parser: argparse.ArgumentParser, settings) -> None:
+    """One flag per field of a settings dataclass (``ddpm_ood.training.settings.TrainSettings``): its
+    default and help declared there once; its ``kind`` names the type checked here (``SETTING_TYPES``;
+    ``switch`` and ``precision`` are argparse actions and choices)."""
+    from ddpm_ood.utils.runtime import PRECISIONS
+
     for field in settings.flags():
         kind, kwargs = field.metadata["kind"], {"default": field.default, "help": field.metadata["help"]}
         if kind == "switch":
@@ -153,7 +158,7 @@ def add_settings(parser: argparse.ArgumentParser, settings) -> None:
         elif kind == "precision":
             kwargs["choices"] = PRECISIONS
         else:
-            kwargs["type"] = types[kind]
+            kwargs["type"] = SETTING_TYPES[kind]
         parser.add_argument(f"--{field.name}", **kwargs)
 
 

@@ -7,24 +7,24 @@ name        what it measures per image (module)                             UNet
 ==========  ==============================================================  ====================
 recon       the paper's: MSE and LPIPS of PLMS reconstructions from          sum over starts of
             several start points, z-scored per t on the validation set      (grid index + 2)
-            (:mod:`src.detectors.recon`; scores mse+lpips, mse, lpips)
+            (:mod:`ddpm_ood.detectors.recon`; scores mse+lpips, mse, lpips)
 path        DiffPath (Heng et al. 2024): statistics of the eps along the    path_steps (10)
             deterministic DDIM path from the image towards noise
-            (:mod:`src.detectors.path`; scores path-6d, path-1d)
+            (:mod:`ddpm_ood.detectors.path`; scores path-6d, path-1d)
 msma        MSMA (Mahmood et al. 2021): norms of the score at several       msma_levels (10)
-            noise levels at the noise-free image (:mod:`src.detectors.msma`)
+            noise levels at the noise-free image (:mod:`ddpm_ood.detectors.msma`)
 denoise     eps-prediction error at several t with seeded noise,            denoise_levels (10)
-            z-scored per t on the validation set (:mod:`src.detectors.denoise`)
+            z-scored per t on the validation set (:mod:`ddpm_ood.detectors.denoise`)
 combo       (scored, never measured) the sum of every measured detector's   the sum of theirs
             validation-z-scored main score; combo-cheap leaves out the
-            expensive ones (:mod:`src.detectors.combined`)
+            expensive ones (:mod:`ddpm_ood.detectors.combined`)
 ==========  ==============================================================  ====================
 
-Every detector has the contract of :class:`src.detectors.base.Detector`: measure each image,
+Every detector has the contract of :class:`ddpm_ood.detectors.base.Detector`: measure each image,
 fit on in-distribution images that are not test images, score. ``reconstruct.py --detectors``
 measures them (each in the results folder its class names), ``ood_detection.py`` finds, fits and
 scores every one that has results. The scripts hold no detector names: a new detector is one
-module with a :class:`~src.detectors.base.Detector` subclass, one entry in ``DETECTORS`` below
+module with a :class:`~ddpm_ood.detectors.base.Detector` subclass, one entry in ``DETECTORS`` below
 (with its command-line knobs) and its test.
 
 This module imports nothing heavy: the scripts' parsers (and ``--help``) read it.

@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ddpm_ood.diffusion import ModelFn
-from ddpm_ood.reconstruction import NOISE, image_keys, to_model
+from ddpm_ood.diffusion.ddpm import ModelFn
+from ddpm_ood.diffusion.reconstruction import NOISE, image_keys, to_model
 
 
 class Scored(NamedTuple):
@@ -66,7 +66,7 @@ class Detector(ABC):
     @classmethod
     @abstractmethod
     def from_args(cls, args, model) -> "Detector":
-        """The detector reconstruct.py's flags ask for, for a loaded model (src.inference.LoadedModel)."""
+        """The detector reconstruct.py's flags ask for, for a loaded model (ddpm_ood.models.loading.LoadedModel)."""
         raise NotImplementedError
 
     @abstractmethod
@@ -103,7 +103,7 @@ class Detector(ABC):
     def measure(self, model, images: torch.Tensor, filenames: Sequence[str], split_type: str, batch_size: int,
                 seed: int, progress: bool | Callable[[int], object] = True, index_offset: int = 0) -> pd.DataFrame:
         """The results rows of ``images`` in [0, 1] (image ``index_offset + i`` of its split at row i),
-        with ``model`` (src.inference.LoadedModel: its model function, schedule, device and data range)."""
+        with ``model`` (ddpm_ood.models.loading.LoadedModel: its model function, schedule, device and data range)."""
         raise NotImplementedError
 
     def prepare(self, device, lpips_weights: str | Path | None = None) -> None:
@@ -119,7 +119,7 @@ class Detector(ABC):
         raise NotImplementedError
 
     def for_scoring(self, frames: dict[str, pd.DataFrame], paths: dict[str, Path], options) -> tuple["Detector", dict]:
-        """The detector and frames to score with under ``options`` (src.evaluation.Options)."""
+        """The detector and frames to score with under ``options`` (ddpm_ood.evaluation.scores.Options)."""
         return self, frames
 
     @abstractmethod
@@ -148,7 +148,7 @@ class Detector(ABC):
 class CombinationRule(Protocol):
     """The contract of an entry of ``COMBINATIONS`` (scored from measured detectors, never measured):
     ``name`` (its fit file's name), ``score_names``, and three pure functions of the members' main
-    scores. :mod:`ddpm_ood.evaluation` aligns the members' scores per set and calls them."""
+    scores. :mod:`ddpm_ood.evaluation.scores` aligns the members' scores per set and calls them."""
 
     name: str
     score_names: tuple[str, ...]
@@ -177,7 +177,7 @@ class FeatureDetector(Detector):
     def __init__(self, n_levels: int = 10, num_timesteps: int = 1000, timesteps: Sequence[int] | None = None,
                  noise: str = NOISE):
         """``n_levels`` timesteps spread over the model's ``num_timesteps``, or ``timesteps`` as recorded;
-        ``noise``: how any noise a detector draws is seeded (:func:`ddpm_ood.reconstruction.image_keys`)."""
+        ``noise``: how any noise a detector draws is seeded (:func:`ddpm_ood.diffusion.reconstruction.image_keys`)."""
         # one UNet call per image at each
         self.timesteps = even_timesteps(num_timesteps, n_levels) if timesteps is None else checked_timesteps(timesteps)
         self.noise = noise
@@ -188,7 +188,7 @@ class FeatureDetector(Detector):
         try:
             return cls(count, steps)
         except ValueError as err:
-            from ddpm_ood.errors import DataError
+            from ddpm_ood.utils.errors import DataError
 
             raise DataError(f"--{cls.knob} {count}: {err} (the model has {steps} timesteps).") from None
 
@@ -203,7 +203,7 @@ class FeatureDetector(Detector):
         try:
             return cls(timesteps=settings[f"{cls.name}_t"], noise=settings.get("noise", NOISE))
         except (KeyError, TypeError, ValueError) as err:
-            from ddpm_ood.errors import ScoringError
+            from ddpm_ood.utils.errors import ScoringError
 
             raise ScoringError(f"{cls.name}: the recorded settings {settings.get(f'{cls.name}_t')!r} are not its "
                                f"timesteps ({err}); re-run reconstruct.py with --restart for it.") from None
@@ -217,7 +217,7 @@ class FeatureDetector(Detector):
                                 space=model.space)
 
     def read(self, path: Path) -> pd.DataFrame:
-        from ddpm_ood.results import read_feature_results
+        from ddpm_ood.runs.results import read_feature_results
 
         return read_feature_results(path, self.columns())
 
@@ -254,7 +254,7 @@ def even_timesteps(num_timesteps: int, count: int) -> list[int]:
 def checked_draws(draws, name: str) -> int:
     """--noise_draws: a positive integer."""
     if not (isinstance(draws, int) and not isinstance(draws, bool) and draws >= 1):
-        from ddpm_ood.errors import DataError
+        from ddpm_ood.utils.errors import DataError
 
         raise DataError(f"{name}: noise_draws = {draws!r} must be a positive integer.")
     return draws
@@ -290,7 +290,7 @@ def measure_features(detector: FeatureDetector, model: ModelFn, schedule, images
     """One row per image: filename, image_index, type and the detector's feature columns.
 
     ``images[i]`` is image ``index_offset + i`` of its split; any noise comes from its pixels, as in
-    :func:`src.reconstruction.measure_split`; the features see it in the model's ``space``.
+    :func:`ddpm_ood.diffusion.reconstruction.measure_split`; the features see it in the model's ``space``.
     """
     bar = tqdm(total=len(images), desc=f"{detector.name} {split_type}", unit="img", leave=False) if progress is True else None
     advance = bar.update if bar is not None else progress if callable(progress) else lambda n: None

@@ -1,7 +1,7 @@
 """Combinations of detectors: do they complement each other?
 
 Each member's main score is z-scored with its mean and std (ddof = 1, the one z-score of
-:mod:`src.scoring`) on the validation images, and a combination is their sum: ``combo`` over
+:mod:`ddpm_ood.metrics.scoring`) on the validation images, and a combination is their sum: ``combo`` over
 every detector measured, ``combo-cheap`` over all but the expensive ones (the paper's
 reconstruction score; the others cost ~10 UNet calls each). No further fit; a combination costs
 what its members cost.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ddpm_ood.scoring import ZScore
+from ddpm_ood.metrics.scoring import ZScore
 
 
 class Combination:

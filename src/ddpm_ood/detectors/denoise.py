@@ -8,7 +8,7 @@ measure the training loss of that one sample:
 
 one UNet call per t (all L in one batch). Score ``denoise``: as the paper does with its
 reconstruction errors, each t is z-scored with the fit set's mean and std (ddof = 1, the one
-z-score of src.scoring) and the score is the mean over t.
+z-score of ddpm_ood.metrics.scoring) and the score is the mean over t.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep, checked_draws, draws_setting
-from ddpm_ood.reconstruction import NOISE
-from ddpm_ood.scoring import ZScore
+from ddpm_ood.diffusion.reconstruction import NOISE
+from ddpm_ood.metrics.scoring import ZScore
 
 
 class DenoiseDetector(FeatureDetector):
@@ -53,7 +53,7 @@ class DenoiseDetector(FeatureDetector):
 
     @torch.no_grad()
     def features(self, model, schedule, x0, image_keys, seed):
-        from ddpm_ood.reconstruction import start_noise
+        from ddpm_ood.diffusion.reconstruction import start_noise
 
         n_levels, batch = len(self.timesteps), x0.shape[0]
         x, t = at_every_timestep(x0, self.timesteps)

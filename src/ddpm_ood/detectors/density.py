@@ -21,7 +21,7 @@ from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ddpm_ood.errors import ScoringError
+from ddpm_ood.utils.errors import ScoringError
 
 MIN_FIT_IMAGES = 10  # fewer cannot be cross-validated in 5 folds of two or more
 GMM_COMPONENTS = (1, 2, 4, 8, 16)

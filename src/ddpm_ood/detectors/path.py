@@ -37,7 +37,7 @@ import torch
 
 from ddpm_ood.detectors.base import FeatureDetector, ModelFn
 from ddpm_ood.detectors.density import density_from_state, density_state, fit_gmm, fit_kde, ood_score
-from ddpm_ood.reconstruction import NOISE
+from ddpm_ood.diffusion.reconstruction import NOISE
 
 STATISTICS = ("eps_sum", "eps_sum_sq", "eps_sum_cb", "deps_dt", "deps_dt_sq", "deps_dt_cb")
 

@@ -1,7 +1,7 @@
 """The paper's detector (Graham et al. 2023): reconstruction errors from several start points.
 
 Each image is noised to every start point t, reconstructed with PLMS down to t = 0
-(:mod:`src.reconstruction`), and compared with its input by MSE and LPIPS. Per t, each metric
+(:mod:`ddpm_ood.diffusion.reconstruction`), and compared with its input by MSE and LPIPS. Per t, each metric
 is z-scored with the validation set's mean and std; a score is the mean over t of the sum of
 its metrics' z-scores. Its results are ``ood/results_<set>.csv``, one row per (image, t): the
 paper's file names.
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from ddpm_ood.detectors.base import Detector, Scored, checked_draws, checked_timesteps, draws_setting
-from ddpm_ood.errors import DataError, ScoringError
-from ddpm_ood.reconstruction import NOISE
-from ddpm_ood.results import REDO, csv_line, first_bad, image_key, read_results_csv
-from ddpm_ood.scoring import ZScore, select_start_t, show_value
+from ddpm_ood.utils.errors import DataError, ScoringError
+from ddpm_ood.diffusion.reconstruction import NOISE
+from ddpm_ood.runs.results import REDO, csv_line, first_bad, image_key, read_results_csv
+from ddpm_ood.metrics.scoring import ZScore, select_start_t, show_value
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -87,7 +87,7 @@ class ReconDetector(Detector):
 
     @classmethod
     def from_args(cls, args, model) -> "ReconDetector":
-        from ddpm_ood.diffusion import PLMSSampler
+        from ddpm_ood.diffusion.ddpm import PLMSSampler
 
         metrics = parse_metrics(args.metrics)
         sampler = PLMSSampler(model.schedule)
@@ -121,7 +121,7 @@ class ReconDetector(Detector):
 
     def bind(self, schedule) -> None:
         """The PLMS grid of ``schedule`` for these settings (start points must be grid points)."""
-        from ddpm_ood.diffusion import PLMSSampler
+        from ddpm_ood.diffusion.ddpm import PLMSSampler
 
         if self._sampler is None or self._sampler.schedule is not schedule:
             sampler = PLMSSampler(schedule)
@@ -135,7 +135,7 @@ class ReconDetector(Detector):
 
     def load_lpips(self, device, weights: Path | None = None) -> None:
         if "lpips" in self.metrics:
-            from ddpm_ood.metrics import LPIPSMetric
+            from ddpm_ood.metrics.distances import LPIPSMetric
 
             self.lpips = LPIPSMetric(weights, pad=self.lpips_pad).to(device)
 
@@ -164,7 +164,7 @@ class ReconDetector(Detector):
     # --- measuring ---------------------------------------------------------------------------
 
     def measure(self, model, images, filenames, split_type, batch_size, seed, progress=True, index_offset=0):
-        from ddpm_ood.reconstruction import measure_split
+        from ddpm_ood.diffusion.reconstruction import measure_split
 
         self.bind(model.schedule)
         return measure_split(model.model_fn, model.schedule, self._sampler, images, filenames, split_type,
@@ -174,7 +174,7 @@ class ReconDetector(Detector):
 
     def examples(self, model, images, seed) -> dict:
         """The first images and their reconstructions from every start point, as the results were made."""
-        from ddpm_ood.reconstruction import reconstruction_examples
+        from ddpm_ood.diffusion.reconstruction import reconstruction_examples
 
         self.bind(model.schedule)
         return reconstruction_examples(model.model_fn, model.schedule, self._sampler, images, self.start_indices,

@@ -1,0 +1,121 @@
+"""Figures of a scored run, as PNG files (matplotlib's non-interactive Agg backend).
+
+- ``roc.png``: the ROC curve of every OOD set on one plot (OOD is the positive class);
+- ``histograms.png``: the score distribution of the in-distribution test set against each
+  OOD set, one panel each;
+- ``auroc_per_t.png``: the AUROC of each OOD set when only one start point t is used (the
+  paper's central question: which noise levels carry the signal).
+
+Every file is written atomically, like every other artefact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_ood.utils.files import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def roc_figure(in_scores: np.ndarray, ood_scores: dict[str, np.ndarray], path: Path, title: str) -> None:
+    from sklearn.metrics import roc_curve
+
+    from ddpm_ood.metrics.scoring import auroc
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    for name, scores in ood_scores.items():
+        labels = np.r_[np.zeros(len(in_scores)), np.ones(len(scores))]
+        values = np.r_[in_scores, scores]
+        fpr, tpr, _ = roc_curve(labels, values)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * auroc(in_scores, scores):.1f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set(xlabel="false positive rate (in-distribution flagged as OOD)",
+           ylabel="true positive rate (OOD flagged as OOD)", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def histogram_figure(in_scores: np.ndarray, ood_scores: dict[str, np.ndarray], path: Path, title: str) -> None:
+    plt = _pyplot()
+    n = len(ood_scores)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for ax, (name, scores) in zip(axes[0], ood_scores.items()):
+        bins = np.histogram_bin_edges(np.r_[in_scores, scores], bins=30)
+        ax.hist(in_scores, bins=bins, alpha=0.6, density=True, label="in-distribution test")
+        ax.hist(scores, bins=bins, alpha=0.6, density=True, label=name)
+        ax.set(xlabel="OOD score (higher = more OOD)", ylabel="density", title=name)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, y=1.04)
+    _save(fig, path)
+
+
+def auroc_per_t_figure(per_t: dict[str, dict[int, float]], path: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, values in per_t.items():
+        ts = sorted(values)
+        ax.plot(ts, [100 * values[t] for t in ts], marker="o", label=name)
+    ax.axhline(50, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="start point t of the reconstruction", ylabel="AUROC (%) from this t alone", title=title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def examples_figure(examples: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """A grid: one row per image, its input, then its reconstruction from each start point t."""
+    plt = _pyplot()
+    inputs, recons, ts = examples["inputs"], examples["reconstructions"], examples["t"]
+    n, k = recons.shape[:2]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.1 * (k + 1), 1.1 * n + 0.5), squeeze=False)
+    for row in range(n):
+        for col in range(k + 1):
+            image = inputs[row] if col == 0 else recons[row, col - 1]  # (C, H, W) in [0, 1], or a volume
+            if image.ndim == 4:  # (C, D, H, W): its middle slice
+                image = image[:, image.shape[1] // 2]
+            ax = axes[row, col]
+            if image.shape[0] == 1:
+                ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title("input" if col == 0 else f"t = {int(ts[col - 1])}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def maps_figure(inputs: np.ndarray, maps: np.ndarray, path: Path, title: str, vmax: float = 5.0) -> None:
+    """One column per image: the input (gray; mid-slice of a volume) and, under it, its anomaly map
+    (z, clipped to [0, vmax]) drawn over it."""
+    plt = _pyplot()
+    n = len(inputs)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for i in range(n):
+        image, heat = inputs[i], maps[i]
+        if image.ndim == 4:  # (C, D, H, W): the middle slice, as the map's
+            image, heat = image[:, image.shape[1] // 2], heat[heat.shape[0] // 2]
+        gray = image.mean(axis=0)
+        axes[0, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
+        shown = axes[1, i].imshow(np.clip(heat, 0, vmax), cmap="inferno", vmin=0, vmax=vmax, alpha=0.6)
+        for ax in axes[:, i]:
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="z")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)

@@ -1,0 +1,381 @@
+"""The model boundary: where a model's files become the one object every detector calls.
+
+A :class:`ModelSource` names where a model comes from; each kind is a class, registered in
+``SOURCES`` by its ``kind``: :class:`RunModel` (a model file or checkpoint of ``train.py``) and
+:class:`DiffusersModel` (a diffusers folder or hub id). A new kind (a MONAI bundle, a latent
+model) is one subclass with a ``load()`` that returns a :class:`Network`, and one entry there.
+
+:func:`load_model` turns a source into a :class:`LoadedModel`, which states:
+
+- its **identity** (:func:`model_identity`): one digest over the weights' *values* as the network
+  holds them (not the file's bytes or format), the network's config, the schedule's
+  ``alphas_cumprod``, the prediction type, the image space and the model space. Every results
+  manifest and fit records it, and results of two identities are never scored together;
+- its **image space** (:class:`ImageSpace`: the (C, H, W) images it takes, in [0, 1]) and its
+  **model space** (what the network sees), with ``encode``/``decode`` between them
+  (:class:`PixelSpace`: an affine map of the pixel range; a first stage would encode to latents);
+- its **eps function** ``model_fn(x, t) -> eps`` in model space: autocast to the chosen
+  precision, optional channels_last and torch.compile, float32 output, and large calls split
+  into chunks on a CPU.
+
+``reconstruct.py``, the Python API and the benchmarks load models through it; training's
+TensorBoard previews wrap the model being trained with :func:`model_function`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ddpm_ood.diffusion.ddpm import DDPMSchedule, ModelFn
+from ddpm_ood.models.spaces import (IMAGE_RANGE, DataRange, ImageSpace, Network, PixelSpace, identity_differences,  # noqa: F401
+                               identity_parts, model_identity)
+from ddpm_ood.utils.errors import CheckpointError, ConfigError
+from ddpm_ood.utils.runtime import autocast, resolve_precision
+from ddpm_ood.models.unet import compile_unet
+
+DEFAULT_BATCH_SIZE = 64  # images per batch of reconstruct.py and of the Python API
+
+
+def unet_caller(model: torch.nn.Module, device: torch.device, precision: str = "fp32", channels_last: bool = False,
+                compile_model: bool = False) -> ModelFn:
+    """``model`` as the sampler calls it: autocast to ``precision``, optional channels_last and
+    torch.compile, float32 output."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = compile_unet(model) if compile_model else model
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            return net(x.contiguous(memory_format=memory_format), t).float()
+
+    return call
+
+
+def default_model_batch(batch_size: int, device: torch.device) -> int:
+    """Largest UNet call: the batch size on CPU (large calls outgrow the caches), no limit (0) on GPU."""
+    return batch_size if device.type == "cpu" else 0
+
+
+def in_chunks(model: ModelFn, max_batch: int | None) -> ModelFn:
+    """Call ``model`` on at most ``max_batch`` images at a time (None or 0: no limit).
+
+    On a CPU, per-image UNet throughput falls once a batch outgrows the caches, so the fused
+    loop's large calls are split; on a GPU large calls are what make it fast.
+    """
+    if not max_batch:
+        return model
+
+    def chunked(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= max_batch:
+            return model(x, t)
+        return torch.cat([model(xc, tc) for xc, tc in zip(x.split(max_batch), t.split(max_batch))])
+
+    return chunked
+
+
+def model_function(model: torch.nn.Module, device: torch.device, precision: str = "fp32", channels_last: bool = False,
+                   compile_model: bool = False, max_batch: int | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> ModelFn:
+    """A UNet module as ``model_fn(x, t) -> eps``; ``max_batch`` None: the device's default for ``batch_size``."""
+    unet = unet_caller(model, device, precision, channels_last, compile_model)
+    return in_chunks(unet, default_model_batch(batch_size, device) if max_batch is None else max_batch)
+
+
+# --- model sources --------------------------------------------------------------------------------
+
+class ModelSource:
+    """Where a model comes from. Subclasses set ``kind`` and ``load()``; ``SOURCES`` registers them."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, location: str | Path):
+        self.location = str(location)
+
+    def load(self) -> Network:
+        raise NotImplementedError
+
+    @staticmethod
+    def of(kind: str, location: str | Path) -> "ModelSource":
+        try:
+            return SOURCES[kind](location)
+        except KeyError:
+            raise ConfigError(f"Unknown model source {kind!r}; known: {', '.join(SOURCES)}.") from None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ModelSource) and (self.kind, self.location) == (other.kind, other.location)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.location))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r})"
+
+    def __str__(self) -> str:
+        return self.location
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, run_dir: Path | None = None) -> "ModelSource":
+        """The model that made results with this manifest. A run's own model file is recorded relative
+        to the run and looked for there only (a moved or copied run uses its own file, never the
+        original's); a file outside the run is where it was recorded. The caller compares the loaded
+        model's identity with the manifest's."""
+        kind = manifest.get("model_source") or ("diffusers" if manifest.get("pretrained") else "run")
+        if kind != "run":
+            location = manifest.get("pretrained") or manifest["model_file"]
+            if Path(location).is_absolute() and not Path(location).exists():  # a folder (a hub id is relative)
+                raise CheckpointError(f"The pretrained model {location} that made these results is gone (moved?).")
+            return cls.of(kind, location)
+        recorded = Path(manifest["model_file"])
+        if run_dir is not None and not recorded.is_absolute():
+            path = Path(run_dir) / recorded
+        elif run_dir is not None and (Path(run_dir) / recorded.name).is_file() and "model_id" not in manifest:
+            path = Path(run_dir) / recorded.name  # an older manifest: the run's own file of that name
+        else:
+            path = recorded
+        if not path.is_file():
+            raise CheckpointError(f"The model file {path} that made these results is gone; re-run reconstruct.py and "
+                                  "ood_detection.py with the run's model.")
+        return RunModel(path)
+
+    @classmethod
+    def choose(cls, run, eval_checkpoint: str | None = None, pretrained: str | None = None) -> "ModelSource":
+        """reconstruct.py's model: --pretrained, or the run's model file (--eval_checkpoint or the best one)."""
+        if pretrained is not None:
+            if eval_checkpoint:
+                raise ConfigError("--pretrained and --eval_checkpoint name two models; pass one of them.")
+            return pretrained_source(pretrained)
+        return RunModel(run.find_model_file(eval_checkpoint))
+
+
+class RunModel(ModelSource):
+    """A model file (``best_model.pth``, ``final_model.pth``) or training checkpoint of train.py:
+    the network config and the schedule are stored inside it."""
+
+    kind = "run"
+
+    def load(self) -> Network:
+        from ddpm_ood.models.model_file import load_model
+
+        path = Path(self.location)
+        module, schedule, config, info = load_model(path, torch.device("cpu"))
+        unet = config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
+        shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
+        image_space, space = ImageSpace(int(unet.get("in_channels", 1)), shape), IMAGE_RANGE
+        if info.get("first_stage"):  # a latent model: its first stage is kept inside its file
+            from ddpm_ood.models.first_stage import LatentSpace
+
+            space = LatentSpace.from_record(info["first_stage"], str(path))
+            image_space = ImageSpace(space.image_shape[0], space.image_shape)
+            info["first_stage"] = {k: v for k, v in info["first_stage"].items() if k != "model"}
+        stat = path.stat()
+        files = {"model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
+                 "model_file_mtime_ns": stat.st_mtime_ns}
+        return Network(module, schedule, image_space, space, "epsilon", dict(unet), {**info, "config": config}, files,
+                       str(path))
+
+
+class DiffusersModel(ModelSource):
+    """A diffusers ``UNet2DModel`` and its scheduler config: a local folder or a hub id."""
+
+    kind = "diffusers"
+
+    def __str__(self) -> str:
+        return f"pretrained {self.location}"
+
+    def load(self) -> Network:
+        from ddpm_ood.models.diffusers_models import load_pretrained
+
+        return load_pretrained(self.location).network()
+
+
+class MonaiBundle(ModelSource):
+    """A MONAI model-zoo bundle folder of a diffusion model (``configs/*.json``, ``models/*.pt``), with
+    its autoencoder when it has one (:mod:`ddpm_ood.models.monai_models`)."""
+
+    kind = "monai-bundle"
+
+    def __str__(self) -> str:
+        return f"MONAI bundle {self.location}"
+
+    def load(self) -> Network:
+        from ddpm_ood.models.monai_models import load_bundle
+
+        return load_bundle(self.location)
+
+
+class DdpmOodRun(ModelSource):
+    """A run folder of ddpm-ood's later code: ``checkpoint.pth`` and its arguments, ``args.json``."""
+
+    kind = "ddpm-ood"
+
+    def __str__(self) -> str:
+        return f"ddpm-ood run {self.location}"
+
+    def load(self) -> Network:
+        from ddpm_ood.models.monai_models import load_ddpm_ood
+
+        return load_ddpm_ood(self.location)
+
+
+SOURCES: dict[str, type[ModelSource]] = {source.kind: source for source in (RunModel, DiffusersModel, MonaiBundle,
+                                                                            DdpmOodRun)}
+
+
+def pretrained_source(location: str) -> ModelSource:
+    """--pretrained's source, by what the folder holds: a MONAI bundle (configs/ and models/), a ddpm-ood
+    run (args.json and checkpoint.pth), else a diffusers folder or hub id."""
+    path = Path(location).expanduser()
+    if (path / "configs").is_dir() and (path / "models").is_dir():
+        return MonaiBundle(path)
+    if (path / "args.json").is_file() and (path / "checkpoint.pth").is_file():
+        return DdpmOodRun(path)
+    return DiffusersModel(location)
+
+
+# --- the loaded model -----------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A model ready to score with, and the facts about it the pipeline checks and records."""
+
+    model_fn: ModelFn  # (x, t) -> eps, x in model space
+    schedule: DDPMSchedule
+    image_space: ImageSpace
+    space: PixelSpace  # image <-> model space
+    source: ModelSource
+    info: dict  # a model file's other entries (epoch, val_loss, config, ...)
+    device: torch.device
+    precision: str  # resolved: fp32, bf16 or fp16
+    identity: str  # model_identity(parts)
+    parts: dict  # identity_parts
+    files: dict  # where its files were (recorded, never compared)
+
+    @property
+    def config(self) -> dict:
+        return self.info.get("config", {})
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        return self.image_space.shape
+
+    @property
+    def channels(self) -> int:
+        return self.image_space.channels
+
+    @property
+    def data_range(self) -> PixelSpace:
+        return self.space
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return len(self.image_space.shape) - 1 if self.image_space.shape is not None else 2
+
+    def check_run(self, spatial_dimension: int | None, sets) -> None:
+        """reconstruct.py's checks before any work: its --spatial_dimension, and no test set that is the
+        split the first stage was trained on."""
+        self.check_spatial_dimension(spatial_dimension)
+        self.refuse_test_splits(sets)
+
+    def check_spatial_dimension(self, flag: int | None) -> None:
+        """--spatial_dimension, if given, must be the model's."""
+        if flag not in (None, self.spatial_dims):
+            raise ConfigError(f"--spatial_dimension {flag}, but the model {self.source} is {self.spatial_dims}D: leave "
+                              "the flag out (the model's is used).")
+
+    def first_stage_training(self) -> dict:
+        """The first stage's training split record (train_config.data_record); {} for a pixel model."""
+        return ((self.info.get("first_stage") or {}).get("data") or {}).get("training") or {}
+
+    def refuse_test_splits(self, sets) -> None:
+        """Before any work: a test set (in-distribution test or OOD; not "val" or "fit") that is the very
+        split file the first stage was trained on is refused (the same images under another file name
+        are refused when their pixels are read: :meth:`refuse_memorised`)."""
+        from ddpm_ood.utils.errors import DataError
+
+        trained = Path(self.first_stage_training().get("split") or "")
+        for name, path, _ in sets:
+            if name not in ("val", "fit") and trained.is_file() and Path(path).exists() and \
+                    Path(path).resolve() == trained.resolve():
+                raise DataError(f"The test set {path} is the split the model's first stage was trained on: its scores "
+                                "would measure memorised images. Score held-out images, or train the first stage "
+                                "(train_vqvae.py) on the training split.")
+
+    def refuse_memorised(self, name: str, path, images_sha256: str) -> None:
+        """A test set holding exactly the images the first stage was trained on is refused."""
+        from ddpm_ood.utils.errors import DataError
+
+        record = self.first_stage_training()
+        if name not in ("val", "fit") and record.get("images_sha256") == images_sha256:
+            raise DataError(f"The test set {path} holds exactly the images its first stage was trained on "
+                            f"({record.get('split')}): its scores would measure memorised images. Score held-out "
+                            "images, or train the first stage on the training split.")
+
+    def manifest(self, run_dir: Path | None = None) -> dict:
+        """The model group of every results manifest: the identity (compared), its parts and where the
+        files were (recorded). A model file inside ``run_dir`` is recorded relative to it."""
+        files = dict(self.files)
+        if run_dir is not None and "model_file" in files and self.source.kind == "run":
+            path = Path(files["model_file"])
+            if path.parent == Path(run_dir).resolve():
+                files["model_file"] = path.name
+        return {"model_id": self.identity, "model_parts": self.parts, "model_source": self.source.kind, **files}
+
+    def differs_from(self, manifest: dict) -> str | None:
+        """None if ``manifest`` (of results, or a fit) was made with this model; else what differs, in words."""
+        if "model_id" not in manifest:  # written before identities: compare the file's bytes, as then
+            from ddpm_ood.utils.files import file_sha256
+
+            same = "model_file" in self.files and manifest.get("model_sha256") == file_sha256(self.files["model_file"])
+            return None if same else "model file (SHA-256)"
+        if manifest["model_id"] == self.identity:
+            return None
+        return identity_differences(manifest.get("model_parts"), self.parts)
+
+    def describe(self) -> str:
+        if self.source.kind == "run":
+            return f"model {self.source} (epoch {self.info.get('epoch')}); the config stored in it is used"
+        return f"{self.source}: {self.files.get('model_file')}, images {self.image_space.describe()} in " \
+               f"[{self.space.low}, {self.space.high}]"
+
+    def is_grayscale(self, flag: int | None) -> bool:
+        """--is_grayscale, checked against the model's channels (None: the model's)."""
+        if flag is None:
+            return self.channels == 1
+        if self.channels != (1 if flag else 3):
+            raise ConfigError(f"The model {self.source} takes {self.channels}-channel images, but --is_grayscale="
+                              f"{int(bool(flag))} means {1 if flag else 3}-channel ones; fix --is_grayscale (or leave it "
+                              "out: the model's channels are used).")
+        return bool(flag)
+
+    def check_images(self, image_set, split) -> None:
+        """Images of another size or channel count than the model's are refused, naming the file."""
+        from ddpm_ood.data.loading import check_image_shape
+
+        check_image_shape(image_set, self.image_space.shape, f"the model {self.source}", split)
+
+
+def load_model(source: ModelSource | str | Path, device: torch.device | str = "cpu", precision: str = "fp32",
+               channels_last: bool = False, compile_model: bool = False, max_batch: int | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> LoadedModel:
+    """The model of ``source`` (a :class:`ModelSource`, or a path: a model file of train.py), as the
+    model function every detector calls, with its identity and spaces."""
+    if not isinstance(source, ModelSource):
+        source = RunModel(source)
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    network = source.load()
+    parts = identity_parts(network)
+    source = type(source)(network.location or source.location)
+    if hasattr(network.space, "to"):  # a first stage runs where the DDPM does
+        network.space.to(device)
+    model_fn = model_function(network.module.to(device).eval(), device, precision, channels_last, compile_model,
+                              max_batch, batch_size)
+    return LoadedModel(model_fn, network.schedule, network.image_space, network.space, source, network.info, device,
+                       precision, model_identity(parts), parts, network.files)
+
+
+load_model_fn = load_model  # the older name

@@ -1,0 +1,263 @@
+"""MONAI diffusion models as model sources: a MONAI model-zoo bundle folder, and a run of ddpm-ood's
+later (MONAI-based) code, each alone or with its autoencoder (``AutoencoderKL`` or ``VQVAE``) as the
+first stage.
+
+- **A bundle** (``MonaiBundle``): ``configs/*.json`` (read in name order, ``inference.json`` last,
+  so it wins) with ``network_def`` (a ``DiffusionModelUNet``), ``noise_scheduler`` (or
+  ``scheduler``: a ``DDPMScheduler`` or ``DDIMScheduler``), optionally ``autoencoder_def`` and
+  ``scale_factor``; weights in ``models/model.pt`` and ``models/model_autoencoder.pt``. References
+  (``"@spatial_dims"``) are resolved; a Python expression (``"$..."``) inside what we build is
+  refused (a bundle's expressions are code; this loader runs none). ``generative.networks.*``
+  targets (MONAI Generative, before it moved into MONAI) map to ``monai.networks.*``, with
+  ``num_channels`` read as ``channels``.
+- **A ddpm-ood run** (``DdpmOodRun``): ``checkpoint.pth`` (``model_state_dict``) and the arguments
+  its ``train_ddpm.py`` ran with, as ``args.json`` (``json.dump(vars(args))``): ``model_type``
+  (small or big, as ddpm-ood builds them), ``spatial_dimension``, ``is_grayscale``,
+  ``prediction_type``, ``beta_schedule`` / ``beta_start`` / ``beta_end`` and, for a latent model,
+  ``vqvae_checkpoint`` (its ``checkpoint.pth`` with ``vqvae_config.json`` beside it, ddpm-ood's
+  layout) and ``latent_pad``.
+
+The schedule is MONAI's own scheduler's ``alphas_cumprod``; the UNet's output is converted to eps as
+for diffusers models (:class:`ddpm_ood.models.diffusers_models.PredictionEps`). Weights are read with
+``torch.load(weights_only=True)``: no pickled code runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ddpm_ood.models.spaces import IMAGE_RANGE, ImageSpace, Network
+from ddpm_ood.diffusion.ddpm import DDPMSchedule
+from ddpm_ood.utils.errors import CheckpointError, ConfigError
+from ddpm_ood.models.diffusers_models import PREDICTIONS, PredictionEps
+
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+NETWORKS = ("DiffusionModelUNet", "AutoencoderKL", "VQVAE")
+# ddpm-ood's two UNets (src/trainers/base.py of its later versions), by --model_type.
+DDPM_OOD_UNETS = {
+    "small": {"channels": [128, 256, 256], "attention_levels": [False, False, True], "num_res_blocks": 1,
+              "num_head_channels": 256},
+    "big": {"channels": [256, 512, 768], "attention_levels": [True, True, True], "num_res_blocks": 2,
+            "num_head_channels": 256},
+}
+DDPM_OOD_SCHEDULES = {"linear": "linear_beta", "scaled_linear": "scaled_linear_beta"}
+
+
+class MonaiEps(PredictionEps):
+    """A MONAI ``DiffusionModelUNet`` as eps(x, t)."""
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, timesteps=t)
+
+
+def read_weights(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: the {what}'s weights are needed.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickle that wants to run code, a truncated file, ...
+        raise CheckpointError(f"Cannot load {path} ({type(err).__name__}: {str(err)[:200]}); it must be a plain state "
+                              "dict (nothing in it was run).") from None
+    for key in ("model_state_dict", "state_dict", "model"):  # a checkpoint holding the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    return state
+
+
+def build(target: str, args: dict, where: str) -> torch.nn.Module:
+    """``monai.networks.nets.<name>`` of a bundle's ``_target_`` (``generative.networks.nets.<name>`` too)."""
+    import inspect
+
+    from monai.networks import nets
+
+    name = str(target).rsplit(".", 1)[-1]
+    if name not in NETWORKS:
+        raise ConfigError(f"{where}: _target_ {target!r} is not one of MONAI's {', '.join(NETWORKS)}.")
+    cls = getattr(nets, name)
+    args = dict(args)
+    if "num_channels" in args and "channels" in inspect.signature(cls).parameters:
+        args["channels"] = args.pop("num_channels")  # MONAI Generative's name
+    try:
+        return cls(**args)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ConfigError(f"{where}: cannot build {name} from {sorted(args)} ({err}).") from None
+
+
+def load_into(module: torch.nn.Module, state: dict, path: Path) -> torch.nn.Module:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path} does not match the network its config describes ({str(err)[:300]}).") from None
+    return module.eval().requires_grad_(False)
+
+
+def monai_schedule(config: dict, where: str) -> tuple[DDPMSchedule, str]:
+    """The schedule and prediction type, as MONAI's own DDPMScheduler computes ``alphas_cumprod``."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    name = str(config.get("_target_", "DDPMScheduler")).rsplit(".", 1)[-1]
+    if name not in SCHEDULERS:
+        raise ConfigError(f"{where}: the scheduler {name!r} is not a DDPM-family one ({', '.join(SCHEDULERS)}); the "
+                          "method needs a model trained with a beta schedule.")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise ConfigError(f"{where}: prediction_type = {prediction!r}; choose from {PREDICTIONS}.")
+    args = {k: v for k, v in config.items() if not k.startswith("_") and k in
+            ("num_train_timesteps", "schedule", "beta_start", "beta_end", "sig_range", "s")}
+    try:
+        scheduler = DDPMScheduler(**args)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"{where}: MONAI's DDPMScheduler refuses {args} ({err}).") from None
+    return DDPMSchedule.from_alphas_cumprod(scheduler.alphas_cumprod.double().numpy()), prediction
+
+
+def latent_image_shape(autoencoder_kind: str, args: dict, latent_shape) -> tuple[int, ...]:
+    """The images an autoencoder decodes ``latent_shape`` (C, *spatial) to."""
+    levels = len(args.get("channels", args.get("num_channels", [0])))
+    factor = 2 ** (levels - 1) if autoencoder_kind == "autoencoderkl" else 2 ** levels
+    return (int(args.get("out_channels", args.get("in_channels", 1))), *(int(d) * factor for d in latent_shape[1:]))
+
+
+def network_of(unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, image_space: ImageSpace, space,
+               config: dict, files: dict, location: str) -> Network:
+    return Network(MonaiEps(unet, schedule, prediction, int(config.get("in_channels", 1))), schedule, image_space,
+                   space, prediction, config, {"config": config}, files, location)
+
+
+def file_facts(path: Path, location: Path) -> dict:
+    stat = path.stat()
+    return {"pretrained": str(location), "model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
+            "model_file_mtime_ns": stat.st_mtime_ns}
+
+
+# --- a model-zoo bundle ----------------------------------------------------------------------------
+
+def read_bundle(folder: Path) -> dict:
+    configs = sorted((folder / "configs").glob("*.json"), key=lambda p: (p.name == "inference.json", p.name))
+    merged: dict = {}
+    for path in configs:
+        if path.name in ("metadata.json",):
+            continue
+        try:
+            merged.update(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Cannot read the bundle config {path} ({err}).") from None
+    if "network_def" not in merged:
+        raise ConfigError(f"{folder}: no configs/*.json defines network_def (the diffusion UNet); is it a MONAI "
+                          "bundle of a diffusion model?")
+    return merged
+
+
+def resolve(value, config: dict, where: str, depth: int = 0):
+    """A bundle value with its ``@name`` references replaced by their values (``_`` keys dropped)."""
+    if depth > 20:
+        raise ConfigError(f"{where}: references nest too deeply (a cycle?).")
+    if isinstance(value, str) and value.startswith("@"):
+        node = config
+        for part in value[1:].split("::" if "::" in value else "#"):
+            try:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            except (KeyError, IndexError, ValueError):
+                raise ConfigError(f"{where}: the reference {value} names nothing in the bundle's configs.") from None
+        return resolve(node, config, where, depth + 1)
+    if isinstance(value, str) and value.startswith("$"):
+        raise ConfigError(f"{where}: {value[:80]!r} is a Python expression; this loader runs none of a bundle's code: "
+                          "write its value into the config instead.")
+    if isinstance(value, dict):
+        return {k: resolve(v, config, where, depth + 1) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [resolve(v, config, where, depth + 1) for v in value]
+    return value
+
+
+def load_bundle(folder: str | Path) -> Network:
+    from ddpm_ood.models.first_stage import LatentSpace
+
+    folder = Path(folder)
+    config = read_bundle(folder)
+    where = f"{folder}/configs"
+    unet_def = config["network_def"]
+    unet_args = resolve(unet_def, config, f"{where} network_def")
+    unet_path = folder / "models" / "model.pt"
+    unet = load_into(build(unet_def.get("_target_", ""), unet_args, f"{where} network_def"),
+                     read_weights(unet_path, "diffusion UNet"), unet_path)
+    scheduler_def = config.get("noise_scheduler", config.get("scheduler"))
+    if not isinstance(scheduler_def, dict):
+        raise ConfigError(f"{where}: no noise_scheduler (or scheduler) definition: the schedule the model was trained "
+                          "with is needed.")
+    schedule, prediction = monai_schedule({**resolve(scheduler_def, config, f"{where} noise_scheduler"),
+                                           "_target_": scheduler_def.get("_target_", "")}, f"{where} noise_scheduler")
+    channels = int(unet_args.get("in_channels", 1))
+    dims = int(unet_args.get("spatial_dims", 2))
+    space, image_space = IMAGE_RANGE, ImageSpace(channels, None)
+    if "autoencoder_def" in config:
+        ae_def = config["autoencoder_def"]
+        ae_args = resolve(ae_def, config, f"{where} autoencoder_def")
+        ae_path = folder / "models" / "model_autoencoder.pt"
+        kind = "vqvae" if str(ae_def.get("_target_", "")).endswith("VQVAE") else "autoencoderkl"
+        module = load_into(build(ae_def.get("_target_", ""), ae_args, f"{where} autoencoder_def"),
+                           read_weights(ae_path, "autoencoder"), ae_path)
+        latent = resolve(config.get("latent_shape", [channels] + [0] * dims), config, where)
+        shape = latent_image_shape(kind, ae_args, latent) if all(int(d) > 0 for d in latent[1:]) else None
+        scale = float(resolve(config.get("scale_factor", 1.0), config, where))
+        space = LatentSpace(module, kind, {**ae_args, "channels": ae_args.get("channels", ae_args.get("num_channels"))},
+                            shape or (int(ae_args.get("in_channels", 1)),) + (0,) * dims, scale, 0, None, str(ae_path))
+        image_space = ImageSpace(space.image_shape[0], shape)
+    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(unet_path, folder), str(folder))
+
+
+# --- a ddpm-ood run --------------------------------------------------------------------------------
+
+def load_ddpm_ood(folder: str | Path) -> Network:
+    from ddpm_ood.models.first_stage import LatentSpace
+
+    folder = Path(folder)
+    args_path, checkpoint = folder / "args.json", folder / "checkpoint.pth"
+    try:
+        args = json.loads(args_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{args_path}: cannot read ddpm-ood's arguments ({err}); save them with "
+                          "json.dump(vars(args), f) beside checkpoint.pth.") from None
+    where = str(args_path)
+    for flag, plain in (("b_scale", 1), ("simplex_noise", 0)):
+        if args.get(flag, plain) not in (plain, float(plain)):
+            raise ConfigError(f"{where}: {flag} = {args[flag]!r}: only Gaussian noise on unscaled data ({flag} = "
+                              f"{plain}) is the method; this model was trained otherwise.")
+    model_type = args.get("model_type", "small")
+    if model_type not in DDPM_OOD_UNETS:
+        raise ConfigError(f"{where}: model_type = {model_type!r}; ddpm-ood builds 'small' or 'big'.")
+    dims = int(args.get("spatial_dimension", 2))
+    image_channels = 1 if int(args.get("is_grayscale", 0)) else 3
+    size = int(args["image_size"]) if args.get("image_size") else None
+    space, channels = IMAGE_RANGE, image_channels
+    image_space = ImageSpace(image_channels, (image_channels,) + (size,) * dims if size else None)
+    if args.get("vqvae_checkpoint"):
+        vq_path = Path(args["vqvae_checkpoint"])
+        vq_path = vq_path if vq_path.is_absolute() or vq_path.exists() else folder / vq_path
+        config_path = vq_path.parent / "vqvae_config.json"
+        try:
+            vq_args = json.loads(config_path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{where}: the model is latent, but its first stage's config {config_path} cannot be read "
+                              f"({err}); restore the VQ-VAE run (vqvae_config.json and checkpoint.pth).") from None
+        module = load_into(build("VQVAE", vq_args, str(config_path)), read_weights(vq_path, "VQ-VAE"), vq_path)
+        pad = args.get("latent_pad") or [0]
+        if len(set(pad)) != 1:
+            raise ConfigError(f"{where}: latent_pad = {pad}: only the same padding on every side is supported.")
+        vq_args = {**vq_args, "channels": vq_args.get("channels", vq_args.get("num_channels"))}
+        shape = (image_channels,) + (size,) * dims if size else (image_channels,) + (0,) * dims
+        space = LatentSpace(module, "vqvae", vq_args, shape, 1.0, int(pad[0]), None, str(vq_path))
+        channels = int(vq_args.get("embedding_dim", 64))
+    unet_args = {"spatial_dims": dims, "in_channels": channels, "out_channels": channels, "with_conditioning": False,
+                 **DDPM_OOD_UNETS[model_type]}
+    unet = load_into(build("DiffusionModelUNet", unet_args, where), read_weights(checkpoint, "DDPM"), checkpoint)
+    schedule_name = args.get("beta_schedule", "linear")
+    schedule, prediction = monai_schedule({"schedule": DDPM_OOD_SCHEDULES.get(schedule_name, schedule_name),
+                                           "beta_start": args.get("beta_start", 1e-4),
+                                           "beta_end": args.get("beta_end", 2e-2),
+                                           "prediction_type": args.get("prediction_type", "epsilon")}, where)
+    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(checkpoint, folder), str(folder))

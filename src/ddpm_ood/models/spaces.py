@@ -1,0 +1,156 @@
+"""The model boundary's vocabulary: image space and model space, and a model's identity.
+
+- :class:`ImageSpace`: the images a model takes, (C, H, W) in [0, 1].
+- :class:`PixelSpace`: a pixel-space model's model space, with ``encode`` (image -> what the
+  network sees) and ``decode`` (back); a latent model's first stage is the same interface.
+- :class:`Network`: what a model source builds: the network as eps(x, t) in model space, its
+  schedule, both spaces, its prediction type and the config that shapes its numbers.
+- :func:`identity_parts` / :func:`model_identity`: one digest over the weights' values, the
+  network config, ``alphas_cumprod``, the prediction type and both spaces: what every results
+  manifest and fit records and compares.
+
+The sources that build a :class:`Network` and the loader live in :mod:`ddpm_ood.models.loading`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ddpm_ood.diffusion.ddpm import DDPMSchedule
+from ddpm_ood.utils.errors import DataError
+
+
+# --- image space and model space -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageSpace:
+    """The images a model takes: (C, H, W) in [0, 1] (``shape`` None: an older model file that did
+    not record its size; then only the channels are known)."""
+
+    channels: int
+    shape: tuple[int, ...] | None = None
+
+    def describe(self) -> str:
+        return str(tuple(self.shape)) if self.shape is not None else f"({self.channels}, H, W)"
+
+    def mismatch(self, shape: tuple[int, ...]) -> bool:
+        """Whether (C, H, W) images of ``shape`` are not what the model takes."""
+        shape = tuple(int(d) for d in shape)
+        return shape[:1] != (self.channels,) or (self.shape is not None and shape != tuple(self.shape))
+
+    def check(self, images: torch.Tensor, where: str, model: str) -> None:
+        """A batch (N, C, H, W) of other channels or size than the model's is refused, naming it."""
+        shape = tuple(images.shape[1:])
+        if len(shape) == len(self.shape or (self.channels, 0, 0)) and not self.mismatch(shape):
+            return
+        raise DataError(f"Images{where} have shape {shape}, but the model {model} takes {self.describe()}: "
+                        f"{self.fix(shape)}, or use a model trained on such images.")
+
+    def fix(self, shape: tuple[int, ...]) -> str:
+        """What to do with images of ``shape`` that are not of this space."""
+        return f"convert them to {self.channels} channel(s)" if tuple(shape)[:1] != (self.channels,) else "resize them"
+
+
+@dataclass(frozen=True)
+class PixelSpace:
+    """A pixel-space model: the network sees the image itself, mapped from [0, 1] to the range it
+    was trained on (``[low, high]``: [0, 1] for ours, as the paper; [-1, 1] for diffusers models).
+
+    ``encode`` (image -> model space) and ``decode`` (model space -> image) are the whole interface;
+    a latent model's first stage is the same interface with an autoencoder behind it.
+    """
+
+    low: float = 0.0
+    high: float = 1.0
+
+    @property
+    def identity(self) -> bool:
+        return (self.low, self.high) == (0.0, 1.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> the model's range (nothing to do for our own models)."""
+        return images if self.identity else images * (self.high - self.low) + self.low
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's range -> [0, 1], where MSE, LPIPS and the figures see the images."""
+        return x if self.identity else (x - self.low) / (self.high - self.low)
+
+    to_model, to_image = encode, decode  # the older names
+
+    def model_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(image_shape)
+
+    def record(self) -> dict:
+        """What the model's identity takes of it."""
+        return {"kind": "pixel", "range": [float(self.low), float(self.high)]}
+
+
+DataRange = PixelSpace  # the older name
+IMAGE_RANGE = PixelSpace()
+
+
+# --- identity -------------------------------------------------------------------------------------
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's values as the network holds them: names, dtypes, shapes and
+    bytes, in name order. The same weights from a .pth, a .bin or a .safetensors file (or in fp16
+    loaded into an fp32 network) give one digest; any changed value gives another."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def schedule_digest(schedule: DDPMSchedule) -> str:
+    return hashlib.sha256(np.ascontiguousarray(schedule.alphas_cumprod, dtype=np.float64).tobytes()).hexdigest()
+
+
+def identity_parts(network: "Network") -> dict:
+    """Every setting that changes a number the model gives, each as a digest or a small value."""
+    space = network.space.record()
+    return {
+        "weights": weights_digest(network.module.state_dict()),
+        "network": hashlib.sha256(json.dumps(network.config, sort_keys=True, default=str).encode()).hexdigest(),
+        "alphas_cumprod": schedule_digest(network.schedule),
+        "prediction": network.prediction,
+        "image_space": [network.image_space.channels, list(network.image_space.shape or [])],
+        "model_space": space,
+        "first_stage": space if space.get("kind") == "latent" else None,
+    }
+
+
+def model_identity(parts: dict) -> str:
+    """The model's identity: the SHA-256 of its :func:`identity_parts`."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def identity_differences(recorded: dict | None, current: dict) -> str:
+    """Which parts of two models' identities differ, in words (for an error message)."""
+    if not recorded:
+        return "identity"
+    return ", ".join(k.replace("_", " ") for k in sorted(set(recorded) | set(current))
+                     if recorded.get(k) != current.get(k)) or "identity"
+
+
+# --- what a model source builds ------------------------------------------------------------------
+
+@dataclass
+class Network:
+    """What a source builds, on the CPU: the network as eps(x, t) in model space, and its facts."""
+
+    module: torch.nn.Module
+    schedule: DDPMSchedule
+    image_space: ImageSpace
+    space: PixelSpace
+    prediction: str  # what the network's output was trained as; ``module`` already returns eps
+    config: dict  # the settings that shape the network's numbers (part of the identity)
+    info: dict = field(default_factory=dict)  # other facts (a run's model file: epoch, val_loss, its config)
+    files: dict = field(default_factory=dict)  # where it was: recorded in manifests, never compared
+    location: str = ""  # the source's location as recorded (a hub id or a resolved folder)
