@@ -20,8 +20,9 @@ import logging
 import os
 from typing import Sequence
 
-from ddpm_ood.cli import (add_space_flags, add_training_run_flags, device_name, non_negative_float, non_negative_int,
-                          positive_float, positive_int, run_main, seed_value, unit_fraction)
+from ddpm_ood.cli import (add_settings, add_space_flags, add_training_run_flags, device_name, non_negative_int,
+                          positive_float, positive_int, run_main, unit_fraction)
+from ddpm_ood.training.settings import AutoencoderSettings
 
 logger = logging.getLogger("ddpm_ood")
 
@@ -64,26 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      help="Latent channels (the DDPM's in_channels). Default 4.")
     net.add_argument("--vqvae_commitment_cost", type=positive_float, default=0.25, help="Default 0.25.")
     net.add_argument("--vqvae_decay", type=unit_fraction, default=0.99, help="Codebook EMA decay. Default 0.99.")
-    losses = parser.add_argument_group("training")
-    losses.add_argument("--n_epochs", type=positive_int, default=100, help="Epochs in total. Default 100.")
-    losses.add_argument("--batch_size", type=positive_int, default=16, help="Images per step. Default 16.")
-    losses.add_argument("--lr", type=positive_float, default=1e-4, help="Autoencoder learning rate. Default 1e-4.")
-    losses.add_argument("--lr_d", type=positive_float, default=5e-4, help="Discriminator learning rate. Default 5e-4.")
-    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.001,
-                        help="LPIPS weight (0: off, needs no AlexNet). Default 0.001.")
-    losses.add_argument("--spectral_weight", type=non_negative_float, default=1.0,
-                        help="MONAI JukeboxLoss (spectral) weight (0: off). Default 1.")
-    losses.add_argument("--adversarial_weight", type=non_negative_float, default=0.01,
-                        help="Patch-adversarial weight (0: no discriminator). Default 0.01.")
-    losses.add_argument("--adversarial_warmup", type=non_negative_int, default=0,
-                        help="Ramp the adversarial weight up linearly over this many epochs (0: off, default; "
-                             "ddpm-ood's --adversarial_warmup=1 ramps over 50).")
-    losses.add_argument("--kl_weight", type=non_negative_float, default=1e-6,
-                        help="KL weight of an AutoencoderKL. Default 1e-6.")
-    losses.add_argument("--eval_freq", type=positive_int, default=1, help="Validate every N epochs. Default 1.")
-    losses.add_argument("--seed", type=seed_value, default=0, help="Seed. Default 0.")
-    losses.add_argument("--max_minutes", type=non_negative_float, default=None,
-                        help="Stop after this many minutes with a checkpoint (re-run to continue).")
+    # Every training setting, default and help is declared once, in AutoencoderSettings.
+    add_settings(parser.add_argument_group("training"), AutoencoderSettings)
     parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
     parser.add_argument("--num_workers", type=non_negative_int, default=4, help="Threads reading image files.")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -92,8 +75,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from ddpm_ood.training.first_stage import (AutoencoderSettings, AutoencoderTrainer, autoencoderkl_network,
-                                               vqvae_network)
+    from ddpm_ood.training.first_stage import AutoencoderTrainer, autoencoderkl_network, vqvae_network
     from ddpm_ood.data.loading import check_image_shape, load_images
     from ddpm_ood.runs.layout import images_sha256
     from ddpm_ood.runs.lock import run_lock
@@ -123,9 +105,7 @@ def main(args: argparse.Namespace) -> dict:
     else:
         network = autoencoderkl_network(args.spatial_dimension, channels, args.vqvae_num_channels,
                                         args.vqvae_embedding_dim, args.vqvae_num_res_layers)
-    settings = AutoencoderSettings(**{k: getattr(args, k) for k in (
-        "n_epochs", "batch_size", "lr", "lr_d", "seed", "eval_freq", "perceptual_weight", "spectral_weight",
-        "adversarial_weight", "adversarial_warmup", "kl_weight", "max_minutes")})
+    settings = AutoencoderSettings(**{f.name: getattr(args, f.name) for f in AutoencoderSettings.flags()})
     data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
                               else None)
             for name, path, split in (("training", args.training_ids, train_set),

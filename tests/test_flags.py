@@ -139,7 +139,7 @@ def test_ema_copy_is_made_after_the_checkpoints_weights_load(tmp_path):
     images = torch.rand(8, 1, 28, 28)
     loop = TrainLoop(fresh, build_schedule(cfg), images, images, TrainSettings(n_epochs=1, batch_size=4, lr=1e-3,
                      ema_decay=0.9), tmp_path, {}, torch.device("cpu"))
-    loop.restore({"model": trained.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {}, "ema_model": None,
+    loop.start({"model": trained.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {}, "ema_model": None,
                   "rng": rng_state(), "epoch": 1, "step": 2, "best_val_loss": 1.0})
     for ema, loaded in zip(loop.ema.parameters(), trained.parameters()):
         assert torch.equal(ema, loaded)

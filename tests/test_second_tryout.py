@@ -105,7 +105,7 @@ def test_3_a_fit_of_other_reconstruction_settings_is_refused(run):
 def test_4_a_full_disk_while_checkpointing_keeps_both_checkpoints(run, monkeypatch):
     from ddpm_ood.utils import files
     from ddpm_ood.runs.layout import RunFiles
-    from ddpm_ood.training.ddpm import save_checkpoint
+    from ddpm_ood.training.loop import save_checkpoint
 
     out, _ = run
     files_ = RunFiles(out / "m")

@@ -1,7 +1,8 @@
 """How a model is trained: every training setting, its default and its help, declared once.
 
-``train.py``'s flags are generated from :class:`TrainSettings` (``ddpm_ood.cli.add_settings``), the
-training loop reads it, and every checkpoint and model file keeps it (``training``) beside the
+``train.py``'s flags are generated from :class:`TrainSettings` and ``train_vqvae.py``'s from
+:class:`AutoencoderSettings` (``ddpm_ood.cli.add_settings``), the trainers read them, and every
+checkpoint and model file keeps them (``training``) beside the
 digests of the training and validation images (``data``): :func:`data_record` makes them, and
 :func:`data_differences` says which split changed, so that a run is never resumed on other data.
 
@@ -17,8 +18,20 @@ def setting(default, help: str, kind: str, flag: bool = True):
     return field(default=default, metadata={"help": help, "kind": kind, "flag": flag})
 
 
+class Settings:
+    """A dataclass of :func:`setting` fields: the flags it generates and the record files keep."""
+
+    @classmethod
+    def flags(cls) -> list:
+        """The settings that are flags (``--<name>``), in declaration order."""
+        return [f for f in fields(cls) if f.metadata.get("flag")]
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class TrainSettings:
+class TrainSettings(Settings):
     n_epochs: int = setting(300, "Epochs to train in total. Default 300.", "positive_int")
     batch_size: int = setting(180, "Images per step: the global batch, split over the processes under torchrun. "
                                    "Default 180.", "positive_int")
@@ -45,18 +58,42 @@ class TrainSettings:
     lr_given: bool = setting(True, "", "", flag=False)  # False: lr is the config's default; a resumed run keeps its own
 
     @classmethod
-    def flags(cls) -> list:
-        """The settings that are train.py flags (``--<name>``), in declaration order."""
-        return [f for f in fields(cls) if f.metadata.get("flag")]
-
-    @classmethod
     def from_args(cls, args, base_lr: float) -> "TrainSettings":
         """The settings train.py's flags ask for; ``base_lr``: the config's, when --lr is not given."""
         chosen = {f.name: getattr(args, f.name) for f in cls.flags()}
         return cls(**{**chosen, "lr": base_lr if args.lr is None else args.lr, "lr_given": args.lr is not None})
 
-    def record(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class AutoencoderSettings(Settings):
+    """Every setting of a first stage's training, its default and its help, declared once:
+    train_vqvae.py's flags are generated from it, and its checkpoints and model files keep it."""
+
+    n_epochs: int = setting(100, "Epochs in total. Default 100.", "positive_int")
+    batch_size: int = setting(16, "Images per step. Default 16.", "positive_int")
+    lr: float = setting(1e-4, "Autoencoder learning rate. Default 1e-4. A resumed run may change it (from the "
+                              "resumed step on).", "positive_float")
+    lr_d: float = setting(5e-4, "Discriminator learning rate. Default 5e-4. A resumed run may change it.",
+                          "positive_float")
+    seed: int = setting(0, "Seed. Default 0.", "seed")
+    eval_freq: int = setting(1, "Validate every N epochs. Default 1.", "positive_int")
+    checkpoint_every_steps: int = setting(0, "Also write checkpoint.pth every N optimizer steps inside an epoch (0: "
+                                             "off, default).", "non_negative_int")
+    perceptual_weight: float = setting(0.001, "LPIPS weight (0: off, needs no AlexNet). Default 0.001.",
+                                       "non_negative_float")
+    spectral_weight: float = setting(1.0, "MONAI JukeboxLoss (spectral) weight (0: off). Default 1.",
+                                     "non_negative_float")
+    adversarial_weight: float = setting(0.01, "Patch-adversarial weight (0: no discriminator). Default 0.01.",
+                                        "non_negative_float")
+    adversarial_warmup: int = setting(0, "Ramp the adversarial weight up linearly over this many epochs (0: off, "
+                                         "default; ddpm-ood's --adversarial_warmup=1 ramps over 50).",
+                                      "non_negative_int")
+    kl_weight: float = setting(1e-6, "KL weight of an AutoencoderKL. Default 1e-6.", "non_negative_float")
+    max_minutes: float | None = setting(None, "Stop after this many minutes, validated and with a checkpoint at "
+                                              "that step (re-run to continue).", "non_negative_float")
+
+    # A resumed run keeps these (the others may change: more epochs, more time, the learning rates).
+    FIXED = ("batch_size", "seed", "perceptual_weight", "spectral_weight", "adversarial_weight", "kl_weight")
 
 
 # Saved with every checkpoint. A resumed run must keep these (a different batch size moves the
