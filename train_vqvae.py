@@ -22,6 +22,7 @@ from typing import Sequence
 
 from ddpm_ood.cli import (add_settings, add_space_flags, add_training_run_flags, device_name, non_negative_int,
                           positive_float, positive_int, run_main, unit_fraction)
+from ddpm_ood.models.autoencoders import FIRST_STAGES, TRAINABLE
 from ddpm_ood.training.settings import AutoencoderSettings
 
 logger = logging.getLogger("ddpm_ood")
@@ -48,8 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_run_flags(parser)  # --output_dir, --model_name, --training_ids, --validation_ids, --is_grayscale
     add_space_flags(parser)  # --spatial_dimension (ddpm-ood's default is 3; ours 2), --image_roi, --image_size
-    parser.add_argument("--autoencoder", choices=("vqvae", "autoencoderkl"), default="vqvae",
-                        help="MONAI's VQVAE (as ddpm-ood) or AutoencoderKL. Default vqvae.")
+    parser.add_argument("--autoencoder", choices=TRAINABLE, default="vqvae",
+                        help="The kind of first stage: vqvae (MONAI's VQVAE, as ddpm-ood) or autoencoderkl (MONAI's "
+                             "AutoencoderKL). Default vqvae.")
     net = parser.add_argument_group("the network (ddpm-ood's flag names)")
     net.add_argument("--vqvae_num_channels", type=int_lists(1), default=[64, 128],
                      help="Channels per level; each level halves the size. Default [64,128] (a quarter-size latent).")
@@ -75,7 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from ddpm_ood.training.first_stage import AutoencoderTrainer, autoencoderkl_network, vqvae_network
+    from ddpm_ood.training.first_stage import AutoencoderTrainer
     from ddpm_ood.data.loading import check_image_shape, load_images
     from ddpm_ood.runs.layout import images_sha256
     from ddpm_ood.runs.lock import run_lock
@@ -96,15 +98,7 @@ def main(args: argparse.Namespace) -> dict:
     val_set = load_images(args.validation_ids, bool(args.is_grayscale), **space_args)
     check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}", args.validation_ids)
     channels = 1 if args.is_grayscale else 3
-    if args.autoencoder == "vqvae":
-        network = vqvae_network(args.spatial_dimension, channels, args.vqvae_num_channels,
-                                args.vqvae_num_res_channels or args.vqvae_num_channels, args.vqvae_num_res_layers,
-                                args.vqvae_downsample_parameters, args.vqvae_upsample_parameters,
-                                args.vqvae_num_embeddings, args.vqvae_embedding_dim, args.vqvae_commitment_cost,
-                                args.vqvae_decay)
-    else:
-        network = autoencoderkl_network(args.spatial_dimension, channels, args.vqvae_num_channels,
-                                        args.vqvae_embedding_dim, args.vqvae_num_res_layers)
+    network = FIRST_STAGES[args.autoencoder].network_from_flags(args, args.spatial_dimension, channels)
     settings = AutoencoderSettings(**{f.name: getattr(args, f.name) for f in AutoencoderSettings.flags()})
     data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
                               else None)

@@ -71,7 +71,7 @@ def main(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         source = args.pretrained or random_model(args.architecture, Path(tmp) / "model")
         model = load_model_fn(DiffusersModel(source), device, args.precision, batch_size=args.batch_size)
-        parameters = sum(p.numel() for p in load_pretrained(source).eps.parameters())
+        parameters = sum(p.numel() for p in load_pretrained(source).module.parameters())
     calls = {"images": 0}
     inner = model.model_fn
 

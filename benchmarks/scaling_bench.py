@@ -5,7 +5,7 @@ and the scaling efficiency: N-process throughput / (N x 1-process throughput).
     python benchmarks/scaling_bench.py --nproc 4 --device cuda --setting paper
 
 Each measurement launches this script under ``torchrun --nproc_per_node=N`` as a worker that
-runs the code the scripts run: ``TrainLoop.run_step`` (DDP, the global batch split over the
+runs the code the scripts run: ``TrainLoop.step_at`` (DDP, the global batch split over the
 ranks) and ``measure_split`` over each rank's chunks (as reconstruct.py shares them). Warm-up
 steps are not timed; the ranks meet at a barrier before and after the timed part, so the time
 is the slowest rank's. Prints images/s for each and the efficiencies.
@@ -56,15 +56,15 @@ def worker(args) -> None:
     if args.worker == "train":
         settings = TrainSettings(n_epochs=1, batch_size=args.train_batch, lr=1e-4)
         loop = TrainLoop(model, schedule, images, images[:8], settings, Path("unused"), {}, device, dist)
-        loop.restore(None)
+        loop.start(None)
         order = epoch_order(len(images), 0, 0)
         steps_per_epoch = len(images) // args.train_batch
         for i in range(3):  # warm-up
-            loop.run_step(order, i % steps_per_epoch)
+            loop.step_at(order, i % steps_per_epoch)
         dist.barrier()
         start = time.perf_counter()
         for i in range(args.train_steps):
-            loop.run_step(order, i % steps_per_epoch)
+            loop.step_at(order, i % steps_per_epoch)
         dist.barrier()
         seconds, n_images = time.perf_counter() - start, args.train_steps * args.train_batch
     else:

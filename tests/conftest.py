@@ -116,3 +116,19 @@ def reseal(manifest_path: Path, **changes) -> None:
     from ddpm_ood.runs.layout import write_manifest
 
     write_manifest(manifest_path, {**json.loads(manifest_path.read_text()), **changes}, sealed=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny trained run shared by the tests that only need a model (never changed by them):
+    train.py for 1 epoch on the blob splits. Returns (output_dir, run folder, splits)."""
+    import train
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    paths = blob_splits(folder)
+    out = folder / "models"
+    train.main(train.parse_args([
+        f"--output_dir={out}", "--model_name=tiny", f"--training_ids={paths['train']}",
+        f"--validation_ids={paths['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=1", "--batch_size=8",
+        "--num_sample_images=0", "--num_workers=0"]))
+    return out, out / "tiny", paths

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG, write_results, write_split
-from ddpm_ood.models.model_file import CheckpointError, load_model
+from ddpm_ood.models.loading import load_model
+from ddpm_ood.models.model_file import CheckpointError
 from ddpm_ood.data.loading import DataError, load_split
 from ddpm_ood.utils.files import WriteError, save_csv_atomic, save_torch_atomic
 from ddpm_ood.metrics.scoring import ScoringError
@@ -68,10 +68,10 @@ def test_checkpoint_from_a_different_architecture(tmp_path):
     config["ldm"]["params"]["unet_config"]["params"]["model_channels"] = 16
     save_torch_atomic(tmp_path / "m.pth", {"kind": "model", "model": state, "config": config})
     with pytest.raises(CheckpointError, match="m.pth does not match the architecture"):
-        load_model(tmp_path / "m.pth", torch.device("cpu"))
+        load_model(tmp_path / "m.pth")
     (tmp_path / "t.pth").write_bytes((tmp_path / "m.pth").read_bytes()[:100])
     with pytest.raises(CheckpointError, match="t.pth is truncated"):
-        load_model(tmp_path / "t.pth", torch.device("cpu"))
+        load_model(tmp_path / "t.pth")
 
 
 def results(t_values, n=3, drop=None):

@@ -9,16 +9,7 @@ import pytest
 
 import get_datasets
 from ddpm_ood.data.download import DownloadError, digits_images, read_idx, write_idx
-
-
-def make_idx_source(folder, n_train=40, n_test=10, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    train = rng.integers(0, 255, (n_train, 28, 28), dtype=np.uint8)
-    test = rng.integers(0, 255, (n_test, 28, 28), dtype=np.uint8)
-    write_idx(folder / "train-images-idx3-ubyte.gz", train)  # as torchvision and Debian ship them
-    write_idx(folder / "t10k-images-idx3-ubyte", test)  # uncompressed works too
-    return train, test
+from helpers.data import make_idx_source
 
 
 def test_idx_round_trip_and_truncation(tmp_path):

@@ -16,7 +16,7 @@ from ddpm_ood.detectors.base import CombinationRule, Detector, FeatureDetector
 from ddpm_ood.diffusion.ddpm import DDPMSchedule
 from ddpm_ood.utils.errors import UserError
 from ddpm_ood.models.loading import IMAGE_RANGE
-from test_detectors import gaussian_oracle
+from helpers.oracles import gaussian_oracle
 
 SCHEDULE = DDPMSchedule()
 

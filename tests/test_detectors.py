@@ -14,6 +14,7 @@ import ood_detection
 import reconstruct
 import train
 from conftest import blob_splits, TINY_CONFIG, reseal
+from helpers.oracles import gaussian_oracle, point_mass_oracle
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS, detector_class, parse_detectors
 from ddpm_ood.detectors.base import FeatureDetector, measure_features
 from ddpm_ood.detectors.combined import combine
@@ -26,24 +27,11 @@ from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler
 from ddpm_ood.utils.errors import ScoringError
 from ddpm_ood.diffusion.reconstruction import measure_split, start_noise
 from ddpm_ood.metrics.scoring import auroc
-from test_diffusion import point_mass_oracle
 
 # Every registered detector with one row of features per image: the checks below cover a new one too.
 FEATURE_DETECTORS = [name for name in DETECTORS if issubclass(detector_class(name), FeatureDetector)]
 
 SHAPE = (1, 16, 16)  # D = 256 pixels
-
-
-def gaussian_oracle(schedule: DDPMSchedule, variance: float = 1.0):
-    """The exact eps of N(0, variance I) data: x_t ~ N(0, (a v + 1 - a) I), so
-    eps(x, t) = -sqrt(1 - a) * score = sqrt(1 - a) x / (a v + 1 - a)."""
-    ab = torch.from_numpy(schedule.alphas_cumprod)
-
-    def model(x, t):
-        a = ab[t.long()].to(x.dtype).reshape(-1, 1, 1, 1)
-        return (1 - a).sqrt() * x / (a * variance + 1 - a)
-
-    return model
 
 
 def counting(model):

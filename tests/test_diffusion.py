@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler, plms_grid
+from helpers.oracles import point_mass_oracle
 
 
 def test_linear_schedule_is_linear_in_sqrt_beta_at_both_ends():
@@ -153,17 +154,6 @@ def test_step_rejects_off_grid_timestep_and_unset_grid():
     sampler.set_timesteps(100)
     with pytest.raises(ValueError, match="not on the PLMS grid"):
         sampler.step(torch.zeros(1), 5, torch.zeros(1), [torch.zeros(1)])
-
-
-def point_mass_oracle(schedule: DDPMSchedule, c: torch.Tensor):
-    """For data that is the single point c, the exact eps is (x_t - sqrt(ab_t) c) / sqrt(1 - ab_t)."""
-    ab = torch.from_numpy(schedule.alphas_cumprod)
-
-    def model(x, t):
-        a = ab[t.long()].to(x.dtype).reshape(-1, 1, 1, 1)
-        return (x - a.sqrt() * c) / (1 - a).sqrt()
-
-    return model
 
 
 @pytest.mark.parametrize("skip", [1, 7])

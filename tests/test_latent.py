@@ -17,7 +17,8 @@ from conftest import make_images, write_split  # noqa: E402
 from ddpm_ood.utils.errors import UserError  # noqa: E402
 from ddpm_ood.models.first_stage import LatentSpace, read_first_stage  # noqa: E402
 from ddpm_ood.models.loading import load_model  # noqa: E402
-from test_scripts import TINY_CONFIG, reconstruct_args  # noqa: E402
+from conftest import TINY_CONFIG  # noqa: E402
+from helpers.scripts import reconstruct_args  # noqa: E402
 
 VQVAE_FLAGS = ["--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--vqvae_num_res_layers=1",
                "--vqvae_num_embeddings=16", "--vqvae_embedding_dim=2", "--perceptual_weight=0", "--batch_size=8",

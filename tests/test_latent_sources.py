@@ -195,7 +195,7 @@ def test_reconstruct_and_score_with_a_pretrained_latent_pipeline_and_a_bundle(ld
     import ood_detection
     import reconstruct
     from ddpm_ood.api import OODDetector
-    from test_pretrained import colour_split
+    from helpers.diffusers_fakes import colour_split
 
     from conftest import make_images, write_split
 

@@ -19,7 +19,7 @@ from ddpm_ood.utils.errors import ConfigError, DataError, ScoringError
 from ddpm_ood.models.loading import DiffusersModel, RunModel, load_model
 
 diffusers = pytest.importorskip("diffusers")
-from test_pretrained import colour_split, scheduler, tiny_unet  # noqa: E402
+from helpers.diffusers_fakes import colour_split, scheduler, tiny_unet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import torch
 import ood_detection
 import reconstruct
 from conftest import ROOT, reseal, write_split
+from helpers.diffusers_fakes import colour_split, scheduler, tiny_unet
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
 from ddpm_ood.utils.errors import CheckpointError, ConfigError, ScoringError
 from ddpm_ood.models.loading import DiffusersModel, ModelSource, load_model_fn
@@ -25,18 +26,6 @@ from ddpm_ood.models.diffusers_models import DiffusersEps, load_pretrained, loca
 
 diffusers = pytest.importorskip("diffusers")
 CPU = torch.device("cpu")
-
-
-def tiny_unet(seed: int = 0, out_channels: int = 3):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=out_channels, block_out_channels=(8, 16),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
-
-
-def scheduler(**config):
-    return diffusers.DDPMScheduler(**{"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-                                      "beta_schedule": "linear", **config})
 
 
 @pytest.fixture(scope="module")
@@ -158,21 +147,6 @@ def test_our_plms_reconstruction_is_diffusers_pndm_in_plms_mode(model_dirs, star
 
 
 # --- the pipeline on a pretrained model -------------------------------------------------------------
-
-def colour_split(folder, name, n, seed, kind):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:16, :16]
-    files = []
-    for i in range(n):
-        if kind == "blobs":
-            image = 255 * np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * rng.uniform(2, 5) ** 2))[None].repeat(3, 0)
-        else:
-            image = 255.0 * ((xx // rng.integers(2, 4)) % 2)[None].repeat(3, 0)
-        files.append(folder / f"{name}_{i}.npy")
-        np.save(files[-1], np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8))
-    return write_split(folder.parent / f"{name}.csv", files)
-
 
 @pytest.fixture(scope="module")
 def pretrained_run(model_dirs, tmp_path_factory):
@@ -325,7 +299,7 @@ def test_a_hub_id_is_read_from_the_cache_offline_or_says_how_to_fetch_it(model_d
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = load_pretrained("google/tiny-ddpm")
-    assert model.files.given == "google/tiny-ddpm" and model.network().files["pretrained"] == "google/tiny-ddpm"
+    assert model.location == "google/tiny-ddpm" and model.files["pretrained"] == "google/tiny-ddpm"
     with pytest.raises(ConfigError, match=r"google/ddpm-cifar10-32 is not in the Hugging Face cache.*snapshot_download"
                                           r"\('google/ddpm-cifar10-32'\)"):
         load_pretrained("google/ddpm-cifar10-32")

@@ -14,6 +14,7 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG
+from helpers.scripts import reconstruct_args
 from ddpm_ood.data.loading import DataError
 from ddpm_ood.metrics.distances import LPIPSUnavailable
 
@@ -24,15 +25,6 @@ def train_args(out, splits, epochs=2, *extra):
         f"--validation_ids={splits['val']}", "--is_grayscale=1", f"--config_diffusion_file={TINY_CONFIG}",
         f"--n_epochs={epochs}", "--batch_size=8", "--eval_freq=1", "--num_sample_images=4", "--sample_steps=3",
         "--num_workers=0", *extra])
-
-
-def reconstruct_args(out, splits, *extra):
-    ood = f"{splits['ood']},{splits['test'].with_name('Blobs_vflip_test.csv')}"
-    return reconstruct.parse_args([
-        f"--output_dir={out}", "--model_name=blobs", f"--validation_ids={splits['val']}",
-        f"--in_ids={splits['test']}", f"--out_ids={ood}", "--is_grayscale=1",
-        f"--config_diffusion_file={TINY_CONFIG}", "--num_inference_steps=10", "--inference_skip_factor=3",
-        "--run_val=1", "--run_in=1", "--run_out=1", "--batch_size=4", *extra])
 
 
 def test_all_four_scripts_end_to_end(tmp_path, synthetic_splits, random_alexnet_home, capsys):
@@ -191,7 +183,7 @@ def test_seed_readme_pipeline_on_data_made_by_get_datasets(tmp_path, capsys):
     """The seed README's commands, with only the model config and epochs made tiny, on data
     that get_datasets.py made (from generated MNIST/FashionMNIST IDX files)."""
     import get_datasets
-    from test_datasets_download import make_idx_source
+    from helpers.data import make_idx_source
 
     make_idx_source(tmp_path / "raw" / "MNIST", seed=1)
     make_idx_source(tmp_path / "raw" / "FashionMNIST", seed=2)

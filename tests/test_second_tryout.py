@@ -287,7 +287,7 @@ def test_17_a_moved_or_copied_run_scores_with_its_own_model(run, tmp_path):
 
 def test_17_get_datasets_converts_again_from_a_corrected_source(tmp_path, caplog):
     import get_datasets
-    from test_datasets_download import make_idx_source
+    from helpers.data import make_idx_source
 
     make_idx_source(tmp_path / "wrong" / "MNIST", seed=1)
     make_idx_source(tmp_path / "right" / "MNIST", seed=2)

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm_ood.models.model_file import file_facts, load_weights, read_weights
 from ddpm_ood.models.spaces import ImageSpace, Network, PixelSpace
 from ddpm_ood.diffusion.ddpm import DDPMSchedule
-from ddpm_ood.utils.errors import CheckpointError, ConfigError
+from ddpm_ood.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -231,19 +232,6 @@ def cosine_betas(steps: int, max_beta: float = 0.999) -> list[float]:
     return [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)]
 
 
-def read_weights(path: Path) -> dict:
-    """A state dict from safetensors, or from a .bin through weights-only loading (no pickle code runs)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle that wants to run code, a truncated file, ...
-        raise CheckpointError(f"Cannot load the weights {path} ({type(err).__name__}: {str(err)[:200]}). They must "
-                              "be a safetensors file or a plain state dict; nothing in the file was run.") from None
-
-
 class PredictionEps(torch.nn.Module):
     """Another library's UNet as eps(x, t), x in the model's own space: ``raw`` is the network's output
     (eps, v or x0, by ``prediction``), converted to eps here."""
@@ -278,27 +266,9 @@ class DiffusersEps(PredictionEps):
         return self.unet(x, t).sample
 
 
-@dataclass
-class PretrainedModel:
-    eps: DiffusersEps
-    schedule: DDPMSchedule
-    image_shape: tuple[int, int, int]
-    files: PretrainedFiles
-    config: dict
-    space: object = None  # an LDMPipeline's first stage (a LatentSpace); None: pixels in [-1, 1]
-
-    def network(self) -> Network:
-        """The model at the boundary: eps in [-1, 1] pixels, its identity's config, where its files are."""
-        stat = self.files.weights.stat()
-        files = {"pretrained": self.files.given, "model_file": str(self.files.weights.resolve()),
-                 "model_file_bytes": stat.st_size, "model_file_mtime_ns": stat.st_mtime_ns}
-        config = {k: v for k, v in dict(self.eps.unet.config).items() if not k.startswith("_")}
-        space = self.space if self.space is not None else PixelSpace(*DATA_RANGE)
-        return Network(self.eps, self.schedule, ImageSpace(self.image_shape[0], self.image_shape), space,
-                       self.eps.prediction, config, {"config": self.config}, files, self.files.given)
-
-
-def load_pretrained(given: str) -> PretrainedModel:
+def load_pretrained(given: str) -> Network:
+    """A diffusers UNet2DModel (and an LDMPipeline's VQModel) at the boundary: eps in [-1, 1] pixels (or in
+    the VQModel's latents), its identity's config, where its files are."""
     files = locate(given)
     config = read_json(files.unet_config)
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
@@ -327,36 +297,34 @@ def load_pretrained(given: str) -> PretrainedModel:
     state = read_weights(files.weights)
     if hasattr(unet, "_fix_state_dict_keys_on_load"):  # attention weights under their older names
         state = unet._fix_state_dict_keys_on_load(dict(state))
-    try:
-        unet.load_state_dict(state)
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{files.weights} does not match {files.unet_config} ({str(err)[:300]}).") from None
+    load_weights(unet, state, files.weights, files.unet_config)
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     shape = (int(unet.config.in_channels), int(height), int(width))
-    space = None
+    space = PixelSpace(*DATA_RANGE)
     if files.first_stage is not None:
         space = vqmodel_space(files.first_stage, shape)
         shape = space.image_shape
-    return PretrainedModel(DiffusersEps(unet.eval(), schedule, prediction), schedule, shape, files, config, space)
+    network_config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    return Network(DiffusersEps(unet.eval(), schedule, prediction), schedule, ImageSpace(shape[0], shape), space,
+                   prediction, network_config, {"config": config},
+                   file_facts(files.weights, pretrained=files.given), files.given)
 
 
 def vqmodel_space(folder: Path, latent_shape: tuple[int, ...]):
     """An LDMPipeline's VQModel as the model's first stage: latents scaled by its ``scaling_factor`` as
     the pipeline does; the images are (out_channels, latent size x 2^(levels - 1))."""
+    from ddpm_ood.models.autoencoders import FIRST_STAGES
     from ddpm_ood.models.first_stage import LatentSpace, build_autoencoder
 
     config = {k: v for k, v in read_json(folder / "config.json").items() if not k.startswith("_")}
     module = build_autoencoder("diffusers-vqmodel", config)
     weights = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
-    try:
-        module.load_state_dict(read_weights(weights))
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{weights} does not match {folder / 'config.json'} ({str(err)[:300]}).") from None
+    load_weights(module, read_weights(weights), weights, folder / "config.json")
     if int(config.get("latent_channels", 3)) != latent_shape[0]:
         raise ConfigError(f"{folder}: the VQModel's latent_channels {config.get('latent_channels')} are not the UNet's "
                           f"in_channels {latent_shape[0]}: the pipeline's parts do not belong together.")
-    factor = 2 ** (len(config.get("block_out_channels", [64])) - 1)
+    factor = FIRST_STAGES["diffusers-vqmodel"].downsampling(config)
     image_shape = (int(config.get("out_channels", 3)), *(d * factor for d in latent_shape[1:]))
     return LatentSpace(module.eval().requires_grad_(False), "diffusers-vqmodel", config, image_shape,
                        float(config.get("scaling_factor", 1.0)), 0, None, str(folder))

@@ -1,17 +1,17 @@
-"""A latent model's first stage: an autoencoder (MONAI's ``VQVAE``, or ``AutoencoderKL``) between
+"""A latent model's first stage: an autoencoder (MONAI's ``VQVAE`` or ``AutoencoderKL``, diffusers'
+``VQModel``: every kind is an entry of ``ddpm_ood.models.autoencoders.FIRST_STAGES``) between
 images and the latents the DDPM is trained on, as ddpm-ood's later versions and the authors' MICCAI
 2023 paper run the method.
 
-- :func:`build_autoencoder`: the MONAI network of a recorded ``kind`` and constructor arguments.
+- :func:`build_autoencoder`: the network of a recorded ``kind`` and constructor arguments.
 - :func:`locate_first_stage` / :func:`read_first_stage`: ``train_vqvae.py``'s model files
   (``{"kind": "first_stage", "autoencoder", "network", "model", "image_shape", "data", ...}``), read
   back with errors that name the file and say what to pass instead.
 - :class:`LatentSpace`: the model space of a latent DDPM, the same interface as
   :class:`ddpm_ood.models.spaces.PixelSpace` (``encode``: images in [0, 1] -> scaled, padded latents;
   ``decode``: back to images), so reconstruction, every detector and the API run through it unchanged.
-  A VQ-VAE's ``encode`` quantises (``encode_stage_2_inputs``) and its ``decode`` quantises again
-  (``decode_stage_2_outputs``), as ddpm-ood; an AutoencoderKL encodes to its mean (no sampling:
-  a score must not depend on a draw).
+  How each kind encodes and decodes (a VQ-VAE quantises, an AutoencoderKL gives its mean) is its
+  registry entry's.
 
 The latents are multiplied by ``scale`` (1 / their standard deviation on the DDPM's training set,
 as latent diffusion does) and zero-padded by ``pad`` on every side of every spatial axis
@@ -26,28 +26,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddpm_ood.models.autoencoders import first_stage_kind
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 
-AUTOENCODERS = ("vqvae", "autoencoderkl", "diffusers-vqmodel")  # MONAI's two; diffusers' VQModel (LDMPipeline)
 FIRST_STAGE_KIND = "first_stage"
 
 
 def build_autoencoder(kind: str, network: dict) -> torch.nn.Module:
-    """MONAI's autoencoder of ``kind`` with the constructor arguments ``network``."""
-    try:
-        from monai.networks.nets import VQVAE, AutoencoderKL
-    except ImportError as err:  # MONAI is in requirements.txt; a bare install may lack it
-        raise ConfigError(f"A first stage needs MONAI ({err}); pip install -r requirements.txt.") from None
-    if kind not in AUTOENCODERS:
-        raise ConfigError(f"Unknown first stage {kind!r}; known: {', '.join(AUTOENCODERS)}.")
-    if kind == "diffusers-vqmodel":
-        from diffusers import VQModel
-
-        return VQModel.from_config(network)
-    cls = VQVAE if kind == "vqvae" else AutoencoderKL
-    args = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-            for k, v in network.items()}
-    return cls(**args)
+    """The autoencoder of a registered ``kind`` (``models.autoencoders.FIRST_STAGES``) with the
+    constructor arguments ``network``."""
+    return first_stage_kind(kind).build(network)
 
 
 def locate_first_stage(run_or_file: str | Path) -> Path:
@@ -68,11 +56,11 @@ def locate_first_stage(run_or_file: str | Path) -> Path:
 
 def read_first_stage(path: str | Path) -> dict:
     """A first stage's model file, checked: ``kind`` first_stage, with its network and weights."""
-    from ddpm_ood.models.model_file import read_file
+    from ddpm_ood.models.model_file import read_model_file
 
     path = locate_first_stage(path)
     try:
-        obj = read_file(path)
+        obj = read_model_file(path)
     except CheckpointError as err:
         raise CheckpointError(f"{err} (--vqvae_checkpoint takes a model file of train_vqvae.py)") from None
     if obj.get("kind") != FIRST_STAGE_KIND:
@@ -83,32 +71,22 @@ def read_first_stage(path: str | Path) -> dict:
 
 def autoencoder_from(record: dict, where: str) -> torch.nn.Module:
     """The autoencoder of a first stage record, its weights loaded, in eval mode."""
+    from ddpm_ood.models.model_file import load_weights
+
     module = build_autoencoder(record["autoencoder"], record["network"])
-    try:
-        module.load_state_dict(record["model"])
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"The first stage in {where} does not match the network it records ({err}); "
-                              "retrain it with train_vqvae.py.") from None
+    load_weights(module, record["model"], f"The first stage in {where}", "the network it records (retrain it with "
+                 "train_vqvae.py)")
     return module.eval().requires_grad_(False)
 
 
 def encode_raw(module: torch.nn.Module, kind: str, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> unscaled latents: a MONAI VQ-VAE's quantised codes, an AutoencoderKL's mean,
-    a diffusers VQModel's encoding of the image in [-1, 1] (quantised when decoded, as LDMPipeline)."""
-    if kind == "vqvae":
-        return module.encode_stage_2_inputs(images)
-    if kind == "diffusers-vqmodel":
-        return module.encode(images * 2 - 1).latents
-    return module.encode(images)[0]
+    """Images in [0, 1] -> unscaled latents, as the registered ``kind`` encodes."""
+    return first_stage_kind(kind).encode(module, images)
 
 
 def decode_raw(module: torch.nn.Module, kind: str, latents: torch.Tensor) -> torch.Tensor:
     """Unscaled latents -> images (in [0, 1] for a well-trained first stage; not clamped)."""
-    if kind == "vqvae":
-        return module.decode_stage_2_outputs(latents)
-    if kind == "diffusers-vqmodel":
-        return (module.decode(latents).sample + 1) / 2
-    return module.decode(latents)
+    return first_stage_kind(kind).decode(module, latents)
 
 
 class LatentSpace:

@@ -1,9 +1,13 @@
 """The model boundary: where a model's files become the one object every detector calls.
 
 A :class:`ModelSource` names where a model comes from; each kind is a class, registered in
-``SOURCES`` by its ``kind``: :class:`RunModel` (a model file or checkpoint of ``train.py``) and
-:class:`DiffusersModel` (a diffusers folder or hub id). A new kind (a MONAI bundle, a latent
-model) is one subclass with a ``load()`` that returns a :class:`Network`, and one entry there.
+``SOURCES`` by its ``kind``: :class:`RunModel` (a model file or checkpoint of ``train.py``, or a run
+folder), :class:`MonaiBundle` (a MONAI model-zoo bundle), :class:`DdpmOodRun` (a run of ddpm-ood's
+later code) and :class:`DiffusersModel` (a diffusers folder or hub id). A new kind is one subclass
+with ``recognises()`` (does this location hold my kind?) and ``load()`` (a :class:`Network`, the
+one record of a network every source builds), and one entry in ``SOURCES``: ``--pretrained``
+asks each registered source in turn, and ``tests/test_model_sources.py`` runs the contract over
+the registry.
 
 :func:`load_model` turns a source into a :class:`LoadedModel`, which states:
 
@@ -13,7 +17,8 @@ model) is one subclass with a ``load()`` that returns a :class:`Network`, and on
   manifest and fit records it, and results of two identities are never scored together;
 - its **image space** (:class:`ImageSpace`: the (C, H, W) images it takes, in [0, 1]) and its
   **model space** (what the network sees), with ``encode``/``decode`` between them
-  (:class:`PixelSpace`: an affine map of the pixel range; a first stage would encode to latents);
+  (a :class:`ModelSpace`: :class:`PixelSpace`, an affine map of the pixel range, or a first
+  stage's ``LatentSpace``, which encodes to latents);
 - its **eps function** ``model_fn(x, t) -> eps`` in model space: autocast to the chosen
   precision, optional channels_last and torch.compile, float32 output, and large calls split
   into chunks on a CPU.
@@ -30,8 +35,8 @@ from typing import ClassVar
 import torch
 
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, ModelFn
-from ddpm_ood.models.spaces import (IMAGE_RANGE, DataRange, ImageSpace, Network, PixelSpace, identity_differences,  # noqa: F401
-                               identity_parts, model_identity)
+from ddpm_ood.models.spaces import (IMAGE_RANGE, DataRange, ImageSpace, ModelSpace, Network, PixelSpace,  # noqa: F401
+                                    identity_differences, identity_parts, model_identity)
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from ddpm_ood.utils.runtime import autocast, resolve_precision
 from ddpm_ood.models.unet import compile_unet
@@ -97,6 +102,16 @@ class ModelSource:
     def load(self) -> Network:
         raise NotImplementedError
 
+    @classmethod
+    def recognises(cls, location: str) -> bool:
+        """Whether ``location`` (given to --pretrained) holds a model of this kind."""
+        return False
+
+    @classmethod
+    def at(cls, location: str) -> "ModelSource":
+        """The source of this kind at ``location`` (which :meth:`recognises` accepted)."""
+        return cls(location)
+
     @staticmethod
     def of(kind: str, location: str | Path) -> "ModelSource":
         try:
@@ -156,11 +171,33 @@ class RunModel(ModelSource):
 
     kind = "run"
 
+    @classmethod
+    def recognises(cls, location: str) -> bool:
+        from ddpm_ood.runs.layout import BEST_MODEL, FINAL_MODEL
+
+        path = Path(location).expanduser()
+        if path.is_dir():
+            return any((path / name).is_file() for name in (BEST_MODEL, FINAL_MODEL))
+        return path.is_file() and path.suffix == ".pth"
+
+    @classmethod
+    def at(cls, location: str) -> "RunModel":
+        """A run folder's best model file (else its final one), or the model file itself."""
+        from ddpm_ood.runs.layout import BEST_MODEL, FINAL_MODEL
+
+        path = Path(location).expanduser()
+        if path.is_dir():
+            path = next(path / name for name in (BEST_MODEL, FINAL_MODEL) if (path / name).is_file())
+        return cls(path)
+
     def load(self) -> Network:
-        from ddpm_ood.models.model_file import load_model
+        from ddpm_ood.models.config import build_schedule
+        from ddpm_ood.models.model_file import file_facts, read_model_file, unet_of
 
         path = Path(self.location)
-        module, schedule, config, info = load_model(path, torch.device("cpu"))
+        obj = read_model_file(path)
+        module, config = unet_of(obj, path), obj["config"]
+        info = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "ema_model", "scaler", "rng")}
         unet = config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
         shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
         image_space, space = ImageSpace(int(unet.get("in_channels", 1)), shape), IMAGE_RANGE
@@ -170,11 +207,8 @@ class RunModel(ModelSource):
             space = LatentSpace.from_record(info["first_stage"], str(path))
             image_space = ImageSpace(space.image_shape[0], space.image_shape)
             info["first_stage"] = {k: v for k, v in info["first_stage"].items() if k != "model"}
-        stat = path.stat()
-        files = {"model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
-                 "model_file_mtime_ns": stat.st_mtime_ns}
-        return Network(module, schedule, image_space, space, "epsilon", dict(unet), {**info, "config": config}, files,
-                       str(path))
+        return Network(module, build_schedule(config), image_space, space, "epsilon", dict(unet),
+                       {**info, "config": config}, file_facts(path), str(path))
 
 
 class DiffusersModel(ModelSource):
@@ -182,13 +216,17 @@ class DiffusersModel(ModelSource):
 
     kind = "diffusers"
 
+    @classmethod
+    def recognises(cls, location: str) -> bool:
+        return True  # a diffusers folder, or a hub id: asked last, it takes what no other kind recognised
+
     def __str__(self) -> str:
         return f"pretrained {self.location}"
 
     def load(self) -> Network:
         from ddpm_ood.models.diffusers_models import load_pretrained
 
-        return load_pretrained(self.location).network()
+        return load_pretrained(self.location)
 
 
 class MonaiBundle(ModelSource):
@@ -196,6 +234,11 @@ class MonaiBundle(ModelSource):
     its autoencoder when it has one (:mod:`ddpm_ood.models.monai_models`)."""
 
     kind = "monai-bundle"
+
+    @classmethod
+    def recognises(cls, location: str) -> bool:
+        path = Path(location).expanduser()
+        return (path / "configs").is_dir() and (path / "models").is_dir()
 
     def __str__(self) -> str:
         return f"MONAI bundle {self.location}"
@@ -211,6 +254,11 @@ class DdpmOodRun(ModelSource):
 
     kind = "ddpm-ood"
 
+    @classmethod
+    def recognises(cls, location: str) -> bool:
+        path = Path(location).expanduser()
+        return (path / "args.json").is_file() and (path / "checkpoint.pth").is_file()
+
     def __str__(self) -> str:
         return f"ddpm-ood run {self.location}"
 
@@ -220,19 +268,16 @@ class DdpmOodRun(ModelSource):
         return load_ddpm_ood(self.location)
 
 
-SOURCES: dict[str, type[ModelSource]] = {source.kind: source for source in (RunModel, DiffusersModel, MonaiBundle,
-                                                                            DdpmOodRun)}
+# Asked in this order by --pretrained: the first that recognises a location loads it (diffusers,
+# which takes any folder or hub id, last).
+SOURCES: dict[str, type[ModelSource]] = {source.kind: source for source in (RunModel, MonaiBundle, DdpmOodRun,
+                                                                            DiffusersModel)}
 
 
 def pretrained_source(location: str) -> ModelSource:
-    """--pretrained's source, by what the folder holds: a MONAI bundle (configs/ and models/), a ddpm-ood
-    run (args.json and checkpoint.pth), else a diffusers folder or hub id."""
-    path = Path(location).expanduser()
-    if (path / "configs").is_dir() and (path / "models").is_dir():
-        return MonaiBundle(path)
-    if (path / "args.json").is_file() and (path / "checkpoint.pth").is_file():
-        return DdpmOodRun(path)
-    return DiffusersModel(location)
+    """--pretrained's source: the first registered kind that recognises what ``location`` holds."""
+    source = next(source for source in SOURCES.values() if source.recognises(location))
+    return source.at(str(Path(location).expanduser()) if source is not DiffusersModel else location)
 
 
 # --- the loaded model -----------------------------------------------------------------------------
@@ -244,7 +289,7 @@ class LoadedModel:
     model_fn: ModelFn  # (x, t) -> eps, x in model space
     schedule: DDPMSchedule
     image_space: ImageSpace
-    space: PixelSpace  # image <-> model space
+    space: ModelSpace  # image <-> model space
     source: ModelSource
     info: dict  # a model file's other entries (epoch, val_loss, config, ...)
     device: torch.device
@@ -370,8 +415,7 @@ def load_model(source: ModelSource | str | Path, device: torch.device | str = "c
     network = source.load()
     parts = identity_parts(network)
     source = type(source)(network.location or source.location)
-    if hasattr(network.space, "to"):  # a first stage runs where the DDPM does
-        network.space.to(device)
+    network.space.to(device)  # a first stage runs where the DDPM does
     model_fn = model_function(network.module.to(device).eval(), device, precision, channels_last, compile_model,
                               max_batch, batch_size)
     return LoadedModel(model_fn, network.schedule, network.image_space, network.space, source, network.info, device,

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from ddpm_ood.models.model_file import file_facts, load_weights, read_weights
 from ddpm_ood.models.spaces import IMAGE_RANGE, ImageSpace, Network
 from ddpm_ood.diffusion.ddpm import DDPMSchedule
-from ddpm_ood.utils.errors import CheckpointError, ConfigError
+from ddpm_ood.utils.errors import ConfigError
 from ddpm_ood.models.diffusers_models import PREDICTIONS, PredictionEps
 
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
@@ -50,22 +51,6 @@ class MonaiEps(PredictionEps):
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, timesteps=t)
-
-
-def read_weights(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: the {what}'s weights are needed.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle that wants to run code, a truncated file, ...
-        raise CheckpointError(f"Cannot load {path} ({type(err).__name__}: {str(err)[:200]}); it must be a plain state "
-                              "dict (nothing in it was run).") from None
-    for key in ("model_state_dict", "state_dict", "model"):  # a checkpoint holding the state dict
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict.")
-    return state
 
 
 def build(target: str, args: dict, where: str) -> torch.nn.Module:
@@ -88,11 +73,7 @@ def build(target: str, args: dict, where: str) -> torch.nn.Module:
 
 
 def load_into(module: torch.nn.Module, state: dict, path: Path) -> torch.nn.Module:
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{path} does not match the network its config describes ({str(err)[:300]}).") from None
-    return module.eval().requires_grad_(False)
+    return load_weights(module, state, path, "the network its config describes").eval().requires_grad_(False)
 
 
 def monai_schedule(config: dict, where: str) -> tuple[DDPMSchedule, str]:
@@ -117,8 +98,9 @@ def monai_schedule(config: dict, where: str) -> tuple[DDPMSchedule, str]:
 
 def latent_image_shape(autoencoder_kind: str, args: dict, latent_shape) -> tuple[int, ...]:
     """The images an autoencoder decodes ``latent_shape`` (C, *spatial) to."""
-    levels = len(args.get("channels", args.get("num_channels", [0])))
-    factor = 2 ** (levels - 1) if autoencoder_kind == "autoencoderkl" else 2 ** levels
+    from ddpm_ood.models.autoencoders import first_stage_kind
+
+    factor = first_stage_kind(autoencoder_kind).downsampling(args)
     return (int(args.get("out_channels", args.get("in_channels", 1))), *(int(d) * factor for d in latent_shape[1:]))
 
 
@@ -126,12 +108,6 @@ def network_of(unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, i
                config: dict, files: dict, location: str) -> Network:
     return Network(MonaiEps(unet, schedule, prediction, int(config.get("in_channels", 1))), schedule, image_space,
                    space, prediction, config, {"config": config}, files, location)
-
-
-def file_facts(path: Path, location: Path) -> dict:
-    stat = path.stat()
-    return {"pretrained": str(location), "model_file": str(path.resolve()), "model_file_bytes": stat.st_size,
-            "model_file_mtime_ns": stat.st_mtime_ns}
 
 
 # --- a model-zoo bundle ----------------------------------------------------------------------------
@@ -207,7 +183,7 @@ def load_bundle(folder: str | Path) -> Network:
         space = LatentSpace(module, kind, {**ae_args, "channels": ae_args.get("channels", ae_args.get("num_channels"))},
                             shape or (int(ae_args.get("in_channels", 1)),) + (0,) * dims, scale, 0, None, str(ae_path))
         image_space = ImageSpace(space.image_shape[0], shape)
-    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(unet_path, folder), str(folder))
+    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(unet_path, pretrained=str(folder)), str(folder))
 
 
 # --- a ddpm-ood run --------------------------------------------------------------------------------
@@ -260,4 +236,4 @@ def load_ddpm_ood(folder: str | Path) -> Network:
                                            "beta_start": args.get("beta_start", 1e-4),
                                            "beta_end": args.get("beta_end", 2e-2),
                                            "prediction_type": args.get("prediction_type", "epsilon")}, where)
-    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(checkpoint, folder), str(folder))
+    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(checkpoint, pretrained=str(folder)), str(folder))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -56,6 +56,27 @@ class ImageSpace:
         return f"convert them to {self.channels} channel(s)" if tuple(shape)[:1] != (self.channels,) else "resize them"
 
 
+@runtime_checkable
+class ModelSpace(Protocol):
+    """What the network sees, and the way there and back: every model's ``space`` is one
+    (:class:`PixelSpace`, or a latent model's ``ddpm_ood.models.first_stage.LatentSpace``)."""
+
+    low: float  # the range the images are in once decoded (for describing the model)
+    high: float
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (..., C, *spatial) -> model space."""
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> images in [0, 1] (where MSE, LPIPS and the figures see them)."""
+
+    def to(self, device) -> "ModelSpace":
+        """This space on ``device`` (a first stage's network moves; a pixel space has nothing to move)."""
+
+    def record(self) -> dict:
+        """What the model's identity takes of it."""
+
+
 @dataclass(frozen=True)
 class PixelSpace:
     """A pixel-space model: the network sees the image itself, mapped from [0, 1] to the range it
@@ -81,6 +102,9 @@ class PixelSpace:
         return x if self.identity else (x - self.low) / (self.high - self.low)
 
     to_model, to_image = encode, decode  # the older names
+
+    def to(self, device) -> "PixelSpace":
+        return self
 
     def model_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(image_shape)
@@ -148,7 +172,7 @@ class Network:
     module: torch.nn.Module
     schedule: DDPMSchedule
     image_space: ImageSpace
-    space: PixelSpace
+    space: ModelSpace
     prediction: str  # what the network's output was trained as; ``module`` already returns eps
     config: dict  # the settings that shape the network's numbers (part of the identity)
     info: dict = field(default_factory=dict)  # other facts (a run's model file: epoch, val_loss, its config)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ddpm_ood.data.loading import mid_slices
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler
 from ddpm_ood.models.loading import model_function
-from ddpm_ood.models.model_file import CheckpointError, read_file, save_model_file
+from ddpm_ood.models.model_file import CheckpointError, read_model_file, save_model_file
 from ddpm_ood.models.unet import compile_unet
 from ddpm_ood.training.loop import (StepResult, TrainingRun, check_finite, epoch_order,  # noqa: F401 (epoch_order:
                                     fixed_setting_changes, rng_state)  # 0.4's names here, for the benchmarks)
@@ -368,5 +368,5 @@ def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Te
             f"would start from scratch and overwrite them. To train it further from its weights, re-run with "
             f"--init_weights={models[-1]} (a fresh optimizer; the model files are replaced as training goes on); "
             "to keep them, train a new --model_name.")
-    loop.start(state, read_file(init_weights)["model"] if init_weights is not None else None)
+    loop.start(state, read_model_file(init_weights)["model"] if init_weights is not None else None)
     return loop.run_loop()

@@ -18,7 +18,6 @@ reconstructions (mid-slices of volumes).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -26,45 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_ood.data.loading import mid_slices
-from ddpm_ood.models.first_stage import FIRST_STAGE_KIND, build_autoencoder, decode_raw, encode_raw
+from ddpm_ood.models.autoencoders import first_stage_kind
+from ddpm_ood.models.first_stage import build_autoencoder, decode_raw, encode_raw
+from ddpm_ood.models.model_file import save_first_stage_file
 from ddpm_ood.training.loop import StepResult, TrainingRun, check_finite, fixed_setting_changes
 from ddpm_ood.training.settings import AutoencoderSettings, data_differences
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
-from ddpm_ood.utils.files import save_torch_atomic
 
 logger = logging.getLogger(__name__)
-
-
-def vqvae_network(spatial_dims: int, channels: int, num_channels, num_res_channels, num_res_layers: int,
-                  downsample, upsample, num_embeddings: int, embedding_dim: int, commitment_cost: float,
-                  decay: float) -> dict:
-    """MONAI VQVAE's constructor arguments, as ddpm-ood's flags give them."""
-    num_channels = list(num_channels)
-    if len(num_res_channels) != len(num_channels):
-        raise ConfigError(f"--vqvae_num_res_channels {list(num_res_channels)} needs one entry per level of "
-                          f"--vqvae_num_channels {num_channels}.")
-    levels = len(num_channels)
-    downsample = [list(p) for p in (downsample or [[2, 4, 1, 1]] * levels)]
-    upsample = [list(p) for p in (upsample or [[2, 4, 1, 1, 0]] * levels)]
-    if len(downsample) != levels or len(upsample) != levels:
-        raise ConfigError(f"--vqvae_downsample_parameters and --vqvae_upsample_parameters need {levels} entries, one "
-                          "per level of --vqvae_num_channels.")
-    return {"spatial_dims": spatial_dims, "in_channels": channels, "out_channels": channels,
-            "channels": num_channels, "num_res_channels": list(num_res_channels), "num_res_layers": num_res_layers,
-            "downsample_parameters": downsample, "upsample_parameters": upsample,
-            "num_embeddings": num_embeddings, "embedding_dim": embedding_dim, "commitment_cost": commitment_cost,
-            "decay": decay}
-
-
-def autoencoderkl_network(spatial_dims: int, channels: int, num_channels, latent_channels: int,
-                          num_res_layers: int) -> dict:
-    """MONAI AutoencoderKL's constructor arguments (no attention: small first stages for small images)."""
-    num_channels = list(num_channels)
-    groups = math.gcd(*num_channels) if len(num_channels) > 1 else num_channels[0]
-    return {"spatial_dims": spatial_dims, "in_channels": channels, "out_channels": channels,
-            "channels": num_channels, "latent_channels": latent_channels, "num_res_blocks": num_res_layers,
-            "attention_levels": [False] * len(num_channels), "norm_num_groups": min(32, groups),
-            "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False}
 
 
 class AutoencoderTrainer(TrainingRun):
@@ -104,12 +72,9 @@ class AutoencoderTrainer(TrainingRun):
     def learning_rate(self) -> float:
         return self.optimizer_g.param_groups[0]["lr"]
 
-    def model_file(self, epochs_done: int) -> dict:
-        return {"kind": FIRST_STAGE_KIND, "model": self.model.state_dict(), "epoch": epochs_done,
-                "val_loss": self.val_loss, "config": {}, **self.record()}
-
     def write_model(self, path: Path, epochs_done: int) -> None:
-        save_torch_atomic(path, self.model_file(epochs_done))
+        save_first_stage_file(path, self.kind, self.network, self.model.state_dict(), epochs_done, self.val_loss,
+                              self.image_shape, self.settings.record(), self.data)
 
     def training_state(self) -> dict:
         return {"model": self.model.state_dict(), "discriminator": self.discriminator.state_dict(),
@@ -154,12 +119,8 @@ class AutoencoderTrainer(TrainingRun):
     # --- losses and one step -------------------------------------------------------------------
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction and the regulariser (quantisation loss, or weighted KL)."""
-        if self.kind == "vqvae":
-            return self.model(images)
-        recon, mu, sigma = self.model(images)
-        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).flatten(1).sum(1).mean()
-        return recon, self.settings.kl_weight * kl
+        """Reconstruction and the regulariser (a VQ-VAE's quantisation loss, an AutoencoderKL's weighted KL)."""
+        return first_stage_kind(self.kind).training_forward(self.model, images, self.settings.kl_weight)
 
     def adversarial_weight(self) -> float:
         warmup = self.settings.adversarial_warmup

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpm_ood.models.model_file import read_file
+from ddpm_ood.models.model_file import read_model_file
 from ddpm_ood.runs.layout import RunFiles
 from ddpm_ood.utils.distributed import Dist
 from ddpm_ood.utils.errors import CheckpointError, ConfigError, NonFiniteLoss
@@ -82,7 +82,7 @@ def load_resume_state(run: RunFiles, kind: str = "checkpoint") -> dict | None:
     problems = []
     for path in candidates:
         try:
-            state = read_file(path)
+            state = read_model_file(path)
         except CheckpointError as err:
             logger.warning("%s", err)
             problems.append(str(path))
