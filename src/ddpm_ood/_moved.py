@@ -16,7 +16,7 @@ DEPRECATED_SINCE, REMOVED_IN = "0.5.0 (2026-12-07)", "0.6.0"
 
 MOVED = {
     "errors": "utils.errors", "files": "utils.files", "runtime": "utils.runtime", "distributed": "utils.distributed",
-    "data": "data.loading", "dataset_names": "data.names", "datasets_download": "data.download",
+    "data": "data.loading", "dataset_names": "data.catalogue", "datasets_download": "data.download",
     "medical_datasets": "data.medical",
     "metrics": "metrics.distances", "scoring": "metrics.scoring",
     "diffusion": "diffusion.ddpm", "reconstruction": "diffusion.reconstruction",

@@ -27,7 +27,6 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from ddpm_ood.data.names import DATASETS
 from ddpm_ood.utils.errors import DownloadError, WriteError
 from ddpm_ood.utils.files import save_csv_atomic
 
@@ -153,7 +152,7 @@ def write_splits(data_root: Path, name: str) -> list[Path]:
 
 # --- the datasets ------------------------------------------------------------------------
 
-def prepare_idx_dataset(data_root: Path, name: str, source_dir: Path | None, top_level_ok: bool = True) -> None:
+def prepare_idx_dataset(data_root: Path, name: str, source_dir: Path | None, top_level_ok: bool = True) -> list[Path]:
     """MNIST / FashionMNIST: IDX files from ``source_dir`` or torchvision's download.
 
     ``source_dir/<name>/raw`` and ``source_dir/<name>`` are searched, and ``source_dir`` itself
@@ -182,9 +181,10 @@ def prepare_idx_dataset(data_root: Path, name: str, source_dir: Path | None, top
         path = find_idx(name, split, search)
         images = read_idx(path)
         convert_split(data_root, name, split, lambda images=images: iter(images), len(images), str(path.resolve()))
+    return write_splits(data_root, name)
 
 
-def prepare_cifar10(data_root: Path, source_dir: Path | None) -> None:
+def prepare_cifar10(data_root: Path, source_dir: Path | None) -> list[Path]:
     import torchvision.datasets as tvd
 
     root = source_dir / "CIFAR10" / "raw" if source_dir else data_root / "CIFAR10" / "raw"
@@ -193,9 +193,10 @@ def prepare_cifar10(data_root: Path, source_dir: Path | None) -> None:
             dataset = _torchvision(tvd.CIFAR10, "CIFAR10", root, train=split == "train", download=source_dir is None)
             return (image.transpose(2, 0, 1) for image in dataset.data)  # (32, 32, 3) -> (3, 32, 32)
         convert_split(data_root, "CIFAR10", split, load, source=str(root.resolve()))
+    return write_splits(data_root, "CIFAR10")
 
 
-def prepare_svhn(data_root: Path, source_dir: Path | None) -> None:
+def prepare_svhn(data_root: Path, source_dir: Path | None) -> list[Path]:
     import torchvision.datasets as tvd
 
     root = source_dir / "SVHN" / "raw" if source_dir else data_root / "SVHN" / "raw"
@@ -203,9 +204,10 @@ def prepare_svhn(data_root: Path, source_dir: Path | None) -> None:
         def load(split=split):
             return iter(_torchvision(tvd.SVHN, "SVHN", root, split=split, download=source_dir is None).data)
         convert_split(data_root, "SVHN", split, load, source=str(root.resolve()))
+    return write_splits(data_root, "SVHN")
 
 
-def prepare_celeba(data_root: Path, download: bool, source_dir: Path | None) -> None:
+def prepare_celeba(data_root: Path, download: bool, source_dir: Path | None) -> list[Path]:
     import torchvision.datasets as tvd
 
     root = source_dir / "CelebA" / "raw" if source_dir else data_root / "CelebA" / "raw"
@@ -216,6 +218,7 @@ def prepare_celeba(data_root: Path, download: bool, source_dir: Path | None) -> 
                 image, _ = dataset[i]
                 yield celeba_to_array(image)
         convert_split(data_root, "CelebA", split, load, source=str(root.resolve()))
+    return write_splits(data_root, "CelebA")
 
 
 def celeba_to_array(image: Image.Image) -> np.ndarray:
@@ -253,10 +256,11 @@ def digits_images() -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-def prepare_digits(data_root: Path) -> None:
+def prepare_digits(data_root: Path) -> list[Path]:
     train, test = digits_images()
     convert_split(data_root, "Digits", "train", lambda: iter(train), len(train))
     convert_split(data_root, "Digits", "test", lambda: iter(test), len(test))
+    return write_splits(data_root, "Digits")
 
 
 MNIST5K_FILE = "mnist_5k.csv.gz"
@@ -369,26 +373,3 @@ def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
                                mni152_volumes(files[t], n, s, le), count, source)
         written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder)))
     return written
-
-
-def prepare(data_root: Path, name: str, source_dir: Path | None = None, download_celeba: bool = True,
-            top_level_ok: bool = True) -> list[Path]:
-    """Convert one dataset and write its split CSVs; returns the CSV paths."""
-    if name in ("MNIST", "FashionMNIST"):
-        prepare_idx_dataset(data_root, name, source_dir, top_level_ok)
-    elif name == "CIFAR10":
-        prepare_cifar10(data_root, source_dir)
-    elif name == "SVHN":
-        prepare_svhn(data_root, source_dir)
-    elif name == "CelebA":
-        prepare_celeba(data_root, download_celeba, source_dir)
-    elif name == "Digits":
-        prepare_digits(data_root)
-    elif name == "MNIST5k":
-        return prepare_mnist5k(data_root, source_dir)
-    elif name == "MNI152":
-        return prepare_mni152(data_root, source_dir)
-
-    else:
-        raise ValueError(f"Unknown dataset {name!r}; choose from {DATASETS}.")
-    return write_splits(data_root, name)

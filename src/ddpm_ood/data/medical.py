@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_ood.data.download import _sorted_files, convert_split, prepare as prepare_benchmark, write_split_csv
+from ddpm_ood.data.download import _sorted_files, convert_split, write_split_csv
 from ddpm_ood.utils.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -163,12 +163,3 @@ def prepare_decathlon(data_root: Path, source_dir: Path | None, tasks=DECATHLON_
             written.append(write_split_csv(data_root, f"{task}_{split}", volumes))
             logger.info("%s %s: %d volumes", task, split, len(volumes))
     return written
-
-
-def prepare(data_root: Path, name: str, source_dir: Path | None = None, download_celeba: bool = True,
-            top_level_ok: bool = True) -> list[Path]:
-    """get_datasets.py's dispatch: the medical datasets here, the others in :mod:`ddpm_ood.data.download`."""
-    medical = {"MedNIST": prepare_mednist, "MedMNIST3D": prepare_medmnist3d, "Decathlon": prepare_decathlon}
-    if name in medical:
-        return medical[name](data_root, source_dir)
-    return prepare_benchmark(data_root, name, source_dir, download_celeba, top_level_ok)
