@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from ddpm_ood.data.loading import load_images
     from ddpm_ood.detectors import detector_class
     from ddpm_ood.utils.distributed import init_distributed, shutdown
-    from ddpm_ood.models.loading import ModelSource, load_model_fn
+    from ddpm_ood.models.loading import ModelSource, load_model
     from ddpm_ood.diffusion.reconstruction import NOISE
     from ddpm_ood.runs.store import ResultsStore, Workers, run_chunks
     from ddpm_ood.runs.layout import RunFiles, build_manifest, planned_sets, set_entries
@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     run = RunFiles(args.output_dir / args.model_name)
 
     logger.info("loading model...")
-    model = load_model_fn(ModelSource.choose(run, args.eval_checkpoint, args.pretrained), device, args.precision,
+    model = load_model(ModelSource.choose(run, args.eval_checkpoint, args.pretrained), device, args.precision,
                           args.channels_last, args.compile, args.max_model_batch, args.batch_size)
     is_grayscale = model.is_grayscale(args.is_grayscale)
     logger.info("%s", model.describe())

@@ -64,13 +64,13 @@ def random_model(architecture: str, folder: Path) -> str:
 
 def main(args) -> dict:
     from ddpm_ood.detectors import detector_class, measure_knobs
-    from ddpm_ood.models.loading import DiffusersModel, load_model_fn
+    from ddpm_ood.models.loading import DiffusersModel, load_model
     from ddpm_ood.models.diffusers_models import load_pretrained
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         source = args.pretrained or random_model(args.architecture, Path(tmp) / "model")
-        model = load_model_fn(DiffusersModel(source), device, args.precision, batch_size=args.batch_size)
+        model = load_model(DiffusersModel(source), device, args.precision, batch_size=args.batch_size)
         parameters = sum(p.numel() for p in load_pretrained(source).module.parameters())
     calls = {"images": 0}
     inner = model.model_fn

@@ -21,7 +21,7 @@ from conftest import ROOT, reseal, write_split
 from helpers.diffusers_fakes import colour_split, scheduler, tiny_unet
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
 from ddpm_ood.utils.errors import CheckpointError, ConfigError, ScoringError
-from ddpm_ood.models.loading import DiffusersModel, ModelSource, load_model_fn
+from ddpm_ood.models.loading import DiffusersModel, ModelSource, load_model
 from ddpm_ood.models.diffusers_models import DiffusersEps, load_pretrained, locate, schedule_from_config
 
 diffusers = pytest.importorskip("diffusers")
@@ -42,15 +42,15 @@ def model_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", ["flat", "pipeline"])
 def test_our_eps_is_the_unet_on_images_mapped_to_minus_one_one(model_dirs, layout):
-    model = load_model_fn(DiffusersModel(str(model_dirs[layout])), CPU)
+    model = load_model(DiffusersModel(str(model_dirs[layout])), CPU)
     assert model.image_shape == (3, 16, 16) and model.channels == 3
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 1, 250, 500, 999])
     with torch.no_grad():
-        ours = model.model_fn(model.data_range.to_model(x), t)
+        ours = model.model_fn(model.space.encode(x), t)
         theirs = model_dirs["unet"](2 * x - 1, t).sample
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-    torch.testing.assert_close(model.data_range.to_image(model.data_range.to_model(x)), x, rtol=0, atol=1e-7)
+    torch.testing.assert_close(model.space.decode(model.space.encode(x)), x, rtol=0, atol=1e-7)
     assert model.manifest()["pretrained"] == str(model_dirs[layout].resolve())
     assert len(model.manifest()["model_id"]) == 64 and model.manifest()["model_source"] == "diffusers"
 
@@ -126,11 +126,11 @@ def test_our_plms_reconstruction_is_diffusers_pndm_in_plms_mode(model_dirs, star
     from ddpm_ood.diffusion.ddpm import PLMSSampler
     from ddpm_ood.diffusion.reconstruction import reconstruct_sequential, start_noise
 
-    model = load_model_fn(DiffusersModel(str(model_dirs["flat"])), CPU)
+    model = load_model(DiffusersModel(str(model_dirs["flat"])), CPU)
     sampler = PLMSSampler(model.schedule)
     sampler.set_timesteps(10)
     grid = sampler.grid.tolist()
-    x0 = model.data_range.to_model(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
+    x0 = model.space.encode(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
     noise = start_noise((3, 16, 16), 0, [0, 1], [grid[start_index]])
     ours = reconstruct_sequential(model.model_fn, model.schedule, sampler, x0, [start_index], noise)[:, 0]
 

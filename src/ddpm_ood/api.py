@@ -13,7 +13,7 @@ Then, from a notebook::
     is_ood = detector.predict(images)                                 # scores above the threshold
 
 or from the command line, ``ood_detection.py --score_ids new.csv [--detector NAME]``. Images are
-measured with the run's own model and settings (the model loader :func:`ddpm_ood.models.loading.load_model_fn`
+measured with the run's own model and settings (the model loader :func:`ddpm_ood.models.loading.load_model`
 and the detectors of :mod:`ddpm_ood.detectors`, as ``reconstruct.py`` measures them) and scored with
 the saved fit, so an image scores exactly as through the scripts; its noise comes from its own
 pixels, so its score does not depend on the images that come with it.

@@ -141,7 +141,7 @@ class LatentSpace:
             return decode_raw(self.module, self.kind, z.float() / self.scale).float()
         return self.batched(decode, z)
 
-    to_model, to_image = encode, decode
+    to_model, to_image = encode, decode  # deprecated names since 0.4 (2026-11); removed in 0.6
 
     def weights_digest(self) -> str:
         if self._weights is None:

@@ -35,7 +35,7 @@ from typing import ClassVar
 import torch
 
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, ModelFn
-from ddpm_ood.models.spaces import (IMAGE_RANGE, DataRange, ImageSpace, ModelSpace, Network, PixelSpace,  # noqa: F401
+from ddpm_ood.models.spaces import (IMAGE_RANGE, ImageSpace, ModelSpace, Network, PixelSpace,  # noqa: F401
                                     identity_differences, identity_parts, model_identity)
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from ddpm_ood.utils.runtime import autocast, resolve_precision
@@ -311,7 +311,8 @@ class LoadedModel:
         return self.image_space.channels
 
     @property
-    def data_range(self) -> PixelSpace:
+    def data_range(self) -> ModelSpace:
+        """Deprecated name of :attr:`space` since 0.4 (2026-11); removed in 0.6."""
         return self.space
 
     @property
@@ -422,4 +423,4 @@ def load_model(source: ModelSource | str | Path, device: torch.device | str = "c
                        precision, model_identity(parts), parts, network.files)
 
 
-load_model_fn = load_model  # the older name
+load_model_fn = load_model  # deprecated name since 0.4 (2026-11); removed in 0.6

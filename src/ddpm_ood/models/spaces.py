@@ -101,7 +101,7 @@ class PixelSpace:
         """The model's range -> [0, 1], where MSE, LPIPS and the figures see the images."""
         return x if self.identity else (x - self.low) / (self.high - self.low)
 
-    to_model, to_image = encode, decode  # the older names
+    to_model, to_image = encode, decode  # deprecated names since 0.4 (2026-11); removed in 0.6
 
     def to(self, device) -> "PixelSpace":
         return self
@@ -114,7 +114,7 @@ class PixelSpace:
         return {"kind": "pixel", "range": [float(self.low), float(self.high)]}
 
 
-DataRange = PixelSpace  # the older name
+DataRange = PixelSpace  # deprecated name since 0.4 (2026-11); removed in 0.6
 IMAGE_RANGE = PixelSpace()
 
 
