@@ -2,7 +2,7 @@
 made from these lines), whether it is prepared by default, and the function that converts it.
 
 A new dataset is one :class:`Dataset` entry here and its ``prepare_*`` function (which writes its
-split CSVs and returns their paths); ``tests/test_datasets_download.py`` checks every entry.
+split CSVs and returns their paths); ``tests/data/test_download.py`` checks every entry.
 A leaf module: the parser reads it before any heavy import.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ A :class:`Detector` is a small object whose settings say how its results were ma
 Every method marked ``@abstractmethod`` below must be given, or the class cannot be instantiated
 (a missing one fails at import-and-construct, never in the middle of a run), and
 ``from_settings`` builds through ``__init__``, so a manifest's settings pass the constructor's
-checks. ``tests/test_detector_contract.py`` runs one contract over every registered detector.
+checks. ``tests/detectors/test_contract.py`` runs one contract over every registered detector.
 
 - ``name``, ``score_names`` (its scores, the first its main one), ``results_folder`` (its results
   go to ``ood/<folder>/``), ``measures_fit_set`` (measured on reconstruct.py's ``--fit_ids``

@@ -5,7 +5,7 @@
 much it downsamples (``downsampling``), and, for the kinds ``train_vqvae.py`` trains, the network
 its flags ask for (``network_from_flags``) and its reconstruction with the regulariser of its
 loss (``training_forward``). Adding a kind is one :class:`FirstStageKind` subclass and one entry
-here; ``tests/test_first_stage_registry.py`` runs the same contract over every entry.
+here; ``tests/models/test_autoencoders.py`` runs the same contract over every entry.
 
 Imports nothing heavy until used: ``train_vqvae.py --help`` reads the trainable kinds' names.
 """

@@ -6,7 +6,7 @@ folder), :class:`MonaiBundle` (a MONAI model-zoo bundle), :class:`DdpmOodRun` (a
 later code) and :class:`DiffusersModel` (a diffusers folder or hub id). A new kind is one subclass
 with ``recognises()`` (does this location hold my kind?) and ``load()`` (a :class:`Network`, the
 one record of a network every source builds), and one entry in ``SOURCES``: ``--pretrained``
-asks each registered source in turn, and ``tests/test_model_sources.py`` runs the contract over
+asks each registered source in turn, and ``tests/models/test_loading_sources.py`` runs the contract over
 the registry.
 
 :func:`load_model` turns a source into a :class:`LoadedModel`, which states:

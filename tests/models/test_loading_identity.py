@@ -231,7 +231,7 @@ def test_what_the_boundary_cannot_take_is_refused(folder, tmp_path, file, change
 
 def test_a_latent_pipeline_without_its_first_stage_is_refused_not_run_on_pixels(folder, tmp_path):
     """The layout of CompVis/ldm-celebahq-256 (model_index.json, vqvae/, unet/, scheduler/), with its
-    VQModel's files missing: refused, never run on pixels (tests/test_latent_sources.py loads a whole one)."""
+    VQModel's files missing: refused, never run on pixels (tests/models/test_monai_models.py loads a whole one)."""
     ldm = tmp_path / "ldm"
     (ldm / "vqvae").mkdir(parents=True)
     shutil.copytree(folder, ldm / "unet")
