@@ -132,3 +132,30 @@ def tiny_run(tmp_path_factory):
         f"--validation_ids={paths['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=1", "--batch_size=8",
         "--num_sample_images=0", "--num_workers=0"]))
     return out, out / "tiny", paths
+
+
+@pytest.fixture(scope="session")
+def scored_tiny(tmp_path_factory):
+    """The blob splits and a tiny run ``m`` trained, measured by the paper's detector and msma, and
+    scored. Never changed by a test: use ``scored_copy`` to damage one."""
+    import reconstruct
+    import train
+    from helpers.pipeline import tiny_reconstruct_args, tiny_score, tiny_train_args
+
+    tmp = tmp_path_factory.mktemp("scored_tiny")
+    paths = blob_splits(tmp)
+    out = tmp / "runs"
+    train.main(tiny_train_args(out, paths))
+    reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon,msma"))
+    tiny_score(out)
+    return out, paths
+
+
+@pytest.fixture
+def scored_copy(scored_tiny, tmp_path):
+    """A copy of ``scored_tiny`` to damage: (output_dir, splits)."""
+    import shutil
+
+    out, paths = scored_tiny
+    shutil.copytree(out, tmp_path / "runs")
+    return tmp_path / "runs", paths

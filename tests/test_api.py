@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -14,11 +16,12 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import blob_splits, TINY_CONFIG, reseal
+from conftest import ROOT, TINY_CONFIG, blob_splits, reseal, write_split
 from ddpm_ood.api import ImageDetector, OODDetector, pytorch_ood_detector
 from ddpm_ood.data.loading import load_split
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
-from ddpm_ood.utils.errors import ScoringError
+from ddpm_ood.utils.errors import ConfigError, DataError, ScoringError, WriteError
+from helpers.pipeline import tiny_reconstruct_args, tiny_score, tiny_train_args
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +223,6 @@ def test_score_ids_takes_a_class_folder_tree_and_dot_and_writes_where_asked(scor
 
 def test_score_ids_checks_it_can_write_before_any_work(scored_run, monkeypatch):
     """Main before this measured every image of a read-only run, then failed to write."""
-    from ddpm_ood.utils.errors import WriteError
 
     run, paths = scored_run
     monkeypatch.setattr(OODDetector, "load", classmethod(lambda *a, **k: pytest.fail("measured before checking")))
@@ -251,3 +253,58 @@ def test_the_pytorch_ood_adapter_behaves_as_a_pytorch_ood_detector(scored_run):
         detector.fit([{"image": images[:4], "label": torch.zeros(4)}])
     detector.fit([(images, torch.zeros(len(images)))])
     assert detector(images[:2]).shape == (2,)
+
+
+def test_new_images_are_refused_after_retraining(scored_tiny, tmp_path):
+    _, paths = scored_tiny
+    out = tmp_path / "own"
+    train.main(tiny_train_args(out, paths))
+    reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon"))
+    tiny_score(out)
+    train.main(tiny_train_args(out, paths, epochs=2))  # training goes on ...
+    shutil.copy(out / "m" / "final_model.pth", out / "m" / "best_model.pth")  # ... and makes a new best model
+    with pytest.raises(ScoringError, match=r"made with another model .*\(weights differ\)"):
+        OODDetector.load(out / "m", device="cpu")
+    result = subprocess.run([sys.executable, str(ROOT / "ood_detection.py"), f"--output_dir={out}", "--model_name=m",
+                             f"--score_ids={paths['ood']}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "made with another model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_api_prepares_images_as_the_loader_does_or_says_why_not(scored_tiny, tmp_path):
+    out, paths = scored_tiny
+    detector = OODDetector.load(out / "m", device="cpu", batch_size=4)
+    images = load_split(paths["ood"], True).images
+    reference = detector.score(images)
+    raw = np.stack([np.load(f)[None] for f in pd.read_csv(paths["ood"])["filename"]])  # uint8 0..255, as stored
+    np.testing.assert_allclose(detector.score(torch.from_numpy(raw)), reference, rtol=1e-6)  # scaled as files are
+    # An image in [0, 0.8] (here a .npy of floats) scores the same through the API and --score_ids.
+    dim = [tmp_path / f"dim_{i}.npy" for i in range(3)]
+    for i, path in enumerate(dim):
+        np.save(path, (raw[i] / 255.0 * 0.8).astype(np.float64)[0])
+    listed = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=m",
+                                                          f"--score_ids={write_split(tmp_path / 'Dim.csv', dim)}"]))
+    arrays = np.stack([np.load(path)[None] for path in dim])
+    np.testing.assert_allclose(detector.score(torch.from_numpy(arrays)), listed["score"], rtol=1e-6)
+    np.testing.assert_allclose(detector.score(raw.astype(np.float64)), reference, rtol=1e-6)  # a numpy array
+    np.testing.assert_allclose(detector.score(list(images)), reference, rtol=1e-6)  # a list of images
+    np.testing.assert_allclose(detector.score(images.clone().requires_grad_()), reference, rtol=1e-6)
+    broken = images.clone()
+    broken[2, 0, 3, 3] = float("nan")
+    for bad, match in ((broken, "image 2 of the batch contains NaN"), (images[:0], "empty"),
+                       ([], "empty"), (images[0], r"shape \(N, C, H, W\)"), ("x", "not str")):
+        with pytest.raises(DataError, match=match):
+            detector.score(bad)
+    with pytest.raises(DataError, match="2 filenames for 6 images"):
+        detector.score(images, ["a", "b"])
+    inf = images.clone()
+    inf[0, 0, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="contains NaN or infinite"):
+        detector.predict(inf)
+
+
+@pytest.mark.parametrize("flag", ["--max_t=300", "--tpr=0.9", "--fit_on=fit", "--t_skip=2", "--min_start_t=5"])
+def test_score_ids_refuses_the_flags_that_choose_the_fit(scored_tiny, flag):
+    out, paths = scored_tiny
+    with pytest.raises(ConfigError, match="re-run ood_detection.py with them first"):
+        ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=m",
+                                                     f"--score_ids={paths['ood']}", flag]))

@@ -131,3 +131,11 @@ def test_the_checks_catch_what_they_name(tmp_path):
         dotted_target("ddpm_ood.inference.load_model")
     assert slug("4. Anomaly maps: `reconstruct.py --save_maps N`".replace("`", "")) == \
         "4-anomaly-maps-reconstructpy---save_maps-n"
+
+
+def test_makefile_and_readme_agree_on_the_demo_time():
+    makefile = (ROOT / "Makefile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    make_minutes = re.search(r"make demo .*?~(\d+) minutes", makefile).group(1)
+    readme_minutes = re.search(r"make demo .*?~(\d+) minutes", readme).group(1)
+    assert make_minutes == readme_minutes

@@ -144,3 +144,21 @@ def test_the_package_imports_from_any_folder_without_torch_until_used(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert str(PACKAGE) in result.stdout
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<subpackage>/test_<module>[_<aspect>].py, for a subpackage and module that exist; file names
+    unique (pytest imports them by name)."""
+    tests = ROOT / "tests"
+    files = sorted(tests.rglob("test_*.py"))
+    names = [path.name for path in files]
+    assert len(names) == len(set(names)), "two test files of one name"
+    for path in files:
+        folder = path.parent.relative_to(tests)
+        if folder == ROOT.joinpath("tests").relative_to(tests):
+            continue  # package-wide and script tests
+        assert (PACKAGE / folder).is_dir(), f"{path.relative_to(ROOT)}: no subpackage ddpm_ood.{folder}"
+        modules = {p.stem for p in (PACKAGE / folder).glob("*.py")} | {"contract", folder.name}  # and the registry
+        stem = path.stem[len("test_"):]
+        assert any(stem == m or stem.startswith(m + "_") for m in modules), \
+            f"{path.relative_to(ROOT)} is named after no module of ddpm_ood.{folder}"

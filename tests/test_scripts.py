@@ -14,9 +14,9 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT, TINY_CONFIG
-from helpers.scripts import reconstruct_args
 from ddpm_ood.data.loading import DataError
 from ddpm_ood.metrics.distances import LPIPSUnavailable
+from helpers.scripts import reconstruct_args
 
 
 def train_args(out, splits, epochs=2, *extra):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import get_datasets
 from ddpm_ood.data.download import DownloadError, digits_images, read_idx, write_idx
@@ -150,3 +151,27 @@ def test_the_help_lists_every_dataset_and_the_defaults(capsys):
     for name, entry in CATALOGUE.items():
         assert f"{name}{'' if entry.default else ' (not by default)'}: {' '.join(entry.about.split())}" in text
     assert get_datasets.parse_args(["--data_root=x"]).datasets == list(DEFAULT_DATASETS)
+
+
+def test_get_datasets_converts_again_from_a_corrected_source(tmp_path, caplog):
+    import get_datasets
+    from helpers.data import make_idx_source
+
+    make_idx_source(tmp_path / "wrong" / "MNIST", seed=1)
+    make_idx_source(tmp_path / "right" / "MNIST", seed=2)
+    prepare = lambda source: get_datasets.main(get_datasets.parse_args(
+        [f"--data_root={tmp_path / 'data'}", "--datasets", "MNIST", "--source_dir", str(source)]))
+    prepare(tmp_path / "wrong")
+    first = np.load(pd.read_csv(tmp_path / "data" / "data_splits" / "MNIST_test.csv")["filename"][0])
+    with caplog.at_level("INFO"):
+        prepare(tmp_path / "right")
+    assert "converting again" in caplog.text
+    second = np.load(pd.read_csv(tmp_path / "data" / "data_splits" / "MNIST_test.csv")["filename"][0])
+    assert not np.array_equal(first, second)
+    # Results made from the old images are not taken for results of the new ones.
+    from ddpm_ood.runs.layout import set_entries
+
+    split = tmp_path / "data" / "data_splits" / "MNIST_test.csv"
+    old = set_entries(split, None, ["a"], torch.from_numpy(first[None, None].astype(np.float32)))
+    new = set_entries(split, None, ["a"], torch.from_numpy(second[None, None].astype(np.float32)))
+    assert old["images_sha256"] != new["images_sha256"] and old["files_digest"] == new["files_digest"]

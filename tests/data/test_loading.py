@@ -6,7 +6,15 @@ import pytest
 from PIL import Image
 
 from conftest import make_images, write_split
-from ddpm_ood.data.loading import DataError, apply_flip, load_image, load_split, minmax_scale, read_split_csv, resolve_split
+from ddpm_ood.data.loading import (
+    DataError,
+    apply_flip,
+    load_image,
+    load_split,
+    minmax_scale,
+    read_split_csv,
+    resolve_split,
+)
 
 
 def test_reads_our_format_the_original_single_row_format_and_plain_lines(tmp_path):

@@ -14,9 +14,9 @@ import reconstruct
 import train
 from conftest import TINY_CONFIG, write_split
 from ddpm_ood.data.loading import LazyVolumes, load_images
-from ddpm_ood.utils.errors import DataError, UserError
 from ddpm_ood.metrics.distances import slices
 from ddpm_ood.models.unet import UNet
+from ddpm_ood.utils.errors import DataError, UserError
 
 nibabel = pytest.importorskip("nibabel")
 

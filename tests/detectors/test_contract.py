@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+import reconstruct
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS, detector_class, measure_knobs
 from ddpm_ood.detectors.base import CombinationRule, Detector, FeatureDetector
 from ddpm_ood.diffusion.ddpm import DDPMSchedule
-from ddpm_ood.utils.errors import UserError
 from ddpm_ood.models.loading import IMAGE_RANGE
+from ddpm_ood.utils.errors import DataError, UserError
 from helpers.oracles import gaussian_oracle
 
 SCHEDULE = DDPMSchedule()
@@ -119,3 +120,25 @@ def test_every_combination_follows_the_combination_protocol(name):
     three = [detector_class(d).from_args(args_for(d), fake_model()) for d in DETECTORS]
     members = combination.members(three)
     assert members and all(len(m) >= 2 and set(m) <= set(DETECTORS) for m in members.values())
+
+
+@pytest.mark.parametrize("flag,value", [("--path_steps", "1"), ("--msma_levels", "0"), ("--denoise_levels", "0")])
+def test_detector_levels_are_range_checked_by_the_parser(flag, value, capsys):
+    with pytest.raises(SystemExit) as err:
+        reconstruct.parse_args(["--output_dir=o", "--model_name=m", f"{flag}={value}"])
+    assert err.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["path", "msma", "denoise"])
+def test_detector_levels_above_the_models_timesteps_are_refused(name):
+    """The most levels is the model's own T (1,000 for ours; a pretrained model may have another), not a constant."""
+    from types import SimpleNamespace
+
+    from ddpm_ood.detectors import detector_class
+    from ddpm_ood.diffusion.ddpm import DDPMSchedule
+
+    cls = detector_class(name)
+    model = SimpleNamespace(schedule=DDPMSchedule(num_timesteps=50))
+    assert cls.from_args(SimpleNamespace(**{cls.knob: 50}), model).nfe() == 50
+    with pytest.raises(DataError, match=f"--{cls.knob} 51: .*the model has 50 timesteps"):
+        cls.from_args(SimpleNamespace(**{cls.knob: 51}), model)

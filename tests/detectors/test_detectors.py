@@ -13,20 +13,21 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import blob_splits, TINY_CONFIG, reseal
-from helpers.oracles import gaussian_oracle, point_mass_oracle
+from conftest import TINY_CONFIG, blob_splits, reseal
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS, detector_class, parse_detectors
 from ddpm_ood.detectors.base import FeatureDetector, measure_features
 from ddpm_ood.detectors.combined import combine
-from ddpm_ood.detectors.density import fit_gmm, fit_kde, ood_score
 from ddpm_ood.detectors.denoise import DenoiseDetector
+from ddpm_ood.detectors.density import fit_gmm, fit_kde, ood_score
 from ddpm_ood.detectors.msma import MSMADetector
 from ddpm_ood.detectors.path import STATISTICS, PathDetector, ddim_inversion
-from ddpm_ood.detectors.recon import ReconDetector, nfe as recon_nfe
+from ddpm_ood.detectors.recon import ReconDetector
+from ddpm_ood.detectors.recon import nfe as recon_nfe
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler
-from ddpm_ood.utils.errors import ScoringError
 from ddpm_ood.diffusion.reconstruction import measure_split, start_noise
 from ddpm_ood.metrics.scoring import auroc
+from ddpm_ood.utils.errors import ScoringError
+from helpers.oracles import gaussian_oracle, point_mass_oracle
 
 # Every registered detector with one row of features per image: the checks below cover a new one too.
 FEATURE_DETECTORS = [name for name in DETECTORS if issubclass(detector_class(name), FeatureDetector)]

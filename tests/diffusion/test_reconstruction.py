@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIG
-from ddpm_ood.models.config import build_schedule, build_unet, load_config
 from ddpm_ood.diffusion.ddpm import PLMSSampler
-from ddpm_ood.diffusion.reconstruction import (image_keys, measure_split, noise_seed, reconstruct_fused, reconstruct_sequential,
-                                start_noise)
+from ddpm_ood.diffusion.reconstruction import (
+    image_keys,
+    measure_split,
+    noise_seed,
+    reconstruct_fused,
+    reconstruct_sequential,
+    start_noise,
+)
+from ddpm_ood.models.config import build_schedule, build_unet, load_config
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +199,7 @@ def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatc
     import functools
 
     import torch._dynamo
+
     from ddpm_ood.models.loading import unet_caller
 
     model, schedule = tiny_model

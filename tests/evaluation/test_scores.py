@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from conftest import write_results
-from ddpm_ood.utils.errors import ScoringError
 from ddpm_ood.evaluation.scores import Options, evaluate
 from ddpm_ood.runs.layout import RunFiles
+from ddpm_ood.utils.errors import ScoringError
+from helpers.pipeline import score_run, toy_results
 
 
 def recon_results(values, ts=(1, 11), scale=1.0):
@@ -122,3 +123,28 @@ def test_fit_on_fit_needs_a_detector_measured_on_the_fit_set(run):
     fit = np.array([0.5, 1.0, 1.5, 9.0])
     assert evaluation.result("denoise").scores["denoise"]["in"].iloc[0] == pytest.approx((3 - fit.mean()) / fit.std(ddof=1))
     assert "fit" in evaluation.result("denoise").scores["denoise"]
+
+
+def test_results_of_another_model_are_refused_before_anything_is_printed(tmp_path, capsys):
+    ood = tmp_path / "m" / "ood"
+    write_results(ood, "val", toy_results())
+    write_results(ood, "in", toy_results())
+    write_results(ood, "A", toy_results(offset=1))
+    write_results(ood, "B", toy_results(offset=1), model_file_mtime_ns=2, model_id="8" * 64, seed=3)  # retrained
+    with pytest.raises(ScoringError) as err:
+        score_run(tmp_path)
+    message = str(err.value)
+    assert "results_B.csv" in message and "results_val.csv" in message
+    assert "model identity" in message and "seed" in message and "reconstruct.py" in message
+    assert capsys.readouterr().out == ""
+
+
+def test_zero_validation_spread_is_refused(tmp_path):
+    ood = tmp_path / "m" / "ood"
+    flat = toy_results()
+    flat.loc[flat["t"] == 11, "mse"] = 0.5
+    write_results(ood, "val", flat)
+    write_results(ood, "in", toy_results())
+    write_results(ood, "X", toy_results())
+    with pytest.raises(ScoringError, match=r"results_val.csv: mse has standard deviation 0.0 at t = 11"):
+        score_run(tmp_path)

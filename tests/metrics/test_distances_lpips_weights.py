@@ -126,3 +126,27 @@ def test_loading_lpips_prints_no_deprecation_warning():
         warnings.simplefilter("always")  # over pytest.ini's filters: main before this warned twice here
         metrics.LPIPSMetric(random_backbone=True)
     assert not [str(w.message) for w in caught if "deprecated" in str(w.message)]
+
+
+def test_offline_lpips_prints_no_download_line(tmp_path, no_alexnet, capfd, caplog):
+    from ddpm_ood.metrics.distances import LPIPSMetric, LPIPSUnavailable
+    with caplog.at_level("DEBUG"), pytest.raises(LPIPSUnavailable):
+        LPIPSMetric()
+    assert "Downloading" not in capfd.readouterr().err and "Downloading" not in caplog.text
+
+
+def test_lpips_weights_download_is_checked_and_atomic(tmp_path, monkeypatch, caplog):
+    import hashlib
+    import io
+    import urllib.request
+
+    from ddpm_ood.metrics.distances import LPIPSUnavailable, download_weights
+    payload = b"weights" * 1000
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    with caplog.at_level("INFO"):
+        download_weights(f"https://example.org/alexnet-owt-{prefix}.pth", tmp_path / "a.pth")
+    assert (tmp_path / "a.pth").read_bytes() == payload and "Downloading" in caplog.text
+    with pytest.raises(LPIPSUnavailable, match="damaged"):
+        download_weights("https://example.org/alexnet-owt-00000000.pth", tmp_path / "b.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth"]  # no damaged or temporary file left

@@ -18,11 +18,11 @@ import torch
 import ood_detection
 import reconstruct
 from conftest import ROOT, reseal, write_split
-from helpers.diffusers_fakes import colour_split, scheduler, tiny_unet
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
-from ddpm_ood.utils.errors import CheckpointError, ConfigError, ScoringError
-from ddpm_ood.models.loading import DiffusersModel, ModelSource, load_model
 from ddpm_ood.models.diffusers_models import DiffusersEps, load_pretrained, locate, schedule_from_config
+from ddpm_ood.models.loading import DiffusersModel, ModelSource, load_model
+from ddpm_ood.utils.errors import CheckpointError, ConfigError, ScoringError
+from helpers.diffusers_fakes import colour_split, scheduler, tiny_unet
 
 diffusers = pytest.importorskip("diffusers")
 CPU = torch.device("cpu")

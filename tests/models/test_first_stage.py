@@ -13,11 +13,14 @@ import ood_detection  # noqa: E402
 import reconstruct  # noqa: E402
 import train  # noqa: E402
 import train_vqvae  # noqa: E402
-from conftest import make_images, write_split  # noqa: E402
-from ddpm_ood.utils.errors import UserError  # noqa: E402
+from conftest import (  # noqa: E402
+    TINY_CONFIG,  # noqa: E402
+    make_images,
+    write_split,
+)
 from ddpm_ood.models.first_stage import LatentSpace, read_first_stage  # noqa: E402
 from ddpm_ood.models.loading import load_model  # noqa: E402
-from conftest import TINY_CONFIG  # noqa: E402
+from ddpm_ood.utils.errors import UserError  # noqa: E402
 from helpers.scripts import reconstruct_args  # noqa: E402
 
 VQVAE_FLAGS = ["--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--vqvae_num_res_layers=1",

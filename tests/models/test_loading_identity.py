@@ -8,6 +8,7 @@ import json
 import pathlib
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +16,11 @@ import ood_detection
 import reconstruct
 import train
 from conftest import TINY_CONFIG, blob_splits
-from ddpm_ood.utils.errors import ConfigError, DataError, ScoringError
+from ddpm_ood.api import OODDetector
+from ddpm_ood.data.loading import load_split
 from ddpm_ood.models.loading import DiffusersModel, RunModel, load_model
+from ddpm_ood.utils.errors import ConfigError, DataError, ScoringError
+from helpers.pipeline import tiny_reconstruct_args, tiny_score, tiny_train_args
 
 diffusers = pytest.importorskip("diffusers")
 from helpers.diffusers_fakes import colour_split, scheduler, tiny_unet  # noqa: E402
@@ -382,3 +386,18 @@ def test_a_model_of_other_channels_says_to_convert_not_to_resize():
     with pytest.raises(DataError, match="resize them"):
         space.check(torch.rand(2, 4, 16, 16), "", "m")
     space.check(torch.rand(2, 4, 32, 32), "", "m")
+
+
+def test_a_moved_or_copied_run_scores_with_its_own_model(scored_copy, tmp_path):
+    out, paths = scored_copy
+    images = load_split(paths["ood"], True).images
+    expected = OODDetector.load(out / "m", device="cpu").score(images)
+    moved = tmp_path / "elsewhere" / "m"
+    shutil.move(str(out / "m"), moved)
+    tiny_score(moved.parent)  # the run's own results still score together
+    np.testing.assert_allclose(OODDetector.load(moved, device="cpu").score(images), expected, rtol=1e-6)
+    reconstruct.main(tiny_reconstruct_args(moved.parent, paths, "--detectors=recon,msma"))  # complete: nothing redone
+    copy = tmp_path / "copy" / "m"
+    shutil.copytree(moved, copy)
+    train.main(tiny_train_args(moved.parent, paths, epochs=2))  # the original trains on; the copy keeps its model
+    np.testing.assert_allclose(OODDetector.load(copy, device="cpu").score(images), expected, rtol=1e-6)

@@ -14,8 +14,8 @@ diffusers = pytest.importorskip("diffusers")
 from monai.networks.nets import VQVAE, AutoencoderKL, DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDPMScheduler  # noqa: E402
 
-from ddpm_ood.utils.errors import ConfigError  # noqa: E402
 from ddpm_ood.models.loading import DdpmOodRun, DiffusersModel, MonaiBundle, load_model, pretrained_source  # noqa: E402
+from ddpm_ood.utils.errors import ConfigError  # noqa: E402
 
 ATOL = 1e-6
 
@@ -194,10 +194,9 @@ def test_reconstruct_and_score_with_a_pretrained_latent_pipeline_and_a_bundle(ld
     """--pretrained takes an LDMPipeline folder and a MONAI bundle: scored in image space, every detector."""
     import ood_detection
     import reconstruct
+    from conftest import make_images, write_split
     from ddpm_ood.api import OODDetector
     from helpers.diffusers_fakes import colour_split
-
-    from conftest import make_images, write_split
 
     colour = {"val": colour_split(tmp_path / "val", "Blobs_val", 10, 0, "blobs"),
               "in": colour_split(tmp_path / "in", "Blobs_test", 4, 1, "blobs"),

@@ -5,9 +5,25 @@ import json
 
 import pytest
 
-from ddpm_ood.utils.errors import DataError, ManifestError
-from ddpm_ood.runs.layout import (RunFiles, build_manifest, made_with, manifest_differences, manifest_file, model_settings,
-                           planned_sets, read_manifest, scored_settings, set_entries, write_manifest)
+import ood_detection
+import reconstruct
+import train
+from conftest import reseal, write_split
+from ddpm_ood.runs.layout import (
+    RunFiles,
+    build_manifest,
+    made_with,
+    manifest_differences,
+    manifest_file,
+    model_settings,
+    planned_sets,
+    read_manifest,
+    scored_settings,
+    set_entries,
+    write_manifest,
+)
+from ddpm_ood.utils.errors import DataError, ManifestError, ScoringError
+from helpers.pipeline import reconstruct_tiny, tiny_score, train_tiny
 
 MODEL = {"model_file": "/r/m/best_model.pth", "model_file_bytes": 10, "model_file_mtime_ns": 5}
 RUN = {"seed": 0, "precision": "fp32", "is_grayscale": 1, "noise": "pixels-sha256"}
@@ -102,3 +118,58 @@ def test_planned_sets_are_checked_before_any_work(tmp_path, synthetic_splits):
         planned_sets(val, test, None, f"{ood},{ood}", True, True, True, None, None)
     with pytest.raises(DataError, match="nope.csv does not exist"):
         planned_sets(val, test, str(tmp_path / "nope.csv"), "", True, True, False, None, None)
+
+
+def test_very_long_names_are_refused_in_one_line(tmp_path, synthetic_splits, capsys):
+    with pytest.raises(SystemExit):
+        ood_detection.parse_args(["--output_dir=o", f"--model_name={'m' * 300}"])
+    assert "too long a name" in capsys.readouterr().err
+    long_csv = write_split(tmp_path / f"{'x' * 150}_test.csv", [synthetic_splits["test"]])
+    from ddpm_ood.runs.layout import ood_set_name
+
+    with pytest.raises(DataError, match="150 characters long"):
+        ood_set_name(str(long_csv))
+
+
+def test_an_edited_manifest_is_refused(scored_copy):
+    out, _ = scored_copy
+    manifest = out / "m" / "ood" / "results_in.settings.json"
+    manifest.write_text(manifest.read_text().replace('"seed": 0', '"seed": 1'))
+    with pytest.raises(ScoringError, match="results_in.settings.json was changed after reconstruct.py wrote it"):
+        tiny_score(out)
+    reseal(manifest)  # what reconstruct.py would have written
+    with pytest.raises(ScoringError, match=r"results_in.csv was made with other settings .*seed \(1 vs 0\)"):
+        tiny_score(out)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "", "..", ".hidden", "a/b"])
+@pytest.mark.parametrize("script", [train, reconstruct, ood_detection])
+def test_model_name_must_be_a_plain_name(script, name, capsys):
+    needed = {train: ["--training_ids=a.csv", "--validation_ids=b.csv"]}.get(script, [])
+    with pytest.raises(SystemExit) as err:
+        script.parse_args(["--output_dir=o", f"--model_name={name}", *needed])
+    assert err.value.code == 2 and "--model_name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("csv_name,problem", [(".._test.csv", "not a plain name"), ("val_test.csv", "reserved"),
+                                              ("in.csv", "reserved"), ("fit_test.csv", "reserved for the fit")])
+def test_an_ood_set_name_can_be_neither_a_path_nor_reserved(tmp_path, synthetic_splits, csv_name, problem):
+    out = tmp_path / "models"
+    train_tiny(out, synthetic_splits)
+    reconstruct_tiny(out, synthetic_splits)
+    ood = out / "m" / "ood"
+    before = sorted(p.name for p in ood.iterdir())
+    hostile = write_split(tmp_path / "splits" / csv_name, [synthetic_splits["test"].parent.parent / "stripes" / "s_0.npy"])
+    with pytest.raises(DataError, match=problem):
+        reconstruct_tiny(out, synthetic_splits, f"--out_ids={hostile}", "--restart")
+    assert sorted(p.name for p in ood.iterdir()) == before  # nothing deleted, nothing overwritten
+
+
+def test_a_relative_eval_checkpoint_means_the_runs_folder(tmp_path, monkeypatch):
+    run_dir, elsewhere = tmp_path / "runs" / "m", tmp_path / "cwd"
+    run_dir.mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "best_model.pth").write_text("another run's model")
+    monkeypatch.chdir(elsewhere)
+    assert RunFiles(run_dir).find_model_file("best_model.pth") == run_dir / "best_model.pth"
+    assert RunFiles(run_dir).find_model_file(str(elsewhere / "best_model.pth")) == elsewhere / "best_model.pth"

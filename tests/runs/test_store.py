@@ -1,13 +1,16 @@
 """The results store and its chunk protocol (run_chunks), with fake measurements and fake workers."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
+from ddpm_ood.runs.layout import RunFiles, made_with, read_manifest
+from ddpm_ood.runs.store import ResultsStore, Workers, run_chunks
 from ddpm_ood.utils.distributed import Dist
 from ddpm_ood.utils.errors import DataError
-from ddpm_ood.runs.store import ResultsStore, Workers, run_chunks
-from ddpm_ood.runs.layout import RunFiles, made_with, read_manifest
+from helpers.pipeline import reconstruct_tiny, train_tiny
 
 SETTINGS = {"seed": 0, "chunk_size": 3, "n_images": 8}
 
@@ -96,3 +99,12 @@ def test_add_ons_are_recorded_without_changing_what_the_results_were_made_with(t
                     ["a", "b", "c"])
     s.save_examples(tmp_path / "examples.npz", 2, lambda n: made.append(n), ["a", "b", "c"])  # recorded: kept
     assert made == [2] and s.extras() == {"nfe_per_image": 7, "examples": {"file": "examples.npz", "n": 2}}
+
+
+def test_one_progress_bar_per_set_across_its_chunks(tmp_path, synthetic_splits, capsys):
+    out = tmp_path / "models"
+    train_tiny(out, synthetic_splits)
+    capsys.readouterr()
+    reconstruct_tiny(out, synthetic_splits, "--run_in=0", "--chunk_size=3")
+    bars = re.findall(r"reconstructing val: .*?(\d+)/(\d+)", capsys.readouterr().err)
+    assert bars and {total for _, total in bars} == {"8"} and bars[-1][0] == "8"

@@ -5,6 +5,7 @@ training before they do harm, a time-boxed stop keeps the best validation loss."
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +18,7 @@ import torch
 import train
 import train_vqvae
 from conftest import ROOT, TINY_CONFIG, make_images, write_split
-from ddpm_ood.models.model_file import CheckpointError
-from ddpm_ood.utils.errors import ConfigError, NonFiniteLoss
+from ddpm_ood.utils.errors import CheckpointError, ConfigError, NonFiniteLoss, WriteError
 
 pytestmark = pytest.mark.slow  # every test here trains, and several kill subprocesses
 
@@ -217,3 +217,24 @@ def test_a_time_boxed_stop_validates_before_its_checkpoint(tmp_path, long_splits
     saved = torch.load(tmp_path / "m" / "checkpoint.pth", weights_only=True)
     best = torch.load(tmp_path / "m" / "best_model.pth", weights_only=True)
     assert saved["batch_in_epoch"] == 6 and saved["best_val_loss"] == best["val_loss"] < float("inf")
+
+
+def test_a_full_disk_while_checkpointing_keeps_both_checkpoints(scored_copy, monkeypatch):
+    from ddpm_ood.runs.layout import RunFiles
+    from ddpm_ood.training.loop import save_checkpoint
+    from ddpm_ood.utils import files
+
+    out, _ = scored_copy
+    files_ = RunFiles(out / "m")
+    shutil.copy(files_.checkpoint, files_.previous_checkpoint)
+    before = files_.checkpoint.read_bytes(), files_.previous_checkpoint.read_bytes()
+
+    def full_disk(obj, path):
+        open(path, "wb").write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(files.torch, "save", full_disk)
+    with pytest.raises(WriteError, match=r"Could not write .*checkpoint.pth: .*PytorchStreamWriter.*untouched"):
+        save_checkpoint(files_, {"step": 1})
+    assert (files_.checkpoint.read_bytes(), files_.previous_checkpoint.read_bytes()) == before
+    assert not list((out / "m").glob(".ddpm_ood.*"))

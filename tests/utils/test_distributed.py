@@ -199,3 +199,14 @@ def test_each_rank_takes_a_contiguous_disjoint_slice_of_the_global_batch(n_rows,
     shares = [Dist(rank, world).share(n_rows) for rank in range(world)]
     assert [s.stop - s.start for s in shares] == sizes
     assert [i for s in shares for i in range(s.start, s.stop)] == list(range(n_rows))
+
+
+def test_under_torchrun_ood_detection_runs_once(scored_copy):
+    out, _ = scored_copy
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "ood_detection.py"), f"--output_dir={out}", "--model_name=m", "--bootstrap=0", "--no-figures"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("AUC for m vs Stripes: ") == 1
+    assert len(list((out / "m" / "tensorboard" / "ood_detection").glob("events.out.tfevents.*"))) == 1

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,17 +10,13 @@ import pytest
 import ood_detection
 import reconstruct
 import train
-from conftest import ROOT, TINY_CONFIG, write_results, write_split
+from conftest import TINY_CONFIG, make_images, write_results, write_split
+from ddpm_ood.data.loading import load_split
 from ddpm_ood.models.loading import load_model
 from ddpm_ood.models.model_file import CheckpointError
-from ddpm_ood.data.loading import DataError, load_split
+from ddpm_ood.utils.errors import DataError, ScoringError
 from ddpm_ood.utils.files import WriteError, save_csv_atomic, save_torch_atomic
-from ddpm_ood.metrics.scoring import ScoringError
-
-
-def run_script(script, *args):
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+from helpers.pipeline import reconstruct_tiny, run_script, train_tiny
 
 
 @pytest.mark.parametrize("flag,value", [("--inference_skip_factor", "0"), ("--first_n", "-1"),
@@ -129,3 +123,15 @@ def test_write_errors_exit_2_from_a_script(tmp_path):
     (ood / "summary_auroc.csv").mkdir()  # a folder where the summary must go: os.replace fails
     result = run_script("ood_detection.py", f"--output_dir={tmp_path}", "--model_name=m")
     assert result.returncode == 2 and "summary_auroc.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_images_of_another_size_than_the_model_are_refused(tmp_path, synthetic_splits):
+    out = tmp_path / "models"
+    train_tiny(out, synthetic_splits)
+    big = write_split(tmp_path / "Big_test.csv", make_images(tmp_path / "big", "g", 3, 5, shape=(32, 32)))
+    with pytest.raises(DataError, match=r"Big_test.csv \(e.g. .*g_0.npy\) have shape \(1, 32, 32\).*expects \(1, 28, 28\)"):
+        reconstruct_tiny(out, synthetic_splits, f"--out_ids={big}", "--run_val=0", "--run_in=0")
+    with pytest.raises(DataError, match=r"shape \(1, 32, 32\), but the training set .* expects \(1, 28, 28\)"):
+        train.main(train.parse_args([
+            f"--output_dir={out}", "--model_name=other", f"--training_ids={synthetic_splits['train']}",
+            f"--validation_ids={big}", f"--config_diffusion_file={TINY_CONFIG}", "--num_workers=0"]))

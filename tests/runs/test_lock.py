@@ -1,0 +1,29 @@
+"""One process per run folder (ddpm_ood.runs.lock): a second one stops naming the holder."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import TINY_CONFIG
+from ddpm_ood.runs.lock import run_lock
+from ddpm_ood.utils.errors import RunLocked
+from helpers.pipeline import reconstruct_tiny, run_script, train_tiny
+
+
+def test_a_second_reconstruction_of_one_run_stops_naming_the_holder(tmp_path, synthetic_splits):
+    out = tmp_path / "models"
+    train_tiny(out, synthetic_splits)
+    with run_lock(out / "m" / "ood", "reconstruct"):
+        with pytest.raises(RunLocked, match=rf"pid {os.getpid()}"):
+            reconstruct_tiny(out, synthetic_splits)
+    assert not list((out / "m" / "ood").glob("results_*"))  # nothing written by the refused run
+    reconstruct_tiny(out, synthetic_splits)  # the lock is gone with its holder
+
+
+def test_a_second_training_of_one_run_exits_2_naming_the_holder(tmp_path, synthetic_splits):
+    with run_lock(tmp_path / "m", "train"):
+        result = run_script("train.py", f"--output_dir={tmp_path}", "--model_name=m",
+                            f"--training_ids={synthetic_splits['train']}", f"--validation_ids={synthetic_splits['val']}",
+                            f"--config_diffusion_file={TINY_CONFIG}", "--num_workers=0")
+    assert result.returncode == 2 and f"pid {os.getpid()}" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,50 @@
+"""The scripts' flags (ddpm_ood.cli): numbers checked by the parser, help that says what a flag means and loads no torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import ood_detection
+import reconstruct
+import train
+from conftest import ROOT
+
+
+def test_help_says_where_a_relative_eval_checkpoint_is(capsys):
+    with pytest.raises(SystemExit):
+        reconstruct.parse_args(["--help"])
+    assert "relative to the run's folder" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr", "0"), ("--lr", "-1e-4"), ("--lr", "nan"), ("--ema_decay", "1"), ("--ema_decay", "-0.1"),
+    ("--num_sample_images", "-1"), ("--seed", "-1"), ("--device", "gpu"), ("--max_minutes", "-5"),
+    ("--num_workers", "-2"), ("--first_n", "0"),
+])
+def test_training_numbers_are_checked_by_the_parser(flag, value, capsys):
+    with pytest.raises(SystemExit) as err:
+        train.parse_args(["--output_dir=o", "--model_name=m", "--training_ids=a", "--validation_ids=b",
+                          f"{flag}={value}"])
+    assert err.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,flag,value", [
+    (reconstruct, "--seed", "-3"), (reconstruct, "--device", "cuda:x"), (reconstruct, "--num_workers", "-1"),
+    (ood_detection, "--max_t", "0"),
+])
+def test_scoring_numbers_are_checked_by_the_parser(script, flag, value, capsys):
+    with pytest.raises(SystemExit) as err:
+        script.parse_args(["--output_dir=o", "--model_name=m", f"{flag}={value}"])
+    assert err.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["train", "reconstruct", "ood_detection", "get_datasets"])
+def test_help_does_not_import_torch(script):
+    code = (f"import sys; import {script}\n"
+            f"try:\n    {script}.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,36 @@
+"""train.py's DDPM training (ddpm_ood.training.ddpm): model files are never trained over, a finished run says so."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import train
+from ddpm_ood.utils.errors import CheckpointError, ConfigError
+from helpers.pipeline import tiny_train_args, train_tiny
+
+
+def test_model_files_without_a_checkpoint_are_never_trained_over(scored_copy):
+    out, paths = scored_copy
+    final = out / "m" / "final_model.pth"
+    before = {p.name: p.read_bytes() for p in (out / "m").glob("*_model.pth")}
+    for checkpoint in (out / "m").glob("checkpoint*.pth"):
+        checkpoint.unlink()  # deleted to save disk
+    with pytest.raises(CheckpointError, match=r"no checkpoint to resume from.*--init_weights=final_model.pth"):
+        train.main(tiny_train_args(out, paths, epochs=2))
+    assert {p.name: p.read_bytes() for p in (out / "m").glob("*_model.pth")} == before
+    # Going on from its weights: a tiny learning rate keeps them (a fresh start would not).
+    old = torch.load(final, weights_only=True)["model"]
+    train.main(tiny_train_args(out, paths, "--init_weights=final_model.pth", "--lr=1e-12", epochs=1))
+    new = torch.load(final, weights_only=True)["model"]
+    assert all(torch.allclose(old[k], new[k], atol=1e-6) for k in old)
+    with pytest.raises(ConfigError, match="has a checkpoint to resume from"):
+        train.main(tiny_train_args(out, paths, "--init_weights=final_model.pth", epochs=2))
+
+
+def test_a_finished_run_says_it_is_complete(tmp_path, synthetic_splits, caplog):
+    train_tiny(tmp_path, synthetic_splits)
+    before = (tmp_path / "m" / "checkpoint.pth").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="ddpm_ood"):
+        summary = train_tiny(tmp_path, synthetic_splits)
+    assert summary.get("already_complete") and "already complete" in caplog.text and "Resuming" not in caplog.text
+    assert (tmp_path / "m" / "checkpoint.pth").stat().st_mtime_ns == before
