@@ -48,3 +48,30 @@ def test_help_does_not_import_torch(script):
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", ["train", "train_vqvae"])
+def test_every_setting_is_one_flag_of_its_declared_type_and_default(script):
+    """add_settings makes one flag per setting (TrainSettings, AutoencoderSettings): its default is the
+    declared one, and a value its kind refuses is refused by the parser."""
+    import argparse
+    import importlib
+
+    from ddpm_ood.cli import SETTING_TYPES, add_settings
+    from ddpm_ood.training.settings import AutoencoderSettings, TrainSettings
+
+    settings = TrainSettings if script == "train" else AutoencoderSettings
+    parser = argparse.ArgumentParser()
+    add_settings(parser, settings)
+    defaults = vars(parser.parse_args([]))
+    assert set(defaults) == {f.name for f in settings.flags()}
+    for field in settings.flags():
+        assert defaults[field.name] == field.default
+        kind = field.metadata["kind"]
+        assert kind in SETTING_TYPES or kind in ("switch", "precision"), kind
+        if kind in ("positive_int", "positive_float", "seed", "non_negative_int", "non_negative_float"):
+            with pytest.raises(SystemExit):
+                parser.parse_args([f"--{field.name}=-1"])
+    module = importlib.import_module(script)
+    base = ["--output_dir=o", "--model_name=m", "--training_ids=a", "--validation_ids=b"]
+    assert {f.name for f in settings.flags()} <= set(vars(module.parse_args(base)))

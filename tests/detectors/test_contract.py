@@ -114,9 +114,17 @@ def test_a_detector_missing_part_of_the_contract_cannot_be_made():
 @pytest.mark.parametrize("name", list(COMBINATIONS))
 def test_every_combination_follows_the_combination_protocol(name):
     combination = detector_class(name)
-    for member in ("name", "score_names", "members", "fit", "score"):
-        assert hasattr(combination, member), member
-    assert set(CombinationRule.__annotations__) <= set(vars(combination)) | {"name", "score_names"}
+    import inspect
+
+    # Its declared attributes, of the declared types: a registry key that is its name, and score names.
+    assert combination.name == name
+    assert isinstance(combination.score_names, tuple) and combination.score_names
+    assert all(isinstance(score, str) for score in combination.score_names)
+    # Its functions take what the protocol's take, so evaluation can call any entry alike.
+    for function in ("members", "fit", "score"):
+        expected = list(inspect.signature(getattr(CombinationRule, function)).parameters)[1:]
+        given = list(inspect.signature(getattr(combination, function)).parameters)
+        assert given[-len(expected):] == expected, (function, given, expected)
     three = [detector_class(d).from_args(args_for(d), fake_model()) for d in DETECTORS]
     members = combination.members(three)
     assert members and all(len(m) >= 2 and set(m) <= set(DETECTORS) for m in members.values())

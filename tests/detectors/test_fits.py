@@ -47,3 +47,23 @@ def test_a_fit_set_too_small_fails_before_anything_is_printed(scored_copy, tmp_p
                              "--fit_on=fit"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
     assert "5 fit images" in result.stderr and "--fit_ids" in result.stderr
+
+
+def test_a_fit_file_round_trips_and_an_edit_is_refused(tmp_path):
+    """write_fit seals the record, read_fit gives it back; one changed number and the seal refuses it."""
+    import json
+
+    from ddpm_ood.detectors.fits import read_fit, write_fit
+    from ddpm_ood.runs.layout import RunFiles
+
+    run = RunFiles(tmp_path / "m")
+    record = {"detector": "combo", "main": "combo", "fit_set": "val", "members": {"combo": ["recon", "msma"]},
+              "state": {"mean": [0.5, 1.0]}, "tpr": 0.95, "threshold_set": "val", "thresholds": {"combo": 1.25}}
+    path = write_fit(run, record)
+    assert path == run.fit("combo") and read_fit(run, "combo") == record
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "thresholds": {"combo": 9.0}}))
+    with pytest.raises(ScoringError, match="combo.json was changed after ood_detection.py wrote it"):
+        read_fit(run, "combo")
+    with pytest.raises(ScoringError, match="msma.json does not exist"):
+        read_fit(run, "msma")

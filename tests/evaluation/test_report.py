@@ -21,3 +21,36 @@ def test_each_evaluation_replaces_the_previous_ones_events(scored_copy):
     tiny_score(out)
     tiny_score(out, "--max_t=500")
     assert len(list((out / "m" / "tensorboard" / "ood_detection").glob("events.out.tfevents.*"))) == 1
+
+
+def test_the_detector_table_lists_every_score_against_every_set():
+    """A hand-made summary: one line per (detector, score), AUROC in % per OOD set, '-' where a set has none."""
+    import pandas as pd
+
+    from ddpm_ood.evaluation.report import detector_table
+
+    summary = pd.DataFrame([
+        {"detector": "recon", "score": "mse+lpips", "ood_set": "A", "auroc": 0.9876, "nfe_per_image": 350},
+        {"detector": "recon", "score": "mse+lpips", "ood_set": "B", "auroc": 0.5, "nfe_per_image": 350},
+        {"detector": "msma", "score": "msma", "ood_set": "A", "auroc": 0.25, "nfe_per_image": float("nan")},
+    ])
+    lines = detector_table(summary, ["A", "B"]).splitlines()
+    assert lines[0] == "AUROC (%) of every detector, OOD positive:"
+    assert lines[1].split() == ["detector", "score", "NFE/img", "A", "B"]
+    assert lines[2].split() == ["recon", "mse+lpips", "350", "98.8", "50.0"]
+    assert lines[3].split() == ["msma", "msma", "?", "25.0", "-"]
+
+
+def test_the_figures_are_written_as_png_files(tmp_path):
+    import numpy as np
+
+    from ddpm_ood.evaluation.figures import histogram_figure, maps_figure, roc_figure
+
+    rng = np.random.default_rng(0)
+    scores_in, scores_out = rng.normal(0, 1, 50), {"far": rng.normal(3, 1, 40)}
+    roc_figure(scores_in, scores_out, tmp_path / "roc.png", "ROC")
+    histogram_figure(scores_in, scores_out, tmp_path / "hist.png", "scores")
+    maps_figure(rng.random((3, 1, 16, 16)), rng.normal(size=(3, 16, 16)), tmp_path / "maps.png", "maps")
+    for name in ("roc.png", "hist.png", "maps.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".ddpm_ood.*"))  # written atomically: no temporaries left

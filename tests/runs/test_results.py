@@ -82,3 +82,24 @@ def test_results_without_a_manifest(tmp_path, capsys, caplog):
     with pytest.raises(ScoringError, match="results_in.csv has no settings manifest"):
         score_run(tmp_path)
     assert capsys.readouterr().out == ""
+
+
+def test_read_feature_results_names_the_line_and_value(tmp_path):
+    """The reader itself, on hand-made files: good rows come back typed; a NaN, a text value and a
+    second row for one image are refused naming the CSV line (the header is line 1)."""
+    from ddpm_ood.runs.results import image_key, read_feature_results
+    from ddpm_ood.utils.errors import ScoringError
+
+    good = pd.DataFrame({"filename": ["a", "b", "c"], "image_index": [0, 1, 2], "f0": [0.5, 1.5, 2.5]})
+    good.to_csv(tmp_path / "good.csv", index=False)
+    frame = read_feature_results(tmp_path / "good.csv", ["f0"])
+    assert frame["image_index"].dtype == np.int64 and frame["f0"].tolist() == [0.5, 1.5, 2.5]
+    assert image_key(frame) == "image_index" and image_key(frame.drop(columns="image_index")) == "filename"
+    for name, bad, match in (("nan", good.assign(f0=[0.5, np.nan, 2.5]), r"line 3: f0 = nan is not a finite"),
+                             ("text", good.assign(f0=["0.5", "0.7", "x"]), r"line 4: f0 = 'x' is not a finite"),
+                             ("twice", good.assign(image_index=[0, 1, 1]), r"line 4: a second row for image_index 1")):
+        bad.to_csv(tmp_path / f"{name}.csv", index=False)
+        with pytest.raises(ScoringError, match=match):
+            read_feature_results(tmp_path / f"{name}.csv", ["f0"])
+    with pytest.raises(ScoringError, match=r"lacks column\(s\) \['f1'\]"):
+        read_feature_results(tmp_path / "good.csv", ["f1"])

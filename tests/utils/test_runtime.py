@@ -42,3 +42,39 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point(monkeypatch):
         pass  # swallowed, as in a finalizer
     with pytest.raises(KeyboardInterrupt):
         runtime.check_interrupted()
+
+
+def test_precision_and_device_choices():
+    import torch
+
+    from ddpm_ood.utils.runtime import PRECISIONS, autocast, pick_device, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert PRECISIONS == ("auto", "fp32", "bf16", "fp16")
+    assert resolve_precision("auto", cpu) == "fp32"  # fp16 autocast only on CUDA, as the paper
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", cpu)
+    assert pick_device("cpu") == cpu
+    with autocast("fp32", cpu):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast("bf16", cpu):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_check_interrupted_raises_once_the_flag_is_set(monkeypatch):
+    from ddpm_ood.utils import runtime
+
+    runtime.check_interrupted()  # nothing pending
+    monkeypatch.setattr(runtime, "_interrupted", True, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.check_interrupted()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_cuda_device_on_a_machine_without_one_is_refused_naming_it():
+    from ddpm_ood.utils.errors import ConfigError
+    from ddpm_ood.utils.runtime import pick_device
+
+    with pytest.raises(ConfigError, match="--device cuda:1 was asked for but CUDA is not available"):
+        pick_device("cuda:1")
