@@ -1,11 +1,12 @@
-# Quick start:  make demo   (the whole pipeline and every detector on the embedded data, CPU, ~10 minutes)
-#               make test   (the linter, then the test suite)
+# Quick start:  make demo       (the whole pipeline and every detector on the embedded data, CPU, ~10 minutes)
+#               make test       (the linter, then the whole test suite: what CI runs)
+#               make test-fast  (the linter, then the tests not marked slow: a few minutes)
 # Both create the virtual environment .venv and install the pinned requirements first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo3d test venv clean
+.PHONY: demo demo3d test test-fast venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ demo3d: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Without the tests marked slow (training, subprocesses, torchrun, benchmarks, kills): for the edit-test loop.
+test-fast: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf demo_output demo3d_output

@@ -49,6 +49,7 @@ def every_score(run):
     return list(dict.fromkeys(zip(summary["detector"], summary["score"])))
 
 
+@pytest.mark.slow
 def test_every_score_of_every_detector_scores_new_images_as_the_pipeline_did(scored_run):
     run, paths = scored_run
     scores = every_score(run)
@@ -255,6 +256,7 @@ def test_the_pytorch_ood_adapter_behaves_as_a_pytorch_ood_detector(scored_run):
     assert detector(images[:2]).shape == (2,)
 
 
+@pytest.mark.slow
 def test_new_images_are_refused_after_retraining(scored_tiny, tmp_path):
     _, paths = scored_tiny
     out = tmp_path / "own"
@@ -270,6 +272,7 @@ def test_new_images_are_refused_after_retraining(scored_tiny, tmp_path):
     assert result.returncode == 2 and "made with another model" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_api_prepares_images_as_the_loader_does_or_says_why_not(scored_tiny, tmp_path):
     out, paths = scored_tiny
     detector = OODDetector.load(out / "m", device="cpu", batch_size=4)

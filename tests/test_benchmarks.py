@@ -7,12 +7,16 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import reconstruct_bench  # noqa: E402
 import train_bench  # noqa: E402
+
+pytestmark = pytest.mark.slow  # subprocesses, torchrun, benchmarks or kills
 
 FLOAT = r"([0-9.]+)"
 

@@ -17,7 +17,7 @@ from ddpm_ood.detectors import COMBINATIONS, DETECTORS
 PACKAGE = ROOT / "src" / "ddpm_ood"
 
 # The subpackages (and top-level modules), lowest first: each imports only those before it and itself.
-PACKAGES = ["_moved", "utils", "data", "metrics", "diffusion", "models", "runs", "training", "detectors", "evaluation",
+PACKAGES = ["_moved", "utils", "data", "metrics", "diffusion", "runs", "models", "training", "detectors", "evaluation",
             "api", "cli"]
 SCRIPTS = ("train.py", "reconstruct.py", "ood_detection.py", "get_datasets.py", "train_vqvae.py")
 
@@ -102,6 +102,7 @@ def test_the_scoring_scripts_are_parse_args_and_a_short_main(script):
     assert functions["main"].end_lineno - functions["main"].lineno < 60
 
 
+@pytest.mark.slow
 def test_the_old_src_imports_work_with_a_deprecation_warning():
     code = ("import warnings; warnings.simplefilter('error')\n"
             "try:\n    import src.detector\nexcept DeprecationWarning as err:\n    print('warned:', err)\n"
@@ -136,6 +137,7 @@ def test_every_old_module_path_is_its_new_module_with_a_warning(old):
     assert len(messages) == 2 and all(f"import ddpm_ood.{MOVED[old]}" in m and "0.6.0" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_the_package_imports_from_any_folder_without_torch_until_used(tmp_path):
     """The installed package, not the working directory, provides ddpm_ood: a notebook elsewhere imports it."""
     code = ("import sys, ddpm_ood\nassert 'torch' not in sys.modules\n"

@@ -27,6 +27,7 @@ def train_args(out, splits, epochs=2, *extra):
         "--num_workers=0", *extra])
 
 
+@pytest.mark.slow
 def test_all_four_scripts_end_to_end(tmp_path, synthetic_splits, random_alexnet_home, capsys):
     out = tmp_path / "models"
     summary = train.main(train_args(out, synthetic_splits))
@@ -55,6 +56,7 @@ def test_all_four_scripts_end_to_end(tmp_path, synthetic_splits, random_alexnet_
     assert len(limited) == len(table)
 
 
+@pytest.mark.slow
 def test_mse_only_run_needs_no_lpips_weights(tmp_path, synthetic_splits, no_alexnet, capsys):
     out = tmp_path / "models"
     train.main(train_args(out, synthetic_splits, 1))
@@ -74,6 +76,7 @@ def test_mse_only_run_needs_no_lpips_weights(tmp_path, synthetic_splits, no_alex
     assert set(table["score"]) == {"mse"}
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_equals_an_uninterrupted_run(tmp_path, synthetic_splits):
     train.main(train_args(tmp_path / "a", synthetic_splits, 3))
     train.main(train_args(tmp_path / "b", synthetic_splits, 1))
@@ -102,6 +105,7 @@ def test_seed_readme_command_lines_parse():
     assert o.t_skip == 1 and o.max_start_t is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,args", [
     ("train.py", ["--output_dir=OUT", "--model_name=m", "--training_ids=OUT/nope_train.csv",
                   "--validation_ids=OUT/nope_val.csv"]),
@@ -132,6 +136,7 @@ def test_a_config_flag_that_disagrees_with_the_checkpoint_is_reported(caplog):
     assert "unet_config" in caplog.text and "using the stored one" in caplog.text
 
 
+@pytest.mark.slow
 def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synthetic_splits, monkeypatch):
     out = tmp_path / "models"
     train.main(train_args(out, synthetic_splits, 1))
@@ -165,6 +170,7 @@ def test_interrupted_reconstruction_resumes_to_identical_results(tmp_path, synth
     assert not partial.exists()
 
 
+@pytest.mark.slow
 def test_changed_settings_are_refused_unless_restarting(tmp_path, synthetic_splits):
     out = tmp_path / "models"
     train.main(train_args(out, synthetic_splits, 1))
@@ -179,6 +185,7 @@ def test_changed_settings_are_refused_unless_restarting(tmp_path, synthetic_spli
     assert results.read_bytes() != before
 
 
+@pytest.mark.slow
 def test_seed_readme_pipeline_on_data_made_by_get_datasets(tmp_path, capsys):
     """The seed README's commands, with only the model config and epochs made tiny, on data
     that get_datasets.py made (from generated MNIST/FashionMNIST IDX files)."""
@@ -208,6 +215,7 @@ def test_seed_readme_pipeline_on_data_made_by_get_datasets(tmp_path, capsys):
         assert f"AUC for fashionmnist vs {name}: " in printed
 
 
+@pytest.mark.slow
 def test_saved_examples_are_the_scored_reconstructions(tmp_path, synthetic_splits):
     """--save_examples keeps the first images and their reconstructions from every t: exactly the
     ones behind the results (their MSE is the results' MSE); ood_detection draws their grid. A
@@ -236,6 +244,7 @@ def test_saved_examples_are_the_scored_reconstructions(tmp_path, synthetic_split
     assert (ood / "figures" / "examples_Stripes.png").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_training_reconstructions_hparams_and_ood_metrics(tmp_path, synthetic_splits):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -253,6 +262,7 @@ def test_tensorboard_holds_training_reconstructions_hparams_and_ood_metrics(tmp_
     assert any(tag.startswith("pr/Stripes") for tag in scoring.Tags()["tensors"])
 
 
+@pytest.mark.slow
 def test_scoring_new_images_matches_the_pipeline_and_refuses_mismatches(tmp_path, synthetic_splits, capsys):
     """--score_ids (and the Python API) give the scores reconstruct.py + ood_detection.py give the
     same images; a wrongly sized image is refused with exit 2 and nothing written."""

@@ -116,6 +116,7 @@ def test_disk_full_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["results_in.csv"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_write_errors_exit_2_from_a_script(tmp_path):
     ood = tmp_path / "m" / "ood"
     for name in ("val", "in", "X"):

@@ -14,9 +14,9 @@ import only the ones listed before them (``tests/test_layering.py`` checks):
 - ``data/``: split files, image and volume loading; the benchmark and medical datasets.
 - ``metrics/``: image distances (MSE, LPIPS) and the score arithmetic (z-scores, AUROC, intervals).
 - ``diffusion/``: the DDPM schedule, the PLMS sampler and the multi-start reconstruction.
+- ``runs/``: a run folder's paths and manifests, its lock, results read and written in chunks.
 - ``models/``: UNet and configs, image and model spaces, model files, first stages, diffusers and
   MONAI sources, and ``load_model``, which gives every detector its model.
-- ``runs/``: a run folder's paths and manifests, its lock, results read and written in chunks.
 - ``training/``: the settings, the DDPM loop and the first stage's.
 - ``detectors/``: the registry, every detector (the paper's ``recon`` among them) and fit files.
 - ``evaluation/``: results to scores and metrics, tables, figures and anomaly maps.

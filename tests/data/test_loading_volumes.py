@@ -115,6 +115,7 @@ def volume_reconstruct_args(out, splits, *extra):
         "--save_examples=2", "--save_maps=3", *extra])
 
 
+@pytest.mark.slow
 def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys):
     root, splits = volume_splits
     out = root / "models"
@@ -154,6 +155,7 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
                                                  "--run_in=0"))
 
 
+@pytest.mark.slow
 def test_3d_latent_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys):
     """A 3D VQ-VAE (with the slice-wise LPIPS loss), a 3D latent DDPM on it, and its scores."""
     import train_vqvae
@@ -177,6 +179,7 @@ def test_3d_latent_pipeline_end_to_end(volume_splits, random_alexnet_home, capsy
                                      "--model_name=x"))
 
 
+@pytest.mark.slow
 def test_3d_pixel_and_latent_under_torchrun_give_one_process_bytes(volume_splits, tmp_path):
     """train.py and reconstruct.py on volumes under torchrun (2 processes, gloo): a pixel and a latent 3D
     model train, and reconstruct.py's results are the bytes of one process."""

@@ -112,6 +112,7 @@ def test_decathlon_tasks_from_their_folders_first_modality_of_multimodal_ones(tm
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mni152_volumes_from_nilearns_templates(tmp_path):
     from ddpm_ood.data.download import MNI152_FILES, mni152_files
 

@@ -170,6 +170,7 @@ def detector_scores(schedule, fit, sets):
     return out
 
 
+@pytest.mark.slow
 def test_every_detector_separates_n01_from_n04_and_not_from_n01():
     schedule = DDPMSchedule()
     fit, inside = gaussian_images(200, 1.0, 10), gaussian_images(200, 1.0, 11)
@@ -239,6 +240,7 @@ def detector_run(tmp_path):
     return out, run
 
 
+@pytest.mark.slow
 def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch, capsys):
     out, run = detector_run
     written = run("--detectors=all")
@@ -285,6 +287,7 @@ def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch,
     assert set(saved["detector"]) == {*DETECTORS, *COMBINATIONS}
 
 
+@pytest.mark.slow
 def test_detector_results_resume_and_refuse_other_settings(detector_run):
     out, run = detector_run
     run("--detectors=recon,path")
@@ -300,6 +303,7 @@ def test_detector_results_resume_and_refuse_other_settings(detector_run):
     assert json.loads(results.with_name("results_in.settings.json").read_text())["path_t"] == [0, 200, 400, 600, 800]
 
 
+@pytest.mark.slow
 def test_scoring_refuses_broken_or_mixed_detector_results(detector_run):
     out, run = detector_run
     run("--detectors=recon,msma")

@@ -13,6 +13,7 @@ from ddpm_ood.utils.errors import ScoringError
 from helpers.pipeline import tiny_reconstruct_args, tiny_score
 
 
+@pytest.mark.slow
 def test_a_fit_of_other_reconstruction_settings_is_refused(scored_copy):
     out, paths = scored_copy
     reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon", "--inference_skip_factor=2", "--restart"))
@@ -38,6 +39,7 @@ def test_a_fit_on_identical_images_is_refused_naming_the_detector(scored_copy, t
         tiny_score(out, "--fit_on=fit")
 
 
+@pytest.mark.slow
 def test_a_fit_set_too_small_fails_before_anything_is_printed(scored_copy, tmp_path):
     out, paths = scored_copy
     few = write_split(tmp_path / "Few.csv", make_images(tmp_path / "few", "f", 5, 7))

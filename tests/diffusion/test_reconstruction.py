@@ -42,6 +42,7 @@ def reconstruction_case(schedule, n_steps, skip, batch, seed):
     return sampler, starts, x0, noise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_steps,skip,batch", [(20, 1, 1), (20, 3, 4), (20, 7, 3), (20, 20, 2), (10, 4, 5)])
 def test_fused_equals_sequential(tiny_model, n_steps, skip, batch):
     model, schedule = tiny_model
@@ -53,6 +54,7 @@ def test_fused_equals_sequential(tiny_model, n_steps, skip, batch):
     torch.testing.assert_close(fused, sequential, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fused_handles_unsorted_starts(tiny_model):
     model, schedule = tiny_model
     sampler = PLMSSampler(schedule)
@@ -90,6 +92,7 @@ def test_noise_depends_only_on_seed_image_and_t():
     assert not torch.equal(start_noise((4,), 8, [10], [1]), start_noise((4,), 7, [10], [1]))
 
 
+@pytest.mark.slow
 def test_an_images_noise_comes_from_its_pixels_alone(tiny_model):
     """Issue 18: image i of a set used to get the noise of index i, so one image scored differently
     depending on where it stood. Its noise now comes from a hash of its pixels."""
@@ -126,6 +129,7 @@ def test_noise_is_a_function_of_what_the_image_shows_not_of_float_rounding(tiny_
         image_keys(x, "pixels-md5")
 
 
+@pytest.mark.slow
 def test_several_noise_draws_average_the_metrics_of_each_draw(tiny_model):
     model, schedule = tiny_model
     sampler, starts, images, _ = reconstruction_case(schedule, 10, 3, 3, 6)
@@ -139,6 +143,7 @@ def test_several_noise_draws_average_the_metrics_of_each_draw(tiny_model):
     assert not np.allclose(one, second)  # draw 1 is another draw
 
 
+@pytest.mark.slow
 def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_model):
     model, schedule = tiny_model
     sampler = PLMSSampler(schedule)
@@ -192,6 +197,7 @@ def test_fused_loop_never_reads_device_values_on_the_host(tiny_model, monkeypatc
     assert out.shape == (2, len(starts), 1, 28, 28)
 
 
+@pytest.mark.slow
 def test_compiled_unet_compiles_once_for_every_call_shape(tiny_model, monkeypatch):
     """The fused loop calls the UNet on B, 2B, ... images with expanded timesteps; torch.compile
     must not recompile for each (compile time, and past dynamo's recompile limit the model falls

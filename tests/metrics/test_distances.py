@@ -13,6 +13,7 @@ def test_mse_per_image():
     torch.testing.assert_close(mse_per_image(a, b), torch.tensor([0.5, 0.25]))
 
 
+@pytest.mark.slow
 def test_lpips_loads_backbone_from_the_torch_hub_cache(random_alexnet_home):
     metric = LPIPSMetric()
     saved = torch.load(alexnet_cache_path(), weights_only=True)
@@ -25,6 +26,7 @@ def test_lpips_loads_backbone_from_the_torch_hub_cache(random_alexnet_home):
     assert torch.all(different > 0)
 
 
+@pytest.mark.slow
 def test_lpips_pads_small_images_and_broadcasts_grey(random_alexnet_home):
     metric = LPIPSMetric()
     assert metric._prepare(torch.zeros(1, 1, 28, 28)).shape == (1, 3, 32, 32)
@@ -33,6 +35,7 @@ def test_lpips_pads_small_images_and_broadcasts_grey(random_alexnet_home):
     torch.testing.assert_close(metric(grey, grey.flip(-1)), metric(grey.expand(-1, 3, -1, -1), grey.flip(-1).expand(-1, 3, -1, -1)))
 
 
+@pytest.mark.slow
 def test_lpips_from_an_explicit_file(tmp_path, random_alexnet_home):
     moved = tmp_path / "weights.pth"
     alexnet_cache_path().rename(moved)

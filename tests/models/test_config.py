@@ -20,6 +20,7 @@ def test_a_trained_run_refuses_another_config_and_keeps_its_own(tmp_path, synthe
     assert (tmp_path / "m" / "config.yaml").read_bytes() == stored
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,match", [
     ("n_epochs=3", r"unknown key 'n_epochs' \(a training flag\? write --n_epochs"),
     ("ldm.params.unet_config.params.model_channels=abc", "model_channels = 'abc' must be a positive integer"),

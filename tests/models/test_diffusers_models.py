@@ -167,6 +167,7 @@ def pretrained_run(model_dirs, tmp_path_factory):
     return out, splits, run
 
 
+@pytest.mark.slow
 def test_every_detector_runs_on_a_pretrained_model_and_records_its_source(pretrained_run, model_dirs, capsys):
     out, splits, _ = pretrained_run
     ood = out / "p" / "ood"
@@ -230,6 +231,7 @@ def test_a_pretrained_model_that_changed_is_refused_for_new_images(pretrained_ru
 
 # --- refusals ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_malicious_pickle_never_runs(model_dirs, tmp_path):
     folder = tmp_path / "evil"
     folder.mkdir()
@@ -257,6 +259,7 @@ def test_a_malicious_pickle_never_runs(model_dirs, tmp_path):
     assert len(errors) == 1 and "diffusion_pytorch_model.bin" in errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,match", [
     ("missing", r"model: no such folder \(the nearest one that exists is"),
     ("no_scheduler", r"scheduler_config.json does not exist"),
@@ -310,6 +313,7 @@ def test_pretrained_and_eval_checkpoint_together_are_refused(tmp_path):
         ModelSource.choose(None, "best_model.pth", "google/ddpm-cifar10-32")
 
 
+@pytest.mark.slow
 def test_help_and_the_papers_path_never_import_diffusers():
     code = ("import sys, reconstruct\ntry:\n    reconstruct.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
             "import ddpm_ood.models.loading, ddpm_ood.api, ddpm_ood.evaluation.scores\nassert 'diffusers' not in sys.modules")
@@ -317,6 +321,7 @@ def test_help_and_the_papers_path_never_import_diffusers():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_shards_and_torchrun_on_a_pretrained_model_give_the_same_bytes(pretrained_run, model_dirs, tmp_path):
     """As for a trained run. Each run has one thread per process (CPU kernels may round differently
     with other thread counts, whatever the split of the work)."""

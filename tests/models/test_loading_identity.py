@@ -153,6 +153,7 @@ def trained(tmp_path_factory):
     return out, paths, fit
 
 
+@pytest.mark.slow
 def test_a_copied_run_that_was_retrained_never_scores_with_the_original_model(trained, tmp_path):
     """Main before this: the copy's manifests named the original's model file, which the copy used."""
     from ddpm_ood.api import OODDetector
@@ -388,6 +389,7 @@ def test_a_model_of_other_channels_says_to_convert_not_to_resize():
     space.check(torch.rand(2, 4, 32, 32), "", "m")
 
 
+@pytest.mark.slow
 def test_a_moved_or_copied_run_scores_with_its_own_model(scored_copy, tmp_path):
     out, paths = scored_copy
     images = load_split(paths["ood"], True).images

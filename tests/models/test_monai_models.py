@@ -189,6 +189,7 @@ def test_a_latent_ddpm_ood_run_without_its_first_stage_is_refused(ddpm_ood_runs,
         load_model(DdpmOodRun(tmp_path / "ddpm"))
 
 
+@pytest.mark.slow
 def test_reconstruct_and_score_with_a_pretrained_latent_pipeline_and_a_bundle(ldm_folder, bundle_folder, tmp_path,
                                                                               capsys):
     """--pretrained takes an LDMPipeline folder and a MONAI bundle: scored in image space, every detector."""

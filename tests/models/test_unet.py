@@ -94,6 +94,7 @@ def test_paper_configs_build_and_attend_at_factors_2_and_4():
     assert n_attention == 2 * (2 + 3) + 1
 
 
+@pytest.mark.slow
 def test_paper_unet_traces_as_one_graph():
     """torch.compile sees the whole UNet at once: a graph break would split it into pieces run
     back to back through Python, losing fusion across the break."""

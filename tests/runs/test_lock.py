@@ -21,6 +21,7 @@ def test_a_second_reconstruction_of_one_run_stops_naming_the_holder(tmp_path, sy
     reconstruct_tiny(out, synthetic_splits)  # the lock is gone with its holder
 
 
+@pytest.mark.slow
 def test_a_second_training_of_one_run_exits_2_naming_the_holder(tmp_path, synthetic_splits):
     with run_lock(tmp_path / "m", "train"):
         result = run_script("train.py", f"--output_dir={tmp_path}", "--model_name=m",

@@ -56,6 +56,7 @@ def test_damaged_rows_are_refused_naming_file_line_and_value(tmp_path, case):
         score_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_damaged_row_exits_2_with_one_line(tmp_path):
     ood = tmp_path / "m" / "ood"
     write_results(ood, "val", toy_results())
@@ -66,6 +67,7 @@ def test_a_damaged_row_exits_2_with_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "results_Bad.csv line 6: mse = 'abc'" in result.stderr
 
 
+@pytest.mark.slow
 def test_results_without_a_manifest(tmp_path, capsys, caplog):
     """Decision: an OOD results file reconstruct.py did not write is skipped with a warning;
     validation or in-distribution results without one are refused before anything is printed."""

@@ -101,6 +101,7 @@ def test_add_ons_are_recorded_without_changing_what_the_results_were_made_with(t
     assert made == [2] and s.extras() == {"nfe_per_image": 7, "examples": {"file": "examples.npz", "n": 2}}
 
 
+@pytest.mark.slow
 def test_one_progress_bar_per_set_across_its_chunks(tmp_path, synthetic_splits, capsys):
     out = tmp_path / "models"
     train_tiny(out, synthetic_splits)

@@ -9,6 +9,7 @@ from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from helpers.pipeline import tiny_train_args, train_tiny
 
 
+@pytest.mark.slow
 def test_model_files_without_a_checkpoint_are_never_trained_over(scored_copy):
     out, paths = scored_copy
     final = out / "m" / "final_model.pth"

@@ -1,6 +1,7 @@
 """Every training flag does something: each test shows a flag's effect."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import train
@@ -33,6 +34,7 @@ def test_first_n_batch_size_and_max_minutes(tmp_path, synthetic_splits):
     assert summary["steps"] == 2 and state["batch_in_epoch"] == 2
 
 
+@pytest.mark.slow
 def test_lr_seed_and_checkpoint_every(tmp_path, synthetic_splits):
     _, frozen = run(tmp_path, synthetic_splits, "frozen", "--lr=1e-30")
     torch.manual_seed(0)
@@ -47,6 +49,7 @@ def test_lr_seed_and_checkpoint_every(tmp_path, synthetic_splits):
     assert previous["epoch"] == 2  # written at epoch 2, then at the last epoch (3)
 
 
+@pytest.mark.slow
 def test_ema_precision_and_channels_last(tmp_path, synthetic_splits):
     _, plain = run(tmp_path, synthetic_splits, "plain")
     _, ema = run(tmp_path, synthetic_splits, "ema", "--ema_decay=0.5")
@@ -59,6 +62,7 @@ def test_ema_precision_and_channels_last(tmp_path, synthetic_splits):
     torch.testing.assert_close(weights(last), weights(plain), atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_compile_trains_like_eager_with_one_graph(tmp_path, synthetic_splits, monkeypatch):
     """--compile gives the eager run's weights, and the epoch's smaller last batch (24 images in
     batches of 10) reuses the compiled graph: dynamo's eager backend keeps this fast, and
@@ -95,6 +99,7 @@ def test_ema_update_follows_the_warm_up_formula():
 
 
 
+@pytest.mark.slow
 def test_lr_given_on_resume_is_applied_and_kept(tmp_path, synthetic_splits):
     run(tmp_path, synthetic_splits, "lr", "--lr=1e-3")
     args = ["--n_epochs=4", "--lr=1e-30"]

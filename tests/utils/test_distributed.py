@@ -22,6 +22,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_common import kill_process_tree  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocesses, torchrun, benchmarks or kills
+
 
 def descendants_alive(pid: int) -> bool:
     """Is any process left that torchrun ``pid`` started (a rank orphaned by the kill)?"""

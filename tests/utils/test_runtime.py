@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, TINY_CONFIG, make_images, write_split
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_a_rerun_resumes(tmp_path):
     splits = {"train": write_split(tmp_path / "t.csv", make_images(tmp_path / "tr", "b", 96, 0)),
               "val": write_split(tmp_path / "v.csv", make_images(tmp_path / "va", "b", 8, 1))}
