@@ -42,6 +42,7 @@ class AutoencoderTrainer(TrainingRun):
     checkpoint_kind = "first_stage_checkpoint"
     main_loss = "generator"
     label = "first stage, "
+    noun = "the first stage's training"
 
     def __init__(self, kind: str, network: dict, train_images, val_images, settings: AutoencoderSettings,
                  run_dir: Path, device: torch.device, data: dict, perceptual=None):

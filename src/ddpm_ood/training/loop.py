@@ -160,7 +160,8 @@ class TrainingRun:
 
     checkpoint_kind = "checkpoint"
     main_loss = "loss"  # the loss kept as a checkpoint's epoch_loss_sum
-    label = ""  # the log lines' prefix
+    label = ""  # the epoch log lines' prefix
+    noun = "training"  # what is resumed or stopped, in the log lines
 
     def __init__(self, settings, run_dir: Path, n_images: int, device: torch.device, dist: Dist = Dist()):
         self.settings, self.run_dir, self.device, self.dist = settings, Path(run_dir), device, dist
@@ -295,8 +296,8 @@ class TrainingRun:
                 # validation loss), then checkpoint this exact position; a re-run goes on from here.
                 self.evaluate(epoch)
                 self.save(loss_sums, order)
-                logger.info("Stopping %sat epoch %d, batch %d of %d: --max_minutes=%s reached. Re-run the same "
-                            "command to continue.", self.label, epoch + 1, i + 1, self.steps_per_epoch,
+                logger.info("Stopping %s at epoch %d, batch %d of %d: --max_minutes=%s reached. Re-run the same "
+                            "command to continue.", self.noun, epoch + 1, i + 1, self.steps_per_epoch,
                             settings.max_minutes)
                 return True
             every = getattr(settings, "checkpoint_every_steps", 0)
@@ -320,7 +321,7 @@ class TrainingRun:
         if self.epoch % getattr(settings, "checkpoint_every", 1) == 0 or last_epoch or time_up:
             self.save({}, order)
         if time_up and not last_epoch:
-            logger.info("Stopping %safter epoch %d: --max_minutes=%s reached.", self.label, self.epoch,
+            logger.info("Stopping %s after epoch %d: --max_minutes=%s reached.", self.noun, self.epoch,
                         settings.max_minutes)
         return time_up
 
@@ -355,7 +356,7 @@ class TrainingRun:
                 self.write_model(self.files.final_model, self.epoch)
             return self.summary(already_complete=True)
         if self.step and self.dist.is_main:
-            logger.info("Resuming %sat epoch %d, batch %d (step %d).", self.label, self.epoch + 1,
+            logger.info("Resuming %s at epoch %d, batch %d (step %d).", self.noun, self.epoch + 1,
                         self.batch_in_epoch, self.step)
         if self.dist.is_main:
             self.writer = SummaryWriter(log_dir=str(self.files.tensorboard), purge_step=self.step)
