@@ -154,6 +154,7 @@ def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.utils.files import write_text_atomic
     from ddpm_ood.utils.distributed import init_distributed, shutdown
     from ddpm_ood.runs.layout import RunFiles, images_sha256
+    from ddpm_ood.training.loop import refuse_another_kind_of_run
     from ddpm_ood.runs.lock import run_lock
     from ddpm_ood.utils.runtime import pick_device
     from ddpm_ood.training.settings import data_record
@@ -171,6 +172,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
+        refuse_another_kind_of_run(run, "checkpoint")  # a first stage's folder is not a DDPM's
         record = first_stage_of(args)
         logger.info("loading data...")
         space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi,

@@ -79,7 +79,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.training.first_stage import AutoencoderTrainer
     from ddpm_ood.data.loading import check_image_shape, load_images
-    from ddpm_ood.runs.layout import images_sha256
+    from ddpm_ood.runs.layout import RunFiles, images_sha256
+    from ddpm_ood.training.loop import refuse_another_kind_of_run
     from ddpm_ood.runs.lock import run_lock
     from ddpm_ood.utils.runtime import pick_device
     from ddpm_ood.training.settings import data_record
@@ -109,7 +110,8 @@ def main(args: argparse.Namespace) -> dict:
         from ddpm_ood.metrics.distances import LPIPSMetric
 
         perceptual = LPIPSMetric()
-    with run_lock(run_dir, "train_vqvae"):
+    with run_lock(run_dir, "train"):  # one lock per run folder: train.py takes the same one
+        refuse_another_kind_of_run(RunFiles(run_dir), "first_stage_checkpoint")  # a DDPM's folder is not ours
         trainer = AutoencoderTrainer(args.autoencoder, network, train_set.images, val_set.images, settings, run_dir,
                                      device, data, perceptual)
         logger.info("first stage: %s with %.2fM parameters on %s", args.autoencoder,

@@ -13,11 +13,7 @@ import ood_detection  # noqa: E402
 import reconstruct  # noqa: E402
 import train  # noqa: E402
 import train_vqvae  # noqa: E402
-from conftest import (  # noqa: E402
-    TINY_CONFIG,  # noqa: E402
-    make_images,
-    write_split,
-)
+from conftest import TINY_CONFIG, make_images, write_split  # noqa: E402
 from ddpm_ood.models.first_stage import LatentSpace, read_first_stage  # noqa: E402
 from ddpm_ood.models.loading import load_model  # noqa: E402
 from ddpm_ood.utils.errors import UserError  # noqa: E402
@@ -215,3 +211,43 @@ def test_the_pytorch_ood_adapter_takes_images_for_a_latent_model(latent_run):
     assert scores.shape == (8,) and torch.isfinite(torch.as_tensor(scores)).all()
     with pytest.raises(UserError, match="convert them to 1 channel"):
         detector(torch.rand(2, 3, 28, 28))
+
+
+def test_a_first_stage_file_given_as_the_ddpm_is_named_for_what_it_is(latent_run):
+    """--eval_checkpoint or load_model on a first stage's model file: it says it is a first stage's file
+    and where it goes, not "written by a different version or edited by hand; retrain"."""
+    from ddpm_ood.models.model_file import CheckpointError
+
+    out, _ = latent_run
+    with pytest.raises(CheckpointError, match=r"is a first stage's file \(train_vqvae.py's\), not a DDPM's.*"
+                                              r"--vqvae_checkpoint"):
+        load_model(out / "vq" / "best_model.pth")
+
+
+@pytest.mark.slow
+def test_a_new_learning_rate_on_resume_is_applied_not_only_recorded(latent_run, tmp_path):
+    """train_vqvae.py resumed with another --lr / --lr_d trains with them from the resumed step on."""
+    import shutil
+
+    out, splits = latent_run
+    shutil.copytree(out / "vq", tmp_path / "vq")
+    train_vqvae.main(vqvae_args(tmp_path, splits, "--n_epochs=3", "--lr=3e-4", "--lr_d=2e-4"))
+    state = torch.load(tmp_path / "vq" / "checkpoint.pth", weights_only=True)
+    assert state["optimizer_g"]["param_groups"][0]["lr"] == 3e-4
+    assert state["optimizer_d"]["param_groups"][0]["lr"] == 2e-4
+    assert state["training"]["lr"] == 3e-4 and state["training"]["lr_d"] == 2e-4
+
+
+def test_a_first_stages_checkpoint_is_taken_as_the_later_readme_passes_it(latent_run, caplog):
+    """ddpm-ood's later README passes --vqvae_checkpoint=<run>/checkpoint.pth: its latest weights,
+    said in one line (it used to be refused as "a file of train.py")."""
+    out, _ = latent_run
+    with caplog.at_level("INFO", logger="ddpm_ood"):
+        record = read_first_stage(out / "vq" / "checkpoint.pth")
+    assert "its latest weights are used" in caplog.text
+    final = torch.load(out / "vq" / "final_model.pth", weights_only=True)
+    assert record["kind"] == "first_stage" and record["autoencoder"] == final["autoencoder"]
+    assert all(torch.equal(record["model"][k], final["model"][k]) for k in final["model"])  # the last epoch's
+    assert not {"optimizer_g", "discriminator", "rng"} & set(record)
+    space = LatentSpace.from_record(record, "checkpoint")
+    assert space.encode(torch.rand(2, 1, 28, 28)).shape == (2, 2, 7, 7)

@@ -28,3 +28,16 @@ def test_a_second_training_of_one_run_exits_2_naming_the_holder(tmp_path, synthe
                             f"--training_ids={synthetic_splits['train']}", f"--validation_ids={synthetic_splits['val']}",
                             f"--config_diffusion_file={TINY_CONFIG}", "--num_workers=0")
     assert result.returncode == 2 and f"pid {os.getpid()}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_both_trainers_take_one_lock_on_a_run_folder(tmp_path, synthetic_splits):
+    """train.py and train_vqvae.py on one --model_name: the second stops, naming the holder (they
+    used to lock different files, and the DDPM's files overwrote the first stage's)."""
+    import train_vqvae
+
+    with run_lock(tmp_path / "m", "train"):  # as train.py holds it
+        with pytest.raises(RunLocked, match=rf"pid {os.getpid()}"):
+            train_vqvae.main(train_vqvae.parse_args([
+                f"--output_dir={tmp_path}", "--model_name=m", f"--training_ids={synthetic_splits['train']}",
+                f"--validation_ids={synthetic_splits['val']}", "--num_workers=0", "--perceptual_weight=0"]))
+    assert not (tmp_path / "m" / "checkpoint.pth").exists()

@@ -149,10 +149,18 @@ def test_no_whole_checkpoint_stops_instead_of_starting_afresh(tmp_path, long_spl
 
 
 def test_a_run_of_the_other_trainer_is_named_not_called_damaged(tmp_path, long_splits):
-    """train.py on a first stage's run folder (and the reverse) says whose run it is."""
-    TRAINERS[1].run(tmp_path, long_splits, epochs=1, every_steps=0)
-    with pytest.raises(ConfigError, match=r"is a run of train_vqvae.py \(a first stage\), not of train.py"):
-        TRAINERS[0].run(tmp_path, long_splits, epochs=1, every_steps=0)
+    """train.py on a first stage's run folder (and the reverse) says whose run it is, before it writes
+    anything there (it used to call the checkpoint damaged and write config.yaml into the folder)."""
+    first_stage, ddpm = tmp_path / "first_stage", tmp_path / "ddpm"
+    TRAINERS[1].run(first_stage, long_splits, epochs=1, every_steps=0)
+    TRAINERS[0].run(ddpm, long_splits, epochs=1, every_steps=0)
+    before = sorted(p.name for p in (first_stage / "m").iterdir())
+    with pytest.raises(ConfigError, match=r"is a run of train_vqvae.py \(a first stage\) \(its checkpoint.pth\), "
+                                          r"not of train.py .*nothing was written"):
+        TRAINERS[0].run(first_stage, long_splits, epochs=1, every_steps=0)
+    assert sorted(p.name for p in (first_stage / "m").iterdir()) == before  # no config.yaml
+    with pytest.raises(ConfigError, match=r"is a run of train.py \(a DDPM\) .*not of train_vqvae.py"):
+        TRAINERS[1].run(ddpm, long_splits, epochs=1, every_steps=0)
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, long_splits, monkeypatch, trainer):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 
 from ddpm_ood.models.autoencoders import first_stage_kind
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
 
 FIRST_STAGE_KIND = "first_stage"
 
@@ -63,10 +66,15 @@ def read_first_stage(path: str | Path) -> dict:
         obj = read_model_file(path)
     except CheckpointError as err:
         raise CheckpointError(f"{err} (--vqvae_checkpoint takes a model file of train_vqvae.py)") from None
-    if obj.get("kind") != FIRST_STAGE_KIND:
-        raise CheckpointError(f"{path} is a {obj.get('kind', 'model')} file of train.py, not a first stage: "
-                              "--vqvae_checkpoint takes train_vqvae.py's run folder or its best_model.pth.")
-    return {**obj, "file": str(path)}
+    kind = obj.get("kind", "model")
+    if kind == "first_stage_checkpoint":  # ddpm-ood's README passes <run>/checkpoint.pth: its latest weights
+        logger.info("%s is a training checkpoint of train_vqvae.py: its latest weights are used (the run's "
+                    "best_model.pth holds those with the lowest validation loss).", path)
+    elif kind != FIRST_STAGE_KIND:
+        raise CheckpointError(f"{path} is a DDPM's {kind} file (train.py's), not a first stage: --vqvae_checkpoint "
+                              "takes train_vqvae.py's run folder, its best_model.pth or its checkpoint.pth.")
+    training_only = ("discriminator", "optimizer_g", "optimizer_d", "rng", "data_order")  # a checkpoint's
+    return {**{k: v for k, v in obj.items() if k not in training_only}, "kind": FIRST_STAGE_KIND, "file": str(path)}
 
 
 def autoencoder_from(record: dict, where: str) -> torch.nn.Module:

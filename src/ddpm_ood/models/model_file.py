@@ -131,6 +131,15 @@ def read_model_file(path: str | Path) -> dict:
     return obj
 
 
+def peek_kind(path: str | Path) -> str | None:
+    """The ``kind`` entry of one of our files, read without loading its tensors (None: unreadable)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # damaged, foreign, not a zip: whoever reads it whole says what is wrong
+        return None
+    return obj.get("kind", "model") if isinstance(obj, dict) else None
+
+
 def unet_of(obj: dict, path: str | Path) -> UNet:
     """The UNet of a DDPM's model file or checkpoint (read with :func:`read_model_file`), its weights
     loaded (a checkpoint's EMA weights when it has them), in eval mode."""

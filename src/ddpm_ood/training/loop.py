@@ -106,6 +106,21 @@ def load_resume_state(run: RunFiles, kind: str = "checkpoint") -> dict | None:
     return None
 
 
+def refuse_another_kind_of_run(run: RunFiles, kind: str) -> None:
+    """Before any work: a run folder that holds the other trainer's files (a first stage's, for
+    train.py) is named as such; training here would write over it."""
+    from ddpm_ood.models.model_file import peek_kind
+
+    theirs = {"checkpoint": ("first_stage", "first_stage_checkpoint"),
+              "first_stage_checkpoint": ("model", "checkpoint")}[kind]
+    for path in (run.checkpoint, run.best_model, run.final_model):
+        found = peek_kind(path) if path.is_file() else None
+        if found in theirs:
+            owner = "first_stage_checkpoint" if found.startswith("first_stage") else "checkpoint"
+            raise ConfigError(f"{run.dir} is a run of {CHECKPOINT_KINDS[owner]} (its {path.name}), not of "
+                              f"{CHECKPOINT_KINDS[kind]}: use another --model_name; nothing was written.")
+
+
 def save_checkpoint(run: RunFiles, state: dict) -> None:
     """Write checkpoint.pth atomically, keeping the one before as checkpoint_prev.pth. The new file
     is written whole first and the two rotated only then: a write that fails (a full disk) leaves
