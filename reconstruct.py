@@ -22,8 +22,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import (add_knobs, add_space_flags, binary_int, detector_list, device_name, non_negative_int, plain_name, positive_int,
-                     run_main, seed_value, shard_spec)
+from ddpm_ood.cli import (add_knobs, add_space_flags, binary_int, detector_list, device_name, map_count,
+                          non_negative_int, plain_name, positive_int, run_main, seed_value, shard_spec)
 from ddpm_ood.detectors import DEFAULT_DETECTORS, detector_help, measure_knobs
 from ddpm_ood.utils.runtime import PRECISIONS
 
@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--save_examples", type=non_negative_int, default=0,
         help="Keep the first N images of each set and their reconstructions from every start point in "
              "ood/examples_<set>.npz, for the reconstruction grid of ood_detection.py. Default 0.")
-    add("--save_maps", type=non_negative_int, default=0, help="Anomaly maps of the first N (>= 2) images of every set: "
+    add("--save_maps", type=map_count, default=0, help="Anomaly maps of the first N (>= 2) images of every set: "
         "kept as --save_examples does; ood_detection.py z-scores and draws them (docs/latent_and_3d.md, '4. Anomaly maps'). Default 0.")
     add("--restart", action=argparse.BooleanOptionalAction, default=False,
         help="Discard results (finished or partial) made with other settings instead of stopping.")

@@ -75,3 +75,15 @@ def test_every_setting_is_one_flag_of_its_declared_type_and_default(script):
     module = importlib.import_module(script)
     base = ["--output_dir=o", "--model_name=m", "--training_ids=a", "--validation_ids=b"]
     assert {f.name for f in settings.flags()} <= set(vars(module.parse_args(base)))
+
+
+@pytest.mark.parametrize("value,ok", [("0", True), ("1", False), ("2", True), ("-1", False)])
+def test_save_maps_is_zero_or_at_least_two(value, ok, capsys):
+    """One map cannot be z-scored on the validation set's (the help said N >= 2; the parser took 1)."""
+    args = ["--output_dir=o", "--model_name=m", f"--save_maps={value}"]
+    if ok:
+        assert reconstruct.parse_args(args).save_maps == int(value)
+    else:
+        with pytest.raises(SystemExit):
+            reconstruct.parse_args(args)
+        assert "0 (no maps) or at least 2 images" in capsys.readouterr().err

@@ -75,6 +75,7 @@ def _ranged(convert: Callable[[str], float], is_valid: Callable[[float], bool], 
 
 positive_int = _ranged(_integer, lambda n: n >= 1, "a positive integer")
 non_negative_int = _ranged(_integer, lambda n: n >= 0, "a non-negative integer")
+map_count = _ranged(_integer, lambda n: n == 0 or n >= 2, "0 (no maps) or at least 2 images (the maps are z-scored on the validation set's)")
 positive_float = _ranged(_number, lambda x: x > 0, "a number above 0")
 non_negative_float = _ranged(_number, lambda x: x >= 0, "a number of at least 0")
 unit_fraction = _ranged(_number, lambda x: 0 < x < 1, "a fraction strictly between 0 and 1")

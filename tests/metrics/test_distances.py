@@ -48,3 +48,19 @@ def test_offline_without_weights_says_where_to_put_them(no_alexnet):
     with pytest.raises(LPIPSUnavailable) as err:
         LPIPSMetric()
     assert str(alexnet_cache_path()) in str(err.value) and "--metrics mse" in str(err.value)
+
+
+@pytest.mark.slow
+def test_lpips_takes_2d_images_smaller_than_28_pixels(random_alexnet_home):
+    """16x16 images (a crash in AlexNet before): padded by 2 as the paper did, then centred to 32x32, as
+    volume slices are; 28x28 and larger images are prepared exactly as before."""
+    import torch.nn.functional as F
+
+    metric = LPIPSMetric()
+    small = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    prepared = metric._prepare(small)
+    assert prepared.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(prepared[:, :1], F.pad(small, (8, 8, 8, 8)) * 2 - 1)  # 2 + 6 on each side
+    assert metric(small, small.flip(-1)).shape == (2,)
+    mnist = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(metric._prepare(mnist)[:, :1], F.pad(mnist, (2, 2, 2, 2)) * 2 - 1)

@@ -217,3 +217,16 @@ def test_reconstruct_and_score_with_a_pretrained_latent_pipeline_and_a_bundle(ld
         scores = OODDetector.load(tmp_path / "runs" / name, device="cpu").score(torch.rand(2, *(
             (3, 16, 16) if name == "ldm" else (1, 16, 16))))
         assert scores.shape == (2,)
+
+
+@pytest.mark.parametrize("pad", [1, [1], [1, 1, 1, 1]])
+def test_a_ddpm_ood_latent_pad_may_be_an_int_or_a_list(ddpm_ood_runs, tmp_path, pad):
+    """args.json keeps latent_pad as an int in some runs and a list in others (an int was a TypeError)."""
+    import shutil
+
+    root, _, _ = ddpm_ood_runs
+    shutil.copytree(root / "ddpm", tmp_path / "ddpm")
+    args = json.loads((tmp_path / "ddpm" / "args.json").read_text())
+    (tmp_path / "ddpm" / "args.json").write_text(json.dumps({**args, "latent_pad": pad}))
+    model = load_model(DdpmOodRun(tmp_path / "ddpm"))
+    assert model.space.pad == 1 and model.space.encode(torch.rand(2, 1, 16, 16)).shape == (2, 3, 6, 6)

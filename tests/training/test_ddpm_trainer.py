@@ -35,3 +35,18 @@ def test_a_finished_run_says_it_is_complete(tmp_path, synthetic_splits, caplog):
         summary = train_tiny(tmp_path, synthetic_splits)
     assert summary.get("already_complete") and "already complete" in caplog.text and "Resuming" not in caplog.text
     assert (tmp_path / "m" / "checkpoint.pth").stat().st_mtime_ns == before
+
+
+def test_a_collapsed_first_stage_is_refused_however_its_one_latent_varies_in_space():
+    """Every image encoded to one latent that varies in space: the old guard (the standard deviation
+    over the whole tensor) let it through, and the tables printed AUROC 100."""
+    from ddpm_ood.training.first_stage import latent_scale
+    from ddpm_ood.utils.errors import ConfigError
+
+    one = torch.randn(1, 3, 7, 7)
+    with pytest.raises(ConfigError, match="encodes every one of the 5 training images to the same latent"):
+        latent_scale(one.repeat(5, 1, 1, 1))
+    varied = torch.randn(5, 3, 7, 7)
+    assert latent_scale(varied) == pytest.approx(1 / float(varied.double().std()))
+    with pytest.raises(ConfigError):
+        latent_scale(torch.zeros(4, 3, 7, 7))

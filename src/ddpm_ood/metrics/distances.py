@@ -266,7 +266,8 @@ class LPIPSMetric(torch.nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if min(x.shape[-2:]) < self.min_size and self.pad:
-            x = F.pad(x, (self.pad,) * 4)  # zero padding, as the paper's code did
+            x = F.pad(x, (self.pad,) * 4)  # zero padding, as the paper's code did (28x28 -> 32x32)
+        x = self.at_least_min_size(x)  # images smaller still (16x16): to AlexNet's least size, centred
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return x * 2 - 1

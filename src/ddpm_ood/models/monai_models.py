@@ -222,6 +222,7 @@ def load_ddpm_ood(folder: str | Path) -> Network:
                               f"({err}); restore the VQ-VAE run (vqvae_config.json and checkpoint.pth).") from None
         module = load_into(build("VQVAE", vq_args, str(config_path)), read_weights(vq_path, "VQ-VAE"), vq_path)
         pad = args.get("latent_pad") or [0]
+        pad = [pad] if isinstance(pad, int) else list(pad)  # an int in some args.json files, a list in others
         if len(set(pad)) != 1:
             raise ConfigError(f"{where}: latent_pad = {pad}: only the same padding on every side is supported.")
         vq_args = {**vq_args, "channels": vq_args.get("channels", vq_args.get("num_channels"))}

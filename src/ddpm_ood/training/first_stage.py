@@ -198,9 +198,15 @@ class AutoencoderTrainer(TrainingRun):
 
 
 def latent_scale(latents: torch.Tensor) -> float:
-    """1 / the standard deviation of the training latents (latent diffusion's scale factor)."""
-    std = float(latents.double().std())
-    if not np.isfinite(std) or std == 0:
-        raise ConfigError("The first stage encodes every training image to the same latent (standard deviation 0); "
-                          "it is not trained: train it longer (train_vqvae.py).")
+    """1 / the standard deviation of the training latents (latent diffusion's scale factor).
+
+    A first stage that encodes every image to one latent has collapsed, however much that one latent
+    varies in space: the guard looks at how the latents vary *across images*, element by element."""
+    latents = latents.double()
+    std = float(latents.std())
+    across_images = float(latents.std(dim=0).max()) if len(latents) > 1 else std
+    if not np.isfinite(std) or std == 0 or across_images == 0:
+        raise ConfigError(f"The first stage encodes every one of the {len(latents)} training images to the same "
+                          "latent: it has collapsed (or is not trained). Train it longer or otherwise "
+                          "(train_vqvae.py), and check its validation reconstructions in TensorBoard.")
     return 1.0 / std
