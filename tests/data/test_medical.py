@@ -125,3 +125,35 @@ def test_mni152_volumes_from_nilearns_templates(tmp_path):
     volumes = {p.stem: load_images(p, True, spatial_dimension=3).images for p in written}
     assert volumes["MNI152_train"].shape == (160, 1, 32, 32, 32) and volumes["MNI152Lesion_test"].shape[0] == 32
     assert not np.allclose(volumes["MNI152GM_test"][0].numpy(), volumes["MNI152_test"][0].numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_medmnist3d_volumes_keep_their_values_whatever_their_type(tmp_path, dtype):
+    """Float volumes in [0, 1] became all zeros and int16 ones wrapped around (a cast to uint8)."""
+    from ddpm_ood.data.medical import MEDMNIST3D_FLAGS
+
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(2)
+    make = (lambda n: rng.random((n, 8, 8, 8)).astype(np.float32)) if dtype == "float32" else \
+        (lambda n: rng.integers(-1000, 3000, (n, 8, 8, 8)).astype(np.int16))
+    for flag in MEDMNIST3D_FLAGS:
+        np.savez(source / f"{flag}.npz", **{f"{s}_images": make(2) for s in ("train", "val", "test")})
+    run(tmp_path / "data", "MedMNIST3D", source)
+    split = pd.read_csv(tmp_path / "data" / "data_splits" / "medmnist3d_organmnist3d_val.csv")["filename"]
+    stored = np.load(split[0])
+    with np.load(source / "organmnist3d.npz") as arrays:
+        np.testing.assert_array_equal(stored, arrays["val_images"][0])
+    assert stored.dtype == np.dtype(dtype) and stored.std() > 0
+
+
+def test_a_medmnist_file_without_a_split_is_refused_naming_it(tmp_path):
+    from ddpm_ood.data.medical import MEDMNIST3D_FLAGS
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for flag in MEDMNIST3D_FLAGS:
+        np.savez(source / f"{flag}.npz", train_images=np.zeros((2, 8, 8, 8), np.uint8),
+                 test_images=np.zeros((2, 8, 8, 8), np.uint8))
+    with pytest.raises(DownloadError, match=r"organmnist3d.npz lacks val_images \(it holds test_images, train_images\)"):
+        run(tmp_path / "data", "MedMNIST3D", source)

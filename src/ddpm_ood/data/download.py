@@ -100,7 +100,7 @@ def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Ite
     try:
         partial.mkdir(parents=True)
         for i, image in enumerate(tqdm(load(), total=count, desc=f"{name} {split}", leave=False)):
-            np.save(partial / f"{name}_{i}.npy", np.ascontiguousarray(image, dtype=np.uint8))
+            np.save(partial / f"{name}_{i}.npy", as_stored(image))
         if source is not None:
             (partial / SOURCE_MARKER).write_text(json.dumps({"source": source}))
         if final.is_dir():  # the images of the old source go only once the new ones are whole
@@ -118,6 +118,20 @@ def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Ite
         ) from err
     logger.info("%s %s: converted to %s", name, split, final)
     return final
+
+
+def as_stored(image) -> np.ndarray:
+    """An image as its .npy file keeps it: uint8 when its values are whole numbers in 0..255 (every
+    benchmark set), otherwise as it came (float volumes as float32, int16 as int16): a cast to uint8
+    would make float volumes all zeros and wrap int16 ones (the loader scales each image anyway)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    if image.dtype.kind in "iub" and image.size and 0 <= image.min() and image.max() <= 255:
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    if image.dtype.kind == "f":
+        return np.ascontiguousarray(image, dtype=np.float32 if image.dtype.itemsize <= 4 else np.float64)
+    return np.ascontiguousarray(image)
 
 
 def _source_of(folder: Path) -> str | None:

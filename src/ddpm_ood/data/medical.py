@@ -104,6 +104,10 @@ def prepare_medmnist3d(data_root: Path, source_dir: Path | None) -> list[Path]:
     for flag in MEDMNIST3D_FLAGS:
         path = medmnist_npz(flag, data_root, source_dir)
         with np.load(path, allow_pickle=False) as arrays:
+            missing = [f"{split}_images" for split in ("train", "val", "test") if f"{split}_images" not in arrays]
+            if missing:
+                raise DownloadError(f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(arrays.files))}): "
+                                    "not a whole 3D MedMNIST file; download it again or pass the one medmnist wrote.")
             for split in ("train", "val", "test"):
                 volumes = arrays[f"{split}_images"]
                 if volumes.ndim != 4:
