@@ -100,6 +100,7 @@ def main(args: argparse.Namespace) -> dict:
     check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}", args.validation_ids)
     channels = 1 if args.is_grayscale else 3
     network = FIRST_STAGES[args.autoencoder].network_from_flags(args, args.spatial_dimension, channels)
+    FIRST_STAGES[args.autoencoder].check_network(network, train_set.images.shape[1:])  # before the run folder exists
     settings = AutoencoderSettings(**{f.name: getattr(args, f.name) for f in AutoencoderSettings.flags()})
     data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
                               else None)

@@ -83,3 +83,33 @@ def test_a_vqvae_downsamples_by_its_strides():
     with torch.no_grad():
         z = encode_raw(build_autoencoder("vqvae", network).eval(), "vqvae", images(2))
     assert z.shape[2:] == (8, 8)
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--vqvae_num_channels=[0,8]"], "at least one channel at every level"),
+    (["--vqvae_downsample_parameters=[[2,4,1],[2,4,1]]"], r"each level takes 4 integers"),
+    (["--vqvae_upsample_parameters=[[2,4,1,1],[2,4,1,1]]"], r"each level takes 5 integers"),
+    (["--image_size=1", "--spatial_dimension=3"], r"each side must be a multiple of 4"),
+    (["--vqvae_num_channels=[8,8,8]"], r"Images of \(28, 28\) do not fit .* multiple of 8"),
+])
+def test_train_vqvae_checks_its_network_against_the_images_before_any_work(tmp_path, synthetic_splits, flags,
+                                                                           match):
+    """A network that cannot take the images is refused in one line naming the flag, and no run folder
+    is left behind (they were tracebacks from torch or MONAI, after the folder was made)."""
+    if "--spatial_dimension=3" in flags:
+        import numpy as np
+
+        from conftest import write_split
+        volumes = []
+        for i in range(3):
+            volumes.append(tmp_path / f"v{i}.npy")
+            np.save(volumes[-1], np.random.default_rng(i).random((8, 8, 8)).astype(np.float32))
+        synthetic_splits = {"train": write_split(tmp_path / "vt.csv", volumes),
+                            "val": write_split(tmp_path / "vv.csv", volumes)}
+    args = train_vqvae.parse_args([f"--output_dir={tmp_path / 'out'}", "--model_name=vq",
+                                   f"--training_ids={synthetic_splits['train']}",
+                                   f"--validation_ids={synthetic_splits['val']}", "--num_workers=0",
+                                   "--perceptual_weight=0", *flags])
+    with pytest.raises(ConfigError, match=match):
+        train_vqvae.main(args)
+    assert not (tmp_path / "out").exists()

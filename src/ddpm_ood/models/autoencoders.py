@@ -63,6 +63,33 @@ class FirstStageKind:
         """A small network of this kind (the registry's contract test builds one)."""
         raise NotImplementedError
 
+    def check_network(self, network: dict, image_shape) -> None:
+        """Before any work: the network fits images of ``image_shape`` (C, *spatial), or a ConfigError
+        says which flag to change. A dry run (one blank image through encode and decode) catches what
+        the explicit checks of a kind do not name."""
+        import torch
+
+        sides = [int(d) for d in image_shape[1:]]
+        factor = self.downsampling(network)
+        if any(side < factor or side % factor for side in sides):
+            raise ConfigError(f"Images of {tuple(sides)} do not fit a first stage that divides every side by "
+                              f"{factor}: each side must be a multiple of {factor} (choose --image_size or "
+                              "--image_roi so, or fewer levels in --vqvae_num_channels).")
+        try:
+            module = self.build(network).eval()
+            with torch.no_grad():
+                out = self.decode(module, self.encode(module, torch.zeros(1, *[int(d) for d in image_shape])))
+        except ConfigError:
+            raise
+        except Exception as err:  # MONAI and torch say it in many ways
+            raise ConfigError(f"The first stage's network ({self.name}) does not run on images of "
+                              f"{tuple(int(d) for d in image_shape)}: {type(err).__name__}: {str(err)[:200]}. Check "
+                              "the --vqvae_* flags.") from None
+        if tuple(out.shape[1:]) != tuple(int(d) for d in image_shape):
+            raise ConfigError(f"The first stage's network turns images of {tuple(image_shape)} into "
+                              f"{tuple(out.shape[1:])}: check --vqvae_downsample_parameters and "
+                              "--vqvae_upsample_parameters (they must undo each other).")
+
 
 class MonaiVQVAE(FirstStageKind):
     """MONAI's VQVAE, as ddpm-ood trains it. Encoding quantises (``encode_stage_2_inputs``) and
@@ -87,6 +114,9 @@ class MonaiVQVAE(FirstStageKind):
     def network_from_flags(self, args, spatial_dims, channels):
         num_channels = list(args.vqvae_num_channels)
         num_res_channels = list(args.vqvae_num_res_channels or num_channels)
+        if not all(num_channels) or not all(num_res_channels):
+            raise ConfigError(f"--vqvae_num_channels {num_channels} and --vqvae_num_res_channels {num_res_channels} "
+                              "need at least one channel at every level.")
         if len(num_res_channels) != len(num_channels):
             raise ConfigError(f"--vqvae_num_res_channels {num_res_channels} needs one entry per level of "
                               f"--vqvae_num_channels {num_channels}.")
@@ -96,6 +126,12 @@ class MonaiVQVAE(FirstStageKind):
         if len(downsample) != levels or len(upsample) != levels:
             raise ConfigError(f"--vqvae_downsample_parameters and --vqvae_upsample_parameters need {levels} entries, "
                               "one per level of --vqvae_num_channels.")
+        for flag, rows, size, names in (
+                ("--vqvae_downsample_parameters", downsample, 4, "stride, kernel, dilation, padding"),
+                ("--vqvae_upsample_parameters", upsample, 5, "stride, kernel, dilation, padding, output padding")):
+            if any(len(row) != size for row in rows) or any(row[0] < 1 or row[1] < 1 for row in rows):
+                raise ConfigError(f"{flag} {rows}: each level takes {size} integers ({names}), with a stride and "
+                                  "a kernel of at least 1.")
         return {"spatial_dims": spatial_dims, "in_channels": channels, "out_channels": channels,
                 "channels": num_channels, "num_res_channels": num_res_channels,
                 "num_res_layers": args.vqvae_num_res_layers, "downsample_parameters": downsample,
