@@ -1,4 +1,4 @@
-r"""Train the DDPM on in-distribution images.
+r"""Train the DDPM on in-distribution images. ``train_ddpm.py`` (ddpm-ood's later name) is this program.
 
     python train.py --output_dir=${output_root} --model_name=fashionmnist \
         --training_ids=${data_root}/data_splits/FashionMNIST_train.csv \

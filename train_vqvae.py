@@ -68,7 +68,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     net.add_argument("--vqvae_commitment_cost", type=positive_float, default=0.25, help="Default 0.25.")
     net.add_argument("--vqvae_decay", type=unit_fraction, default=0.99, help="Codebook EMA decay. Default 0.99.")
     # Every training setting, default and help is declared once, in AutoencoderSettings.
-    add_settings(parser.add_argument_group("training"), AutoencoderSettings)
+    training = parser.add_argument_group("training")
+    add_settings(training, AutoencoderSettings)
+    training.add_argument("--vqvae_learning_rate", dest="lr", type=positive_float, default=argparse.SUPPRESS,
+                          help="ddpm-ood's name of --lr.")
     parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
     parser.add_argument("--num_workers", type=non_negative_int, default=4, help="Threads reading image files.")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ...")

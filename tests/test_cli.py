@@ -10,6 +10,7 @@ import ood_detection
 import reconstruct
 import train
 from conftest import ROOT
+from helpers.pipeline import run_script
 
 
 def test_help_says_where_a_relative_eval_checkpoint_is(capsys):
@@ -40,7 +41,7 @@ def test_scoring_numbers_are_checked_by_the_parser(script, flag, value, capsys):
     assert err.value.code == 2 and flag in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["train", "reconstruct", "ood_detection", "get_datasets"])
+@pytest.mark.parametrize("script", ["train", "train_ddpm", "train_vqvae", "reconstruct", "ood_detection", "get_datasets"])
 def test_help_does_not_import_torch(script):
     code = (f"import sys; import {script}\n"
             f"try:\n    {script}.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -87,3 +88,32 @@ def test_save_maps_is_zero_or_at_least_two(value, ok, capsys):
         with pytest.raises(SystemExit):
             reconstruct.parse_args(args)
         assert "0 (no maps) or at least 2 images" in capsys.readouterr().err
+
+
+def test_train_ddpm_is_train_under_its_later_name():
+    """ddpm-ood's later README runs train_ddpm.py: the same program (its help says so)."""
+    result = run_script("train_ddpm.py", "--help")
+    assert result.returncode == 0 and "usage: train_ddpm.py" in result.stdout
+    assert "train_ddpm.py`` (ddpm-ood's later name) is this program" in result.stdout
+    import train_ddpm
+
+    assert train_ddpm.main is train.main and train_ddpm.parse_args is train.parse_args
+
+
+@pytest.mark.parametrize("script", ["train", "train_vqvae", "reconstruct"])
+def test_cache_data_is_accepted_and_changes_nothing(script):
+    import importlib
+
+    module = importlib.import_module(script)
+    base = ["--output_dir=o", "--model_name=m"] + (["--training_ids=a", "--validation_ids=b"] if "train" in script
+                                                   else [])
+    with_flag, without = vars(module.parse_args(base + ["--cache_data=1"])), vars(module.parse_args(base))
+    assert with_flag.pop("cache_data") == 1 and without.pop("cache_data") is None and with_flag == without
+
+
+def test_vqvae_learning_rate_is_lr():
+    import train_vqvae
+
+    base = ["--output_dir=o", "--model_name=m", "--training_ids=a", "--validation_ids=b"]
+    assert train_vqvae.parse_args(base + ["--vqvae_learning_rate=3e-4"]).lr == 3e-4
+    assert train_vqvae.parse_args(base).lr == 1e-4

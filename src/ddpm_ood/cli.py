@@ -207,6 +207,9 @@ def add_space_flags(parser: argparse.ArgumentParser, spatial_default: int | None
                         help="Volumes: crop this centre region first. Default: the whole volume.")
     parser.add_argument("--image_size", type=positive_int, default=None, metavar="N",
                         help="Volumes: resize to N x N x N (trilinear) after any crop. Default: as stored.")
+    parser.add_argument("--cache_data", type=binary_int, default=None, metavar="0/1",
+                        help="ddpm-ood's flag, accepted and changing nothing: here images are always held in memory "
+                             "and volumes always read from disk as they are needed, whatever it says.")
 
 
 def add_training_run_flags(parser: argparse.ArgumentParser) -> None:

@@ -65,8 +65,11 @@ def test_volumes_are_read_as_needed_and_match_their_files(volume_splits):
     np.testing.assert_allclose(image_set.images[2][0].numpy(), expected, atol=1e-6)
     assert torch.equal(image_set.images[1:3], torch.stack([image_set.images[1], image_set.images[2]]))
     assert torch.equal(image_set.images[torch.tensor([3, 0])][1], image_set.images[0])
-    cropped = load_images(splits["val"], True, spatial_dimension=3, image_roi=[8, 8, 20], image_size=None)
+    cropped = load_images(splits["val"], True, spatial_dimension=3, image_roi=[8, 8, 12], image_size=None)
     assert cropped.images.shape == (4, 1, 8, 8, 12)
+    # A ROI larger than the volumes along some axis was silently not applied there (then often resized).
+    with pytest.raises(DataError, match=r"is \(12, 12, 12\), smaller than --image_roi \[8, 8, 20\]"):
+        load_images(splits["val"], True, spatial_dimension=3, image_roi=[8, 8, 20], image_size=16)
     np.testing.assert_allclose(cropped.images[2][0].numpy().max(), 1.0)
     resized = load_images(splits["val"], True, spatial_dimension=3, image_size=16)
     assert resized.images[0].shape == (1, 16, 16, 16)

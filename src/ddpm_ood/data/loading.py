@@ -509,7 +509,7 @@ def read_volume(path: Path, where: str) -> np.ndarray:
 
 
 def center_crop(volume: np.ndarray, roi) -> np.ndarray:
-    """The central ``roi`` (D, H, W) of a (C, D, H, W) volume (a side shorter than the roi is kept whole)."""
+    """The central ``roi`` (D, H, W) of a (C, D, H, W) volume (load_volumes refuses a ROI larger than a volume)."""
     index = [slice(None)]
     for size, want in zip(volume.shape[1:], roi):
         start = max(0, (size - want) // 2)
@@ -603,6 +603,10 @@ def load_volumes(path: str | Path, is_grayscale: bool, first_n: int | None = Non
             raise DataError(f"{entry.where}: volume {entry.path} has {shape[0]} channel(s), but "
                             f"{'grayscale (1 channel)' if is_grayscale else 'colour (3 channels)'} volumes are needed "
                             "here; convert it, or fix --is_grayscale.")
+        if image_roi and any(want > side for side, want in zip(shape[1:], image_roi)):
+            raise DataError(f"{entry.where}: volume {entry.path} is {tuple(shape[1:])}, smaller than --image_roi "
+                            f"{list(image_roi)} along some axis: a crop cannot be larger than the volume (it was "
+                            "silently not applied). Choose a ROI within every volume, or leave it out.")
         if first is None:
             first = (entry, shape)
         elif shape != first[1] and not image_size:
