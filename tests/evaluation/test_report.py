@@ -1,6 +1,8 @@
 """What ood_detection.py reports (ddpm_ood.evaluation.report): a detector that drops out, one TensorBoard log."""
 from __future__ import annotations
 
+import pytest
+
 from helpers.pipeline import tiny_score
 
 
@@ -54,3 +56,36 @@ def test_the_figures_are_written_as_png_files(tmp_path):
     for name in ("roc.png", "hist.png", "maps.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".ddpm_ood.*"))  # written atomically: no temporaries left
+
+
+@pytest.mark.slow
+def test_maps_are_drawn_only_from_the_examples_of_the_current_results(scored_copy, caplog):
+    """After the model is retrained and reconstruct.py --restart runs without --save_maps, the old
+    examples are not drawn, and the maps made from them go (they were rewritten beside the new
+    model's scores); with no validation examples to z-score on, ood_detection.py says why there are
+    no maps."""
+    import shutil
+
+    import reconstruct
+    import train
+    from ddpm_ood.runs.layout import RunFiles
+    from helpers.pipeline import score_run, tiny_reconstruct_args, tiny_train_args
+
+    out, paths = scored_copy
+    run = RunFiles(out / "m")
+    shutil.rmtree(out / "m" / "ood" / "msma")  # this test's models are the run's final ones: the paper's detector only
+    final = "--eval_checkpoint=final_model.pth"
+    reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon", "--save_maps=3", final, "--restart"))
+    score_run(out, "--bootstrap=0")
+    assert run.maps("Stripes").exists() and run.maps("in").exists()
+    train.main(tiny_train_args(out, paths, epochs=2))  # another model
+    reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon", final, "--restart"))
+    with caplog.at_level("WARNING", logger="ddpm_ood"):
+        score_run(out, "--bootstrap=0")
+    assert "was made by an earlier reconstruction" in caplog.text
+    assert run.examples("Stripes").exists() and not run.maps("Stripes").exists() and not run.maps("in").exists()
+    caplog.clear()
+    reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon", "--save_maps=3", "--run_val=0", final))
+    with caplog.at_level("WARNING", logger="ddpm_ood"):
+        score_run(out, "--bootstrap=0")
+    assert "No anomaly maps: the validation set has no kept examples" in caplog.text

@@ -180,12 +180,32 @@ def write_figures(evaluation: Evaluation) -> None:
     histogram_figure(in_scores, ood_scores, run.figures / "histograms.png", f"Scores, {label}")
     auroc_per_t_figure(evaluation.per_t, run.figures / "auroc_per_t.png", f"AUROC per start point, {label}")
     for name in headline.images:  # the reconstruction grids of the sets reconstruct.py kept examples of
-        if run.examples(name).exists():
+        if kept_examples(run, name) is not None:
             with np.load(run.examples(name)) as examples:
                 examples_figure(dict(examples), run.example_figure(name),
                                 f"{name}: input, then its reconstruction from each start point")
     write_maps(run, ["in", *evaluation.ood_sets])
     logger.info("figures in %s", run.figures)
+
+
+def kept_examples(run, name: str):
+    """``ood/examples_<set>.npz`` if the set's results were made with it (their manifest records it),
+    else None. A file the results do not record is left from an earlier reconstruction (redone with
+    --restart and no --save_examples / --save_maps): it is never drawn, and maps made from it go."""
+    from ddpm_ood.detectors import detector_class
+    from ddpm_ood.runs.layout import read_manifest
+
+    path = run.examples(name)
+    if not path.exists():
+        return None
+    manifest = read_manifest(run.results(detector_class("recon").folder(), name)) or {}
+    if (manifest.get("examples") or {}).get("file") == path.name:
+        return path
+    logger.warning("%s was made by an earlier reconstruction than the results of %s: not drawn (re-run "
+                   "reconstruct.py with --save_examples or --save_maps to keep new ones).", path, name)
+    for stale in (run.maps(name), run.maps_figure(name)):
+        stale.unlink(missing_ok=True)
+    return None
 
 
 def write_maps(run, set_names) -> None:
@@ -195,15 +215,19 @@ def write_maps(run, set_names) -> None:
     from ddpm_ood.evaluation.figures import maps_figure
     from ddpm_ood.utils.files import save_npz_atomic
 
-    if not run.examples("val").exists():
+    wanted = [name for name in set_names if kept_examples(run, name) is not None]
+    if kept_examples(run, "val") is None:
+        if wanted:
+            logger.warning("No anomaly maps: the validation set has no kept examples to z-score them on (re-run "
+                           "reconstruct.py with --save_maps N and --run_val 1).")
         return
     with np.load(run.examples("val")) as val:
         val_maps = error_maps(val)
     if len(val_maps) < 2:
+        logger.warning("No anomaly maps: the validation set kept %d example(s); z-scores need at least 2.",
+                       len(val_maps))
         return
-    for name in set_names:
-        if not run.examples(name).exists():
-            continue
+    for name in wanted:
         with np.load(run.examples(name)) as examples:
             examples = dict(examples)
         try:
