@@ -228,3 +228,22 @@ def test_image_roi_and_image_size_reach_training(volume_splits, tmp_path):
     assert torch.load(tmp_path / "balls" / "best_model.pth", weights_only=True)["image_shape"] == [1, 8, 8, 8]
     with pytest.raises(UserError, match="--image_roi and --image_size apply to volumes"):
         train.main(volume_train_args(tmp_path, splits, "--spatial_dimension=2", "--image_size=8", "--model_name=flat"))
+
+
+@pytest.mark.parametrize("case", ["truncated .nii.gz", "corrupt .nii.gz", "truncated .nii"])
+def test_a_damaged_nifti_body_is_refused_before_any_work(tmp_path, case):
+    """A header that reads but a body that does not (a gzip stream cut short or altered, a .nii file
+    cut short) passed the header check and crashed mid-run."""
+    volume = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
+    name = "v.nii" if case.endswith(".nii") else "v.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), tmp_path / name)
+    data = (tmp_path / name).read_bytes()
+    if case.startswith("truncated"):
+        data = data[: len(data) * 2 // 3]
+    else:  # one byte changed in the compressed body: the gzip CRC no longer matches
+        middle = len(data) // 2
+        data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+    (tmp_path / name).write_bytes(data)
+    split = write_split(tmp_path / "s.csv", [tmp_path / name])
+    with pytest.raises(DataError, match=rf"{name} is (truncated|a damaged NIfTI file|not a NIfTI file)"):
+        load_images(split, True, spatial_dimension=3)

@@ -470,10 +470,12 @@ def volume_shape(path: Path, where: str) -> tuple[int, ...]:
         try:
             import nibabel
 
-            shape = tuple(int(d) for d in nibabel.load(str(path)).shape)
+            image = nibabel.load(str(path))
+            shape = tuple(int(d) for d in image.shape)
         except Exception as err:  # nibabel raises several types for damaged files
             raise DataError(f"{where}: {path} is not a NIfTI file nibabel reads ({type(err).__name__}); re-create "
                             "it.") from None
+        check_nifti_body(path, image, shape, where)
         if len(shape) == 4 and shape[3] > 1:
             raise DataError(f"{where}: {path} has a time (4th) axis of {shape[3]} volumes, shape {shape}; save one "
                             "volume per file (e.g. nibabel's img.slicer[..., 0]) and list those.")
@@ -494,6 +496,30 @@ def volume_shape(path: Path, where: str) -> tuple[int, ...]:
         raise DataError(f"{where}: {path} is a 2D image of shape {shape}, not a volume; {fix}, or run in 2D "
                         "(--spatial_dimension 2).")
     raise DataError(f"{where}: {path} has shape {shape}; {fix}.")
+
+
+def check_nifti_body(path: Path, image, shape, where: str) -> None:
+    """A NIfTI file's body, not only its header: as many bytes as the header promises and, for
+    .nii.gz, a whole gzip stream (its CRC and length checked by reading it through). A truncated or
+    corrupt file is refused here, before any work, not mid-run."""
+    import gzip
+    import zlib
+
+    expected = int(image.dataobj.offset) + int(np.prod(shape)) * image.header.get_data_dtype().itemsize
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                size = 0
+                while chunk := stream.read(1 << 22):
+                    size += len(chunk)
+        else:
+            size = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{where}: {path} is a damaged NIfTI file ({type(err).__name__}: {err}); re-create or "
+                        "re-download it.") from None
+    if size < expected:
+        raise DataError(f"{where}: {path} is truncated: its header promises {expected} bytes of volume "
+                        f"{shape}, it holds {size}; re-create or re-download it.")
 
 
 def read_volume(path: Path, where: str) -> np.ndarray:
