@@ -123,14 +123,12 @@ def tiny_run(tmp_path_factory):
     """One tiny trained run shared by the tests that only need a model (never changed by them):
     train.py for 1 epoch on the blob splits. Returns (output_dir, run folder, splits)."""
     import train
+    from helpers.pipeline import tiny_train_args
 
     folder = tmp_path_factory.mktemp("tiny_run")
     paths = blob_splits(folder)
     out = folder / "models"
-    train.main(train.parse_args([
-        f"--output_dir={out}", "--model_name=tiny", f"--training_ids={paths['train']}",
-        f"--validation_ids={paths['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=1", "--batch_size=8",
-        "--num_sample_images=0", "--num_workers=0"]))
+    train.main(tiny_train_args(out, paths, name="tiny"))
     return out, out / "tiny", paths
 
 

@@ -16,7 +16,7 @@ import torch
 import ood_detection
 import reconstruct
 import train
-from conftest import ROOT, TINY_CONFIG, blob_splits, reseal, write_split
+from conftest import ROOT, blob_splits, reseal, write_split
 from ddpm_ood.api import ImageDetector, OODDetector, pytorch_ood_detector
 from ddpm_ood.data.loading import load_split
 from ddpm_ood.detectors import COMBINATIONS, DETECTORS
@@ -30,10 +30,7 @@ def scored_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     paths = blob_splits(tmp)
     out = tmp / "models"
-    train.main(train.parse_args([
-        f"--output_dir={out}", "--model_name=blobs", f"--training_ids={paths['train']}",
-        f"--validation_ids={paths['val']}", f"--config_diffusion_file={TINY_CONFIG}", "--n_epochs=1", "--batch_size=8",
-        "--num_sample_images=0", "--num_workers=0"]))
+    train.main(tiny_train_args(out, paths, name="blobs"))
     reconstruct.main(reconstruct.parse_args([
         f"--output_dir={out}", "--model_name=blobs", f"--validation_ids={paths['val']}", f"--in_ids={paths['test']}",
         f"--out_ids={paths['ood']}", f"--fit_ids={paths['fit']}", "--num_inference_steps=10",
