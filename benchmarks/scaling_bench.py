@@ -46,7 +46,9 @@ def worker(args) -> None:
     from ddpm_ood.utils.distributed import init_distributed, shutdown
     from ddpm_ood.models.loading import model_function
     from ddpm_ood.diffusion.reconstruction import measure_split
-    from ddpm_ood.training.ddpm import TrainLoop, TrainSettings, epoch_order
+    from ddpm_ood.training.ddpm import TrainLoop
+    from ddpm_ood.training.settings import TrainSettings
+    from ddpm_ood.training.loop import epoch_order
 
     dist, device = init_distributed(torch.device(args.device))
     cfg = load_config(CONFIG_DIR / SETTINGS[args.setting])

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import achieved, count_flops, sync  # noqa: E402
 from ddpm_ood.models.config import CONFIG_DIR, build_schedule, build_unet, load_config  # noqa: E402
-from ddpm_ood.training.ddpm import MAX_DEVICE_DATA_BYTES, epoch_order, step_noise, train_batch, train_step  # noqa: E402
+from ddpm_ood.training.ddpm import MAX_DEVICE_DATA_BYTES, step_noise, train_batch, train_step  # noqa: E402
+from ddpm_ood.training.loop import epoch_order  # noqa: E402
 from ddpm_ood.models.unet import compile_unet  # noqa: E402
 
 SETTINGS = {

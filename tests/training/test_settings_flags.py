@@ -133,7 +133,9 @@ def test_ema_copy_is_made_after_the_checkpoints_weights_load(tmp_path):
     """A checkpoint without EMA weights (an older run) resumed with EMA on: the EMA starts from
     the loaded weights, not from the fresh model's random initialisation."""
     from ddpm_ood.models.config import build_schedule, build_unet, load_config
-    from ddpm_ood.training.ddpm import TrainLoop, TrainSettings, rng_state
+    from ddpm_ood.training.ddpm import TrainLoop
+    from ddpm_ood.training.settings import TrainSettings
+    from ddpm_ood.training.loop import rng_state
 
     cfg = load_config(TINY_CONFIG)
     torch.manual_seed(1)

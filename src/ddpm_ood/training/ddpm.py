@@ -31,11 +31,10 @@ from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler
 from ddpm_ood.models.loading import model_function
 from ddpm_ood.models.model_file import CheckpointError, read_model_file, save_model_file
 from ddpm_ood.models.unet import compile_unet
-from ddpm_ood.training.loop import (StepResult, TrainingRun, check_finite, epoch_order,  # noqa: F401 (epoch_order:
-                                    fixed_setting_changes, rng_state)  # 0.4's names here, for the benchmarks)
+from ddpm_ood.training.loop import StepResult, TrainingRun, check_finite, fixed_setting_changes
 from ddpm_ood.training.settings import FIXED_SETTINGS, TrainSettings, data_differences
 from ddpm_ood.utils.distributed import Dist
-from ddpm_ood.utils.errors import ConfigError, NonFiniteLoss  # noqa: F401 (NonFiniteLoss: raised by train_step)
+from ddpm_ood.utils.errors import ConfigError
 from ddpm_ood.utils.runtime import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
