@@ -22,8 +22,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import (add_knobs, add_space_flags, binary_int, detector_list, device_name, map_count,
-                          non_negative_int, plain_name, positive_int, run_main, seed_value, shard_spec)
+from ddpm_ood.cli import (add_diffusion_flags, add_knobs, add_space_flags, binary_int, detector_list, device_name,
+                          map_count, non_negative_int, plain_name, positive_int, run_main, seed_value, shard_spec)
 from ddpm_ood.detectors import DEFAULT_DETECTORS, detector_help, measure_knobs
 from ddpm_ood.utils.runtime import PRECISIONS
 
@@ -87,6 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Discard results (finished or partial) made with other settings instead of stopping.")
     add("--verbose", action="store_true", help="Log debug messages.")
     add_space_flags(parser, spatial_default=None)
+    add_diffusion_flags(parser, training=False)  # ddpm-ood's later flags: checked against the model
     add_knobs(parser.add_argument_group(f"detector settings (detectors: {detector_help()})"), measure_knobs())
     return parser.parse_args(argv)
 
@@ -119,7 +120,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     detectors = [detector_class(name).from_args(args, model) for name in args.detectors]
     for detector in detectors:
         logger.info("%s", detector.describe())
-    model.check_run(args.spatial_dimension, sets)  # before any work: the dimension, no first stage's training set
+    model.check_run(args.spatial_dimension, sets, vars(args))  # before any work: dimension, ddpm-ood's flags, splits
     run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale), "noise": NOISE}
 
     written = {}

@@ -11,7 +11,12 @@ tensorboard/. Extra ``key=value`` arguments override the config, e.g.
 ``ldm.params.unet_config.params.model_channels=128``.
 
 ``torchrun --nproc_per_node=N train.py <the same flags>`` trains on N processes with DDP
-(--batch_size stays the global batch); see docs/distributed.md.
+(--batch_size stays the global batch, split over the processes: ddpm-ood's was per process, so its
+--batch_size=B on N GPUs is --batch_size=N*B here); see docs/distributed.md.
+
+ddpm-ood's later flags (--beta_schedule, --beta_start, --beta_end, --prediction_type, --model_type,
+--b_scale, --snr_shift, --checkpoint_every, --cache_data, --vqvae_checkpoint=<run>/checkpoint.pth) are
+taken with their meanings there; docs/ddpm_ood_later.md lists them.
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ddpm_ood.cli import (add_settings, add_space_flags, add_training_run_flags, device_name, non_negative_int,
-                          positive_int, run_main)
+from ddpm_ood.cli import (add_diffusion_flags, add_settings, add_space_flags, add_training_run_flags, device_name,
+                          non_negative_int, positive_int, run_main)
 from ddpm_ood.training.settings import TrainSettings
 
 logger = logging.getLogger("ddpm_ood")
@@ -41,6 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--first_n", type=positive_int, default=None, help="Use only the first N training images.")
     add_space_flags(parser)
+    add_diffusion_flags(parser, training=True)
     parser.add_argument("--vqvae_checkpoint", default=None, metavar="RUN_OR_FILE",
                         help="Train a latent DDPM: on the latents of this first stage (a run folder of train_vqvae.py "
                              "or its best_model.pth). The UNet's in/out channels become the latent channels; the "
@@ -131,9 +137,13 @@ def set_network_shape(cfg, spatial_dimension: int, latent_channels: int | None):
     """The UNet's dims (2 or 3) and, for a latent model, its channels: those of the first stage's latents."""
     from omegaconf import OmegaConf, open_dict
 
+    from ddpm_ood.models.config import is_monai_unet
+
     unet = cfg.ldm.params.unet_config.params
     with open_dict(unet):
-        if spatial_dimension == 3 or "dims" in unet:
+        if is_monai_unet(cfg):
+            unet.spatial_dims = spatial_dimension
+        elif spatial_dimension == 3 or "dims" in unet:
             unet.dims = spatial_dimension
         if latent_channels is not None:
             channels = int(latent_channels)
@@ -148,7 +158,9 @@ def main(args: argparse.Namespace) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from ddpm_ood.models.config import build_schedule, build_unet, check_channels, default_config_file, load_config, to_container
+    from ddpm_ood.cli import diffusion_overrides
+    from ddpm_ood.models.config import (b_scale, build_schedule, build_unet, check_channels, check_config,
+                                        default_config_file, load_config, to_container)
     from ddpm_ood.data.loading import check_image_shape, load_images
     from ddpm_ood.utils.errors import ConfigError
     from ddpm_ood.utils.files import write_text_atomic
@@ -162,13 +174,19 @@ def main(args: argparse.Namespace) -> dict:
 
     run = RunFiles(args.output_dir / args.model_name)
     logger.info("loading config...")
-    cfg = load_config(args.config_diffusion_file or default_config_file(bool(args.is_grayscale)), args.overrides)
+    cfg = load_config(args.config_diffusion_file or default_config_file(bool(args.is_grayscale)),
+                      diffusion_overrides(args) + list(args.overrides), args.model_type, args.spatial_dimension)
     if args.vqvae_checkpoint is None:
         check_channels(cfg, bool(args.is_grayscale), str(args.config_diffusion_file))
     dist, device = init_distributed(pick_device(args.device))
     if args.batch_size < dist.world_size:
         raise ConfigError(f"--batch_size {args.batch_size} is the global batch; it must be at least the number of "
                           f"processes ({dist.world_size}).")
+
+    if dist.is_main:
+        logger.info("--batch_size %d is the global batch: %s per step (ddpm-ood's --batch_size was per process)",
+                    args.batch_size, f"{args.batch_size} images" if dist.world_size == 1 else
+                    f"about {args.batch_size // dist.world_size} images on each of {dist.world_size} processes")
 
     # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
@@ -186,7 +204,15 @@ def main(args: argparse.Namespace) -> dict:
         train_images, val_images, first_stage = train_set.images, val_set.images, None
         if args.vqvae_checkpoint is not None:
             first_stage, train_images, val_images = latents_of(args, record, train_set, val_set, device, dist)
+        scale = b_scale(cfg)
+        if scale != 1.0:  # the data times b before noising (ddpm-ood's --b_scale), undone on decoding
+            logger.info("b_scale %g: the %s are multiplied by it before noising", scale,
+                        "latents" if first_stage else "images")
+            if first_stage is not None:
+                first_stage.scale *= scale
+            train_images, val_images = train_images * scale, val_images * scale
         cfg = set_network_shape(cfg, args.spatial_dimension, train_images.shape[1] if first_stage else None)
+        check_config(cfg, f"the config with --spatial_dimension {args.spatial_dimension}")
         check_same_config(run, cfg)
         if dist.is_main:  # only now: bad input above writes nothing
             write_text_atomic(run.config, OmegaConf.to_yaml(cfg))
@@ -194,7 +220,8 @@ def main(args: argparse.Namespace) -> dict:
         logger.info("creating model...")
         torch.manual_seed(args.seed)  # the initial weights; a resumed run loads its own
         model, schedule = build_unet(cfg), build_schedule(cfg)
-        logger.info("UNet with %.2fM parameters on %s", sum(p.numel() for p in model.parameters()) / 1e6, device)
+        logger.info("%s with %.2fM parameters on %s, predicting %s", type(model).__name__,
+                    sum(p.numel() for p in model.parameters()) / 1e6, device, schedule.prediction)
 
         logger.info("training...")
         settings = TrainSettings.from_args(args, float(cfg.ldm.base_lr))

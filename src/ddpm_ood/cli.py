@@ -220,3 +220,92 @@ def add_training_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--training_ids", required=True, help="Split CSV of training images (in-distribution only).")
     parser.add_argument("--validation_ids", required=True, help="Split CSV of validation images (model selection).")
     parser.add_argument("--is_grayscale", type=binary_int, default=1, help="1: one-channel images, 0: RGB. Default 1.")
+
+
+# --- the diffusion's settings as ddpm-ood's later scripts name them --------------------------------
+
+SCHEDULE_NAMES = ("scaled_linear", "scaled_linear_beta", "plain_linear", "linear_beta")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "eps", "v", "x0")
+MODEL_TYPES = ("small", "big")
+
+
+def beta_schedule_name(value: str) -> str:
+    """--beta_schedule: a name that says which schedule it is. "linear" is refused: it means linear in
+    sqrt(beta) in latent-diffusion's configs (ours, the paper's) but linear in beta in ddpm-ood, MONAI and
+    diffusers."""
+    if value == "linear":
+        raise argparse.ArgumentTypeError(
+            "'linear' names two schedules: linear in sqrt(beta) in this project's (latent-diffusion's) configs, the "
+            "paper's, but linear in beta in ddpm-ood's later code, MONAI and diffusers. Say which: scaled_linear (or "
+            "scaled_linear_beta) for linear in sqrt(beta), linear_beta (or plain_linear) for linear in beta")
+    if value not in SCHEDULE_NAMES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SCHEDULE_NAMES)}, got {value!r}")
+    return value
+
+
+def add_diffusion_flags(parser: argparse.ArgumentParser, training: bool) -> None:
+    """ddpm-ood's later flags for the diffusion itself. train.py records each in the run's config (and so
+    in the model's identity); reconstruct.py checks each one given against what the model records and
+    refuses a mismatch, naming both values. Not given: the config's value (train.py) or the model's."""
+    given = "Default: the config's" if training else "Checked against the model's; default: the model's"
+    group = parser.add_argument_group("the diffusion (ddpm-ood's later flags)")
+    group.add_argument("--beta_schedule", type=beta_schedule_name, default=None, metavar="NAME",
+                       help=f"scaled_linear / scaled_linear_beta: betas linear in sqrt(beta) (the paper's); "
+                            f"linear_beta / plain_linear: linear in beta. 'linear' is refused as ambiguous. {given} "
+                            "(linear in sqrt(beta)).")
+    group.add_argument("--beta_start", type=unit_fraction, default=None,
+                       help=f"The first beta. {given} (0.0015).")
+    group.add_argument("--beta_end", type=unit_fraction, default=None, help=f"The last beta. {given} (0.0195).")
+    group.add_argument("--prediction_type", choices=PREDICTION_TYPES, default=None,
+                       help="What the network learns to output: epsilon (eps, the noise; the paper's), v_prediction "
+                            "(v) or sample (x0); every detector converts the output to eps by the schedule. "
+                            f"{given} (epsilon).")
+    group.add_argument("--model_type", choices=MODEL_TYPES, default=None,
+                       help="ddpm-ood's MONAI DiffusionModelUNet: small (channels 128, 256, 256; attention at the last "
+                            "level; 1 res block) or big (256, 512, 768; attention everywhere; 2 res blocks). "
+                            + ("Default: the config's UNet (latent-diffusion's, the paper's); its parameters can be "
+                               "overridden as ldm.params.unet_config.params.channels=[...]." if training else
+                               "Checked against the model's."))
+    group.add_argument("--b_scale", type=positive_float, default=None,
+                       help="Multiply the data (images, or latents) by b before noising; reconstructions are divided "
+                            f"by b (as ddpm-ood does). {given} (1).")
+    group.add_argument("--snr_shift", type=positive_float, default=None,
+                       help="Multiply the schedule's signal-to-noise ratio a/(1-a) by this at every t (log-SNR moved "
+                            f"by its log). {given} (1).")
+    group.add_argument("--simplex_noise", type=simplex_flag, default=0, metavar="0/1",
+                       help="ddpm-ood's simplex noise instead of Gaussian: not built yet (1 is refused); 0 (default) "
+                            "is Gaussian noise, the method's.")
+    if not training:
+        group.add_argument("--vqvae_checkpoint", default=None, metavar="RUN_OR_FILE",
+                           help="The first stage of a latent model (a train_vqvae.py run, its best_model.pth or "
+                                "checkpoint.pth). The model file keeps its first stage whole and that copy scores: "
+                                "this is only checked against it (other weights are refused). Default: not checked.")
+
+
+def diffusion_flags_given(args: argparse.Namespace) -> dict:
+    """The diffusion flags given on the command line, by name (``add_diffusion_flags``)."""
+    from ddpm_ood.models.loading import DIFFUSION_FLAGS
+
+    return {name: getattr(args, name) for name in DIFFUSION_FLAGS if getattr(args, name, None) is not None}
+
+
+def diffusion_overrides(args: argparse.Namespace) -> list[str]:
+    """train.py's diffusion flags as config overrides (``ldm.params.*``), before the user's own ``key=value``."""
+    from ddpm_ood.diffusion.ddpm import PREDICTION_NAMES
+
+    keys = {"beta_schedule": "beta_schedule", "beta_start": "linear_start", "beta_end": "linear_end",
+            "b_scale": "b_scale", "snr_shift": "snr_shift"}
+    given = diffusion_flags_given(args)
+    overrides = [f"ldm.params.{keys[name]}={value}" for name, value in given.items() if name in keys]
+    if "prediction_type" in given:
+        to_ldm = {v: k for k, v in PREDICTION_NAMES.items()}
+        overrides.append(f"ldm.params.parameterization={to_ldm.get(given['prediction_type'], given['prediction_type'])}")
+    return overrides
+
+
+def simplex_flag(value: str) -> int:
+    """--simplex_noise: 0 only, until simplex noise is built (refused by the parser, before any work)."""
+    if binary_int(value):
+        raise argparse.ArgumentTypeError("simplex noise (AnoDDPM's, ddpm-ood's --simplex_noise 1) is not built yet; "
+                                         "train and score with Gaussian noise (0, the method's)")
+    return 0

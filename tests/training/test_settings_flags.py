@@ -46,7 +46,11 @@ def test_lr_seed_and_checkpoint_every(tmp_path, synthetic_splits):
     assert not torch.equal(weights(seed0), weights(seed1))
     run(tmp_path, synthetic_splits, "every2", "--checkpoint_every=2")
     previous = torch.load(tmp_path / "every2" / "checkpoint_prev.pth", weights_only=True)
-    assert previous["epoch"] == 2  # written at epoch 2, then at the last epoch (3)
+    assert previous["epoch"] == 2  # checkpoint.pth every epoch (ddpm-ood's meaning: snapshots are extra)
+    snapshots = sorted(p.name for p in (tmp_path / "every2").glob("checkpoint_[0-9]*.pth"))
+    assert snapshots == ["checkpoint_2.pth"]  # 3 epochs, a snapshot every 2
+    kept = torch.load(tmp_path / "every2" / "checkpoint_2.pth", weights_only=True)
+    torch.testing.assert_close(kept["model"], previous["model"])
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ Conventions follow latent-diffusion, the code the paper was built on:
   step t, so even t = 0 adds a little noise.
 - The "linear" schedule is linear in sqrt(beta):
   ``betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2``.
-- The model predicts the noise eps (eps-parameterisation).
+- The model predicts the noise eps (eps-parameterisation, the paper's); ``v`` (v-prediction,
+  Salimans and Ho 2022) and ``x0`` (the clean sample) are trained on request and converted to eps
+  wherever a sampler or detector uses the model (:func:`eps_from_prediction`).
 
 The schedule is held in float64 (as improved-diffusion does) and cast when used.
 """
@@ -19,21 +21,56 @@ import torch
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "plain_linear")
+# Names of the two schedules: linear in sqrt(beta) (latent-diffusion's "linear", the paper's; diffusers'
+# "scaled_linear"; MONAI's "scaled_linear_beta") and linear in beta (the original DDPM's; diffusers'
+# "linear"; MONAI's "linear_beta"). "linear" means the first in a latent-diffusion config (ours) and the
+# second everywhere else: the command line refuses it (``ddpm_ood.cli.beta_schedule_name``).
+SQRT_LINEAR = ("linear", "scaled_linear", "scaled_linear_beta")
+PLAIN_LINEAR = ("plain_linear", "linear_beta")
+BETA_SCHEDULES = SQRT_LINEAR + PLAIN_LINEAR
+
+# What the network's output is trained as: latent-diffusion's names (the config's ``parameterization``)
+# and diffusers' / MONAI's (``--prediction_type``, a Network's ``prediction``).
+PREDICTION_NAMES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+PREDICTIONS = tuple(PREDICTION_NAMES.values())
 
 
 def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
     """Return the float64 betas of a named schedule.
 
-    ``linear`` is latent-diffusion's (and the paper's) schedule, linear in sqrt(beta);
-    ``scaled_linear`` is the diffusers name for the same thing; ``plain_linear`` is the
-    original DDPM schedule, linear in beta.
+    ``linear`` is latent-diffusion's (and the paper's) schedule, linear in sqrt(beta), also called
+    ``scaled_linear`` (diffusers) and ``scaled_linear_beta`` (MONAI); ``plain_linear`` (MONAI:
+    ``linear_beta``) is the original DDPM schedule, linear in beta.
     """
-    if schedule in ("linear", "scaled_linear"):
+    if schedule in SQRT_LINEAR:
         return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
-    if schedule == "plain_linear":
+    if schedule in PLAIN_LINEAR:
         return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
     raise ValueError(f"Unknown beta_schedule {schedule!r}; choose one of {BETA_SCHEDULES}.")
+
+
+def shift_snr(alphas_cumprod: np.ndarray, snr_shift: float) -> np.ndarray:
+    """The schedule whose signal-to-noise ratio a / (1 - a) is ``snr_shift`` times the given one at every t
+    (log-SNR moved by log(snr_shift)): a' = s a / (1 + (s - 1) a). Scaling the data by b before noising
+    (``b_scale``) multiplies the SNR by b^2 with the noise level unchanged; this moves the schedule instead."""
+    a = np.asarray(alphas_cumprod, dtype=np.float64)
+    return snr_shift * a / (1.0 + (snr_shift - 1.0) * a)
+
+
+def eps_from_prediction(output: torch.Tensor, x_t: torch.Tensor, sqrt_a: torch.Tensor, sqrt_1m_a: torch.Tensor,
+                        prediction: str) -> torch.Tensor:
+    """The noise eps that a network's ``output`` at x_t stands for (``sqrt_a``, ``sqrt_1m_a``: sqrt(alpha_bar_t)
+    and sqrt(1 - alpha_bar_t), broadcastable), as diffusers' and MONAI's schedulers convert:
+    ``epsilon`` as it is; ``v_prediction`` (v = sqrt(a) eps - sqrt(1-a) x0): eps = sqrt(a) v + sqrt(1-a) x_t;
+    ``sample`` (x0): eps = (x_t - sqrt(a) x0) / sqrt(1-a)."""
+    prediction = PREDICTION_NAMES.get(prediction, prediction)
+    if prediction == "epsilon":
+        return output
+    if prediction == "v_prediction":
+        return sqrt_a * output + sqrt_1m_a * x_t
+    if prediction == "sample":
+        return (x_t - sqrt_a * output) / sqrt_1m_a
+    raise ValueError(f"Unknown prediction type {prediction!r}; choose one of {PREDICTIONS}.")
 
 
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -55,22 +92,35 @@ class DDPMSchedule:
         beta_schedule: str = "linear",
         beta_start: float = 0.0015,
         beta_end: float = 0.0195,
+        snr_shift: float = 1.0,
+        prediction: str = "epsilon",
     ):
         self.num_timesteps = int(num_timesteps)
-        self.betas = make_betas(beta_schedule, self.num_timesteps, beta_start, beta_end)
-        self.alphas = 1.0 - self.betas
-        self._set_alphas_cumprod(np.cumprod(self.alphas))
+        self.prediction = PREDICTION_NAMES.get(prediction, prediction)
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"Unknown prediction type {prediction!r}; choose one of {PREDICTIONS}.")
+        betas = make_betas(beta_schedule, self.num_timesteps, beta_start, beta_end)
+        if snr_shift == 1.0:
+            self.betas = betas
+            self.alphas = 1.0 - self.betas
+            self._set_alphas_cumprod(np.cumprod(self.alphas))
+        else:
+            self._set_cumprod_and_steps(shift_snr(np.cumprod(1.0 - betas), snr_shift))
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray) -> "DDPMSchedule":
         """A schedule given by its signal levels (e.g. a pretrained model's, as its own code computes them)."""
         schedule = cls.__new__(cls)
         schedule.num_timesteps = len(alphas_cumprod)
-        ac = np.asarray(alphas_cumprod, dtype=np.float64)
-        schedule.alphas = ac / np.concatenate([[1.0], ac[:-1]])
-        schedule.betas = 1.0 - schedule.alphas
-        schedule._set_alphas_cumprod(ac)
+        schedule.prediction = "epsilon"
+        schedule._set_cumprod_and_steps(alphas_cumprod)
         return schedule
+
+    def _set_cumprod_and_steps(self, alphas_cumprod: np.ndarray) -> None:
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.alphas = ac / np.concatenate([[1.0], ac[:-1]])
+        self.betas = 1.0 - self.alphas
+        self._set_alphas_cumprod(ac)
 
     def _set_alphas_cumprod(self, alphas_cumprod: np.ndarray) -> None:
         self.alphas_cumprod = alphas_cumprod
@@ -94,13 +144,34 @@ class DDPMSchedule:
         timesteps = timesteps.to(x0.device).long()
         return _broadcast(sqrt_ab[timesteps], x0) * x0 + _broadcast(sqrt_1m_ab[timesteps], x0) * noise
 
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output at x_t (by ``prediction``): the noise, v = sqrt(a) eps -
+        sqrt(1-a) x0 (diffusers' ``get_velocity``), or x0."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "sample":
+            return x0
+        sqrt_ab, sqrt_1m_ab = self._tables(x0.device)
+        timesteps = timesteps.to(x0.device).long()
+        return _broadcast(sqrt_ab[timesteps], x0) * noise - _broadcast(sqrt_1m_ab[timesteps], x0) * x0
+
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noise a network's raw ``output`` at (x_t, t) stands for (:func:`eps_from_prediction`)."""
+        if self.prediction == "epsilon":
+            return output
+        sqrt_ab, sqrt_1m_ab = self._tables(x_t.device)
+        timesteps = timesteps.to(x_t.device).long()
+        return eps_from_prediction(output, x_t, _broadcast(sqrt_ab[timesteps], x_t),
+                                   _broadcast(sqrt_1m_ab[timesteps], x_t), self.prediction)
+
     def training_loss(
         self, model: ModelFn, x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
     ) -> torch.Tensor:
-        """The "simple" L2 loss of Ho et al.: mean of (eps - eps_theta(x_t, t))^2."""
+        """The "simple" L2 loss of Ho et al.: mean of (target - output(x_t, t))^2, the target being eps
+        (the paper's), or v or x0 for a model trained to predict those."""
         x_t = self.add_noise(x0, noise, timesteps)
-        eps = model(x_t, timesteps)
-        return torch.mean((eps.float() - noise.float()) ** 2)
+        output = model(x_t, timesteps)
+        return torch.mean((output.float() - self.target(x0, noise, timesteps).float()) ** 2)
 
 
 def plms_grid(num_inference_steps: int, num_timesteps: int = 1000) -> np.ndarray:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from ddpm_ood.models.model_file import file_facts, load_weights, read_weights
-from ddpm_ood.models.spaces import ImageSpace, Network, PixelSpace
-from ddpm_ood.diffusion.ddpm import DDPMSchedule
+from ddpm_ood.models.spaces import ImageSpace, Network, PixelSpace, PredictionEps  # noqa: F401 (PredictionEps: its old home)
+from ddpm_ood.diffusion.ddpm import PREDICTIONS, DDPMSchedule
 from ddpm_ood.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # preferred first
 SCHEDULER_CONFIG = "scheduler_config.json"
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # diffusers' names; or trained_betas
-PREDICTIONS = ("epsilon", "v_prediction", "sample")
 DATA_RANGE = (-1.0, 1.0)
 # Schedulers of the variance-preserving DDPM family: a beta schedule over discrete timesteps, which
 # is what the model was trained with and all we take from the file (no _class_name: DDPMScheduler).
@@ -232,30 +231,6 @@ def cosine_betas(steps: int, max_beta: float = 0.999) -> list[float]:
     return [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)]
 
 
-class PredictionEps(torch.nn.Module):
-    """Another library's UNet as eps(x, t), x in the model's own space: ``raw`` is the network's output
-    (eps, v or x0, by ``prediction``), converted to eps here."""
-
-    def __init__(self, unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, channels: int):
-        super().__init__()
-        self.unet, self.prediction, self.channels = unet, prediction, channels
-        self.register_buffer("sqrt_ab", torch.from_numpy(schedule.sqrt_alphas_cumprod).float(), persistent=False)
-        self.register_buffer("sqrt_1m_ab", torch.from_numpy(schedule.sqrt_one_minus_alphas_cumprod).float(),
-                             persistent=False)
-
-    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.raw(x, t)[:, :self.channels]  # a learned variance fills the second half
-        if self.prediction == "epsilon":
-            return out
-        a, b = (table[t.long()].reshape(-1, *([1] * (x.dim() - 1))) for table in (self.sqrt_ab, self.sqrt_1m_ab))
-        if self.prediction == "v_prediction":
-            return a * out + b * x
-        return (x - a * out) / b  # "sample": the model predicts x0
-
-
 class DiffusersEps(PredictionEps):
     """A diffusers UNet2DModel as eps(x, t), x in the model's own data range."""
 
@@ -307,7 +282,7 @@ def load_pretrained(given: str) -> Network:
         shape = space.image_shape
     network_config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
     return Network(DiffusersEps(unet.eval(), schedule, prediction), schedule, ImageSpace(shape[0], shape), space,
-                   prediction, network_config, {"config": config},
+                   prediction, network_config, {"config": config, "diffusion": {"prediction_type": prediction}},
                    file_facts(files.weights, pretrained=files.given), files.given)
 
 

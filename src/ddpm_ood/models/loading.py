@@ -191,24 +191,74 @@ class RunModel(ModelSource):
         return cls(path)
 
     def load(self) -> Network:
-        from ddpm_ood.models.config import build_schedule
+        from ddpm_ood.models.config import b_scale, build_schedule, network_record
         from ddpm_ood.models.model_file import file_facts, read_model_file, unet_of
+        from ddpm_ood.models.spaces import as_eps
 
         path = Path(self.location)
         obj = read_model_file(path)
         module, config = unet_of(obj, path), obj["config"]
         info = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "ema_model", "scaler", "rng")}
-        unet = config.get("ldm", {}).get("params", {}).get("unet_config", {}).get("params", {})
+        unet = network_record(config)
         shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
-        image_space, space = ImageSpace(int(unet.get("in_channels", 1)), shape), IMAGE_RANGE
-        if info.get("first_stage"):  # a latent model: its first stage is kept inside its file
+        channels = int(unet.get("in_channels", 1))
+        scale = b_scale(config)  # the data times b before noising: the pixel range [0, b]
+        image_space, space = ImageSpace(channels, shape), IMAGE_RANGE if scale == 1.0 else PixelSpace(0.0, scale)
+        if info.get("first_stage"):  # a latent model: its first stage is kept inside its file (b_scale in its scale)
             from ddpm_ood.models.first_stage import LatentSpace
 
             space = LatentSpace.from_record(info["first_stage"], str(path))
             image_space = ImageSpace(space.image_shape[0], space.image_shape)
             info["first_stage"] = {k: v for k, v in info["first_stage"].items() if k != "model"}
-        return Network(module, build_schedule(config), image_space, space, "epsilon", dict(unet),
-                       {**info, "config": config}, file_facts(path), str(path))
+        schedule = build_schedule(config)
+        return Network(as_eps(module, schedule, schedule.prediction, channels), schedule, image_space, space,
+                       schedule.prediction, unet, {**info, "config": config, "diffusion": recorded_settings(config)},
+                       file_facts(path), str(path))
+
+
+# ddpm-ood's later flags for the diffusion (ddpm_ood.cli.add_diffusion_flags), as the model records them.
+DIFFUSION_FLAGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type", "model_type", "b_scale", "snr_shift")
+
+
+def recorded_settings(config: dict) -> dict:
+    """A run's diffusion settings as ddpm-ood's flags name them (what reconstruct.py checks its flags against)."""
+    from ddpm_ood.diffusion.ddpm import PREDICTION_NAMES
+    from ddpm_ood.models.config import DDPM_OOD_UNETS, MONAI_UNET
+
+    params = config.get("ldm", {}).get("params", {})
+    unet = params.get("unet_config", {})
+    model_type = "ours"
+    if unet.get("target") == MONAI_UNET:
+        model_type = next((name for name, kind in DDPM_OOD_UNETS.items()
+                           if all(unet.get("params", {}).get(k) == v for k, v in kind.items())), "monai (custom)")
+    return {"beta_schedule": params.get("beta_schedule", "linear"), "beta_start": params.get("linear_start", 0.0015),
+            "beta_end": params.get("linear_end", 0.0195), "prediction_type": PREDICTION_NAMES.get(params.get("parameterization", "eps")),
+            "b_scale": params.get("b_scale", 1.0), "snr_shift": params.get("snr_shift", 1.0), "model_type": model_type}
+
+
+def diffusion_flag_mismatches(given: dict, recorded: dict) -> tuple[list[str], list[str]]:
+    """reconstruct.py's diffusion flags (``ddpm_ood.cli.diffusion_flags_given``) against what the model records:
+    (the mismatches, each naming both values; the flags the model records nothing for)."""
+    import math
+
+    from ddpm_ood.diffusion.ddpm import PLAIN_LINEAR, PREDICTION_NAMES, SQRT_LINEAR
+
+    def same(name, a, b) -> bool:
+        if name == "beta_schedule":
+            return any(a in names and b in names for names in (SQRT_LINEAR, PLAIN_LINEAR))
+        if name == "prediction_type":
+            return PREDICTION_NAMES.get(a, a) == PREDICTION_NAMES.get(b, b)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+        return a == b
+
+    mismatches, unknown = [], []
+    for name, value in given.items():
+        if name not in recorded:
+            unknown.append(f"--{name}")
+        elif not same(name, value, recorded[name]):
+            mismatches.append(f"--{name} {value} but the model was trained with {name} = {recorded[name]}")
+    return mismatches, unknown
 
 
 class DiffusersModel(ModelSource):
@@ -320,10 +370,45 @@ class LoadedModel:
         """2 for images, 3 for volumes."""
         return len(self.image_space.shape) - 1 if self.image_space.shape is not None else 2
 
-    def check_run(self, spatial_dimension: int | None, sets) -> None:
-        """reconstruct.py's checks before any work: its --spatial_dimension, and no test set that is the
-        split the first stage was trained on."""
+    def check_diffusion_flags(self, given: dict, first_stage: str | None = None) -> None:
+        """reconstruct.py's --beta_schedule, --prediction_type, --b_scale, ... and --vqvae_checkpoint (ddpm-ood's
+        later flags) say what the model already records: any that disagrees is refused, naming both values."""
+        self.check_first_stage(first_stage)
+        mismatches, unknown = diffusion_flag_mismatches(given, self.info.get("diffusion") or {})
+        if mismatches:
+            raise ConfigError(f"The model {self.source} was not trained as these flags say: {'; '.join(mismatches)}. "
+                              "The model's own settings are used for scoring: drop the flags, or give its values.")
+        if unknown:
+            import logging
+
+            logging.getLogger("ddpm_ood").warning("%s: the model %s records no such setting; not checked.",
+                                                  ", ".join(unknown), self.source)
+
+    def check_first_stage(self, given: str | None) -> None:
+        """reconstruct.py's --vqvae_checkpoint (ddpm-ood's flag) must be the first stage the model holds: the
+        model's own copy is what scores, so another one (or one given to a pixel model) is refused."""
+        if given is None:
+            return
+        from ddpm_ood.models.first_stage import read_first_stage
+        from ddpm_ood.models.spaces import weights_digest
+
+        record = read_first_stage(given)
+        if not hasattr(self.space, "weights_digest"):
+            raise ConfigError(f"--vqvae_checkpoint {given}, but the model {self.source} is a pixel-space model: it has "
+                              "no first stage. Drop the flag, or score the latent DDPM trained on that first stage.")
+        if weights_digest(record["model"]) != self.space.weights_digest():
+            raise ConfigError(f"--vqvae_checkpoint {record['file']} holds other weights than the first stage the model "
+                              f"{self.source} was trained on (kept inside it, from {self.space.location}). The model's "
+                              "own copy scores: drop the flag, or pass the first stage it was trained on.")
+
+    def check_run(self, spatial_dimension: int | None, sets, flags: dict | None = None) -> None:
+        """reconstruct.py's checks before any work: its --spatial_dimension, ddpm-ood's later flags in ``flags``
+        (its arguments: those of DIFFUSION_FLAGS given, and --vqvae_checkpoint) against what the model records,
+        and no test set that is the split the first stage was trained on."""
         self.check_spatial_dimension(spatial_dimension)
+        flags = flags or {}
+        self.check_diffusion_flags({name: flags[name] for name in DIFFUSION_FLAGS if flags.get(name) is not None},
+                                   flags.get("vqvae_checkpoint"))
         self.refuse_test_splits(sets)
 
     def check_spatial_dimension(self, flag: int | None) -> None:

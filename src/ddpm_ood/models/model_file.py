@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ddpm_ood.models.config import build_unet
-from ddpm_ood.utils.errors import CheckpointError
+from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from ddpm_ood.utils.files import save_torch_atomic
 from ddpm_ood.models.unet import UNet
 
@@ -140,7 +140,7 @@ def peek_kind(path: str | Path) -> str | None:
     return obj.get("kind", "model") if isinstance(obj, dict) else None
 
 
-def unet_of(obj: dict, path: str | Path) -> UNet:
+def unet_of(obj: dict, path: str | Path) -> torch.nn.Module:
     """The UNet of a DDPM's model file or checkpoint (read with :func:`read_model_file`), its weights
     loaded (a checkpoint's EMA weights when it has them), in eval mode."""
     kind = obj.get("kind", "model")
@@ -151,7 +151,7 @@ def unet_of(obj: dict, path: str | Path) -> UNet:
     config = obj["config"]
     try:
         model = build_unet(config)
-    except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as err:
+    except (ConfigError, RuntimeError, TypeError, KeyError, AttributeError, ValueError) as err:
         raise CheckpointError(f"Model file {path} holds a network config that does not build ({err}); it was written "
                               "by another version or edited by hand: retrain or use another file.") from None
     load_weights(model, obj.get("ema_model") or obj["model"], path, "the architecture its config describes (written by "

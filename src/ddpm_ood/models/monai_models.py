@@ -18,7 +18,7 @@ first stage.
   layout) and ``latent_pad``.
 
 The schedule is MONAI's own scheduler's ``alphas_cumprod``; the UNet's output is converted to eps as
-for diffusers models (:class:`ddpm_ood.models.diffusers_models.PredictionEps`). Weights are read with
+for diffusers models (:class:`ddpm_ood.models.spaces.PredictionEps`). Weights are read with
 ``torch.load(weights_only=True)``: no pickled code runs.
 """
 from __future__ import annotations
@@ -29,20 +29,14 @@ from pathlib import Path
 import torch
 
 from ddpm_ood.models.model_file import file_facts, load_weights, read_weights
-from ddpm_ood.models.spaces import IMAGE_RANGE, ImageSpace, Network
-from ddpm_ood.diffusion.ddpm import DDPMSchedule
+from ddpm_ood.models.spaces import IMAGE_RANGE, ImageSpace, Network, PixelSpace, PredictionEps
+from ddpm_ood.diffusion.ddpm import DDPMSchedule, shift_snr
 from ddpm_ood.utils.errors import ConfigError
-from ddpm_ood.models.diffusers_models import PREDICTIONS, PredictionEps
+from ddpm_ood.diffusion.ddpm import PREDICTIONS
+from ddpm_ood.models.config import DDPM_OOD_UNETS
 
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 NETWORKS = ("DiffusionModelUNet", "AutoencoderKL", "VQVAE")
-# ddpm-ood's two UNets (src/trainers/base.py of its later versions), by --model_type.
-DDPM_OOD_UNETS = {
-    "small": {"channels": [128, 256, 256], "attention_levels": [False, False, True], "num_res_blocks": 1,
-              "num_head_channels": 256},
-    "big": {"channels": [256, 512, 768], "attention_levels": [True, True, True], "num_res_blocks": 2,
-            "num_head_channels": 256},
-}
 DDPM_OOD_SCHEDULES = {"linear": "linear_beta", "scaled_linear": "scaled_linear_beta"}
 
 
@@ -105,9 +99,12 @@ def latent_image_shape(autoencoder_kind: str, args: dict, latent_shape) -> tuple
 
 
 def network_of(unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, image_space: ImageSpace, space,
-               config: dict, files: dict, location: str) -> Network:
+               config: dict, files: dict, location: str, recorded: dict | None = None) -> Network:
+    """``recorded``: the diffusion's settings as ddpm-ood's flags name them (reconstruct.py checks its flags)."""
     return Network(MonaiEps(unet, schedule, prediction, int(config.get("in_channels", 1))), schedule, image_space,
-                   space, prediction, config, {"config": config}, files, location)
+                   space, prediction, config, {"config": config,
+                                               "diffusion": recorded or {"prediction_type": prediction}},
+                   files, location)
 
 
 # --- a model-zoo bundle ----------------------------------------------------------------------------
@@ -199,10 +196,12 @@ def load_ddpm_ood(folder: str | Path) -> Network:
         raise ConfigError(f"{args_path}: cannot read ddpm-ood's arguments ({err}); save them with "
                           "json.dump(vars(args), f) beside checkpoint.pth.") from None
     where = str(args_path)
-    for flag, plain in (("b_scale", 1), ("simplex_noise", 0)):
-        if args.get(flag, plain) not in (plain, float(plain)):
-            raise ConfigError(f"{where}: {flag} = {args[flag]!r}: only Gaussian noise on unscaled data ({flag} = "
-                              f"{plain}) is the method; this model was trained otherwise.")
+    if args.get("simplex_noise", 0) not in (0, 0.0, False):
+        raise ConfigError(f"{where}: simplex_noise = {args['simplex_noise']!r}: simplex noise is not built yet; only "
+                          "models trained with Gaussian noise can be scored.")
+    b_scale, snr_shift = float(args.get("b_scale", 1.0) or 1.0), float(args.get("snr_shift", 1.0) or 1.0)
+    if b_scale <= 0 or snr_shift <= 0:
+        raise ConfigError(f"{where}: b_scale = {b_scale} and snr_shift = {snr_shift} must be above 0.")
     model_type = args.get("model_type", "small")
     if model_type not in DDPM_OOD_UNETS:
         raise ConfigError(f"{where}: model_type = {model_type!r}; ddpm-ood builds 'small' or 'big'.")
@@ -237,4 +236,37 @@ def load_ddpm_ood(folder: str | Path) -> Network:
                                            "beta_start": args.get("beta_start", 1e-4),
                                            "beta_end": args.get("beta_end", 2e-2),
                                            "prediction_type": args.get("prediction_type", "epsilon")}, where)
-    return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(checkpoint, pretrained=str(folder)), str(folder))
+    if snr_shift != 1.0:
+        schedule = DDPMSchedule.from_alphas_cumprod(shift_snr(schedule.alphas_cumprod, snr_shift))
+    if b_scale != 1.0:  # as its reconstruct.py: the data times b before noising, the decoded image divided by b
+        space = PixelSpace(0.0, b_scale) if space is IMAGE_RANGE else DecodedOverB(space, b_scale)
+    recorded = {"beta_schedule": DDPM_OOD_SCHEDULES.get(schedule_name, schedule_name),
+                "beta_start": args.get("beta_start", 1e-4), "beta_end": args.get("beta_end", 2e-2),
+                "prediction_type": prediction, "b_scale": b_scale, "snr_shift": snr_shift, "model_type": model_type}
+    return network_of(unet, schedule, prediction, image_space, space, unet_args,
+                      file_facts(checkpoint, pretrained=str(folder)), str(folder), recorded)
+
+
+class DecodedOverB:
+    """ddpm-ood's ``b_scale`` on a latent model, as its reconstruct.py applies it: the latents are multiplied by
+    b before noising, and the *decoded image* is divided by b (not the latent: the two differ for a nonlinear
+    decoder). Every other fact is the first stage's."""
+
+    def __init__(self, inner, b_scale: float):
+        self.inner, self.b_scale = inner, float(b_scale)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inner.encode(images) * self.b_scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(x) / self.b_scale
+
+    def to(self, device) -> "DecodedOverB":
+        self.inner = self.inner.to(device)
+        return self
+
+    def record(self) -> dict:
+        return {**self.inner.record(), "b_scale_of_decoded_image": self.b_scale}

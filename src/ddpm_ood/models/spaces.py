@@ -21,7 +21,7 @@ from typing import Mapping, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ddpm_ood.diffusion.ddpm import DDPMSchedule
+from ddpm_ood.diffusion.ddpm import PREDICTION_NAMES, DDPMSchedule, eps_from_prediction
 from ddpm_ood.utils.errors import DataError
 
 
@@ -164,6 +164,35 @@ def identity_differences(recorded: dict | None, current: dict) -> str:
 
 
 # --- what a model source builds ------------------------------------------------------------------
+
+class PredictionEps(torch.nn.Module):
+    """A UNet trained to predict eps, v or x0 (``prediction``) as eps(x, t), x in the model's own space:
+    ``raw`` is the network's output (a UNet called as ``unet(x, t)``; other libraries' override it),
+    converted to eps here (``ddpm_ood.diffusion.ddpm.eps_from_prediction``)."""
+
+    def __init__(self, unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, channels: int):
+        super().__init__()
+        self.unet, self.prediction, self.channels = unet, PREDICTION_NAMES.get(prediction, prediction), channels
+        self.register_buffer("sqrt_ab", torch.from_numpy(schedule.sqrt_alphas_cumprod).float(), persistent=False)
+        self.register_buffer("sqrt_1m_ab", torch.from_numpy(schedule.sqrt_one_minus_alphas_cumprod).float(),
+                             persistent=False)
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.raw(x, t)[:, :self.channels]  # a learned variance fills the second half
+        if self.prediction == "epsilon":
+            return out
+        a, b = (table[t.long()].reshape(-1, *([1] * (x.dim() - 1))) for table in (self.sqrt_ab, self.sqrt_1m_ab))
+        return eps_from_prediction(out, x, a, b, self.prediction)
+
+
+def as_eps(unet: torch.nn.Module, schedule: DDPMSchedule, prediction: str, channels: int) -> torch.nn.Module:
+    """``unet`` as eps(x, t): itself for an eps-prediction model, else converted (:class:`PredictionEps`)."""
+    prediction = PREDICTION_NAMES.get(prediction, prediction)
+    return unet if prediction == "epsilon" else PredictionEps(unet, schedule, prediction, channels)
+
 
 @dataclass
 class Network:

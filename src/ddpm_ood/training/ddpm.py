@@ -30,6 +30,7 @@ from ddpm_ood.data.loading import mid_slices
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, PLMSSampler
 from ddpm_ood.models.loading import model_function
 from ddpm_ood.models.model_file import CheckpointError, read_model_file, save_model_file
+from ddpm_ood.models.spaces import as_eps
 from ddpm_ood.models.unet import compile_unet
 from ddpm_ood.training.loop import StepResult, TrainingRun, check_finite, fixed_setting_changes
 from ddpm_ood.training.settings import FIXED_SETTINGS, TrainSettings, data_differences
@@ -164,7 +165,13 @@ class TrainLoop(TrainingRun):
                  val_images: torch.Tensor, settings: TrainSettings, run_dir: Path, config: dict, device: torch.device,
                  dist: Dist = Dist(), data: dict | None = None, first_stage=None, preview_images=None):
         super().__init__(settings, run_dir, len(train_images), device, dist)
+        from ddpm_ood.models.config import b_scale
+        from ddpm_ood.models.spaces import IMAGE_RANGE, PixelSpace
+
         self.schedule, self.config = schedule, config
+        scale = b_scale(config) if config else 1.0
+        # Where previews are decoded from: the first stage's latents, or the images times b_scale.
+        self.space = first_stage if first_stage is not None else IMAGE_RANGE if scale == 1.0 else PixelSpace(0.0, scale)
         self.data = data or {}  # each split's digest (training.settings.data_record), kept in every checkpoint
         self.first_stage = first_stage  # a latent model's LatentSpace: its entry goes into every file
         self.precision = resolve_precision(settings.precision, device)
@@ -332,15 +339,16 @@ class TrainLoop(TrainingRun):
         self.writer.add_scalar("val/loss", val_loss, self.step)
         if self.settings.num_sample_images:
             # The model as reconstruct.py calls it (fp32, one call per step: previews are small).
-            preview = model_function(self.scoring_model, self.device, "fp32", self.settings.channels_last, max_batch=0)
+            eps = as_eps(self.scoring_model, self.schedule, self.schedule.prediction, self.image_shape[0])
+            preview = model_function(eps, self.device, "fp32", self.settings.channels_last, max_batch=0)
             shape = (self.settings.num_sample_images, *self.image_shape)
             samples = sample_images(preview, self.schedule, shape, self.settings.sample_steps, self.device,
-                                    self.settings.seed, self.first_stage)
+                                    self.settings.seed, self.space)
             self.writer.add_image("samples", make_grid(mid_slices(samples.cpu()), nrow=int(math.sqrt(len(samples)))),
                                   self.step)
             grid, timesteps = reconstruction_grid(preview, self.schedule, self.preview_images,
                                                   self.settings.sample_steps, self.device, self.settings.seed,
-                                                  space=self.first_stage)
+                                                  space=self.space)
             self.writer.add_image("reconstructions (input, then from t = " + ", ".join(map(str, timesteps)) + ")",
                                   grid, self.step)
         return val_loss

@@ -239,6 +239,15 @@ class TrainingRun:
         if self.dist.is_main:
             save_checkpoint(self.files, self.checkpoint_state(totals, order))
 
+    def snapshot(self) -> None:
+        """checkpoint_<epoch>.pth: a copy of the checkpoint just written, kept (ddpm-ood's ``--checkpoint_every``);
+        score with it by ``reconstruct.py --eval_checkpoint checkpoint_<epoch>.pth``."""
+        from ddpm_ood.utils.files import copy_file_atomic
+
+        target = self.run_dir / f"checkpoint_{self.epoch}.pth"
+        copy_file_atomic(self.files.checkpoint, target)
+        logger.info("%skept a snapshot of epoch %d: %s", self.label, self.epoch, target)
+
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: the checks, then the networks, the position and the RNG."""
         self.check_resume(state)
@@ -333,8 +342,10 @@ class TrainingRun:
         last_epoch = self.epoch == settings.n_epochs
         if self.epoch % settings.eval_freq == 0 or last_epoch or time_up:
             self.evaluate(self.epoch)
-        if self.epoch % getattr(settings, "checkpoint_every", 1) == 0 or last_epoch or time_up:
-            self.save({}, order)
+        self.save({}, order)  # every epoch: a crash never loses more than the epoch it is in
+        every = getattr(settings, "checkpoint_every", 0)
+        if every and self.epoch % every == 0 and self.dist.is_main:
+            self.snapshot()
         if time_up and not last_epoch:
             logger.info("Stopping %s after epoch %d: --max_minutes=%s reached.", self.noun, self.epoch,
                         settings.max_minutes)

@@ -33,12 +33,14 @@ class Settings:
 @dataclass
 class TrainSettings(Settings):
     n_epochs: int = setting(300, "Epochs to train in total. Default 300.", "positive_int")
-    batch_size: int = setting(180, "Images per step: the global batch, split over the processes under torchrun. "
-                                   "Default 180.", "positive_int")
+    batch_size: int = setting(180, "Images per step: the global batch, split over the processes under torchrun "
+                                   "(ddpm-ood's was per process: its B on N GPUs is N*B here). Default 180.", "positive_int")
     lr: float | None = setting(None, "Learning rate, above 0 (default: the config's ldm.base_lr). A resumed run may "
                                      "change it (applied from the resumed step on).", "positive_float")
     eval_freq: int = setting(10, "Validate (loss, samples, best model) every N epochs. Default 10.", "positive_int")
-    checkpoint_every: int = setting(1, "Write checkpoint.pth every N epochs. Default 1.", "positive_int")
+    checkpoint_every: int = setting(0, "Also keep a snapshot checkpoint_<epoch>.pth every N epochs (ddpm-ood's meaning; "
+                                       "0: none, default). checkpoint.pth, the resume state, is written every epoch "
+                                       "whatever this says.", "non_negative_int")
     checkpoint_every_steps: int = setting(0, "Also write checkpoint.pth every N optimizer steps inside an epoch (0: "
                                              "off, default).", "non_negative_int")
     seed: int = setting(0, "Seed for initialisation, data order and noise (0 to 2**63 - 1). Default 0.", "seed")

@@ -105,6 +105,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """A whole copy of ``source`` at ``path``, or none (a failed copy leaves ``path`` as it was)."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
