@@ -131,6 +131,8 @@ def add_knobs(parser: argparse.ArgumentParser, knobs) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif knob.kind == "path":
             kwargs["type"] = Path
+        elif knob.kind == "choice":
+            kwargs["choices"] = knob.choices
         elif knob.kind == "int":
             low, high = knob.minimum, knob.maximum
             expected = ("an integer" + (f" of at least {low}" if low is not None else "")

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 class Knob:
     """A command-line setting of a detector; the scripts add one flag per knob.
 
-    ``kind``: "int" (range-checked by the parser), "text", "path" or "switch" (--x / --no-x).
+    ``kind``: "int" (range-checked by the parser), "text", "choice" (one of ``choices``), "path" or "switch"
+    (--x / --no-x).
     ``measure``: a flag of reconstruct.py; ``score``: a flag of ood_detection.py too (where it
     selects among what was measured, or applies to --score_ids).
     """
@@ -47,7 +48,8 @@ class Knob:
     flag: str
     default: object
     help: str
-    kind: str = "int"
+    kind: str = "int"  # "choice": one of ``choices``
+    choices: tuple[str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
     aliases: tuple[str, ...] = ()
@@ -88,6 +90,9 @@ DETECTORS = {
              minimum=1),
         Knob("--inference_skip_factor", 16, "Start points are grid[::skip]; 16 on 100 steps gives 7 (t = 1, 161, ..., "
              "961).", minimum=1),
+        Knob("--start_points", "paper", "paper: grid[::skip] of the grid from t = 1 (the paper's code); ddpm-ood-head: "
+             "ddpm-ood's later code's, reversed(PNDM timesteps)[1::skip] of the grid 0, T//S, ... (from t = T//S; "
+             "docs/fidelity.md). Default paper.", kind="choice", choices=("paper", "ddpm-ood-head")),
         *START_POINT_KNOBS,
         Knob("--metrics", "mse,lpips", "Comma-separated metrics: mse, lpips. 'mse' alone skips LPIPS (no AlexNet "
              "weights needed).", kind="text"),

@@ -66,10 +66,13 @@ class ReconDetector(Detector):
     expensive = True
 
     def __init__(self, num_inference_steps: int, start_t: Sequence[int], metrics: Sequence[str], lpips_pad: int = 2,
-                 clamp_for_lpips: bool = False, fused: bool = True, noise: str = NOISE, noise_draws: int = 1):
+                 clamp_for_lpips: bool = False, fused: bool = True, noise: str = NOISE, noise_draws: int = 1,
+                 grid_offset: int = 1):
         if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise DataError(f"recon: num_inference_steps = {num_inference_steps!r} must be a positive integer.")
-        self.num_inference_steps = num_inference_steps
+        if grid_offset not in (0, 1):
+            raise DataError(f"recon: grid_offset = {grid_offset!r} must be 1 (the paper's grid) or 0 (PNDM's).")
+        self.num_inference_steps, self.grid_offset = num_inference_steps, int(grid_offset)
         try:
             self.start_t = checked_timesteps(start_t)
         except (TypeError, ValueError) as err:
@@ -87,22 +90,24 @@ class ReconDetector(Detector):
 
     @classmethod
     def from_args(cls, args, model) -> "ReconDetector":
-        from ddpm_ood.diffusion.ddpm import PLMSSampler
+        from ddpm_ood.diffusion.ddpm import PLMSSampler, ddpm_ood_head_start_points
 
         metrics = parse_metrics(args.metrics)
         sampler = PLMSSampler(model.schedule)
+        head = getattr(args, "start_points", "paper") == "ddpm-ood-head"  # ddpm-ood's later start points, PNDM's grid
         try:
-            sampler.set_timesteps(args.num_inference_steps)
-            start_indices = sampler.start_indices(args.inference_skip_factor)
+            sampler.set_timesteps(args.num_inference_steps, offset=0 if head else 1)
+            grid_t = ddpm_ood_head_start_points(args.num_inference_steps, args.inference_skip_factor,
+                                                model.schedule.num_timesteps) if head else \
+                sampler.grid[sampler.start_indices(args.inference_skip_factor)].tolist()
         except ValueError as err:
             raise DataError(f"{err} (--num_inference_steps={args.num_inference_steps}, "
                             f"--inference_skip_factor={args.inference_skip_factor})") from err
-        grid_t = sampler.grid[start_indices].tolist()
         start_t = select_start_t(grid_t, args.max_start_t, args.min_start_t)
         if not start_t:
             raise DataError(f"--min_start_t/--max_start_t leave none of the start points {grid_t}.")
         detector = cls(args.num_inference_steps, start_t, metrics, args.lpips_pad, args.clamp_for_lpips, args.fused,
-                       noise_draws=args.noise_draws)
+                       noise_draws=args.noise_draws, grid_offset=0 if head else 1)
         detector.bind(model.schedule)
         detector.prepare(model.device, args.lpips_weights)
         return detector
@@ -110,14 +115,14 @@ class ReconDetector(Detector):
     def settings(self) -> dict:
         return {"num_inference_steps": self.num_inference_steps, "start_t": list(self.start_t),
                 "metrics": list(self.metrics), "lpips_pad": self.lpips_pad, "clamp_for_lpips": self.clamp_for_lpips,
-                **draws_setting(self.noise_draws)}
+                **draws_setting(self.noise_draws), **({} if self.grid_offset == 1 else {"grid_offset": self.grid_offset})}
 
     @classmethod
     def from_settings(cls, settings: dict) -> "ReconDetector":
         """``settings``: a results manifest (its ``noise`` scheme is the run's) or the detector's own."""
         return cls(settings["num_inference_steps"], settings["start_t"], settings["metrics"], settings["lpips_pad"],
                    settings.get("clamp_for_lpips", False), noise=settings.get("noise", NOISE),
-                   noise_draws=settings.get("noise_draws", 1))
+                   noise_draws=settings.get("noise_draws", 1), grid_offset=settings.get("grid_offset", 1))
 
     def bind(self, schedule) -> None:
         """The PLMS grid of ``schedule`` for these settings (start points must be grid points)."""
@@ -125,7 +130,7 @@ class ReconDetector(Detector):
 
         if self._sampler is None or self._sampler.schedule is not schedule:
             sampler = PLMSSampler(schedule)
-            sampler.set_timesteps(self.num_inference_steps)
+            sampler.set_timesteps(self.num_inference_steps, self.grid_offset)
             self.start_indices = np.asarray([sampler.index_of(t) for t in self.start_t])
             self._sampler = sampler
 
@@ -208,7 +213,8 @@ class ReconDetector(Detector):
                 raise ScoringError(f"{paths[name]} lacks {missing} values that the validation results have; "
                                    "re-run reconstruct.py.")
             checked[name] = frame
-        scoring = ReconDetector(self.num_inference_steps, kept, metrics, self.lpips_pad, self.clamp_for_lpips)
+        scoring = ReconDetector(self.num_inference_steps, kept, metrics, self.lpips_pad, self.clamp_for_lpips,
+                                grid_offset=self.grid_offset)
         return scoring, checked
 
     def fit(self, frame: pd.DataFrame, seed: int = 0, source: str | None = None) -> ZScore:

@@ -174,20 +174,37 @@ class DDPMSchedule:
         return torch.mean((output.float() - self.target(x0, noise, timesteps).float()) ** 2)
 
 
-def plms_grid(num_inference_steps: int, num_timesteps: int = 1000) -> np.ndarray:
-    """latent-diffusion's "uniform" grid, ascending: c = T // S; 0, c, 2c, ... plus one.
+def plms_grid(num_inference_steps: int, num_timesteps: int = 1000, offset: int = 1) -> np.ndarray:
+    """latent-diffusion's "uniform" grid, ascending: c = T // S; 0, c, 2c, ... plus ``offset`` (1, the paper's;
+    0 is the grid of MONAI's and diffusers' PNDMScheduler, ddpm-ood's later code).
 
-    >>> plms_grid(100)[:3].tolist(), plms_grid(100)[-1]
-    ([1, 11, 21], 991)
+    >>> plms_grid(100)[:3].tolist(), plms_grid(100)[-1], plms_grid(100, offset=0)[-1]
+    ([1, 11, 21], 991, 990)
     """
     if not 1 <= num_inference_steps <= num_timesteps:
         raise ValueError(
             f"num_inference_steps must be between 1 and {num_timesteps}, got {num_inference_steps}."
         )
     step = num_timesteps // num_inference_steps
-    grid = np.arange(0, num_timesteps, step, dtype=np.int64) + 1
+    grid = np.arange(0, num_timesteps, step, dtype=np.int64) + offset
     # When S does not divide T the last point can land on T itself (S = 3: 1000): drop it.
     return grid[grid < num_timesteps]
+
+
+# The start points: the paper's (grid[::skip] of latent-diffusion's grid, from t = 1) or ddpm-ood's later
+# code's (reversed(PNDM timesteps)[1::skip], from t = c), by reconstruct.py's --start_points.
+START_POINTS = ("paper", "ddpm-ood-head")
+
+
+def ddpm_ood_head_start_points(num_inference_steps: int, skip_factor: int, num_timesteps: int = 1000) -> list[int]:
+    """ddpm-ood's later start points: ``reversed(pndm.timesteps)[1::skip]`` of MONAI's PNDMScheduler (with
+    ``skip_prk_steps``, its timesteps are the grid 0, c, 2c, ..., c = T // S, descending): c, c + skip c, ..."""
+    grid = plms_grid(num_inference_steps, num_timesteps, offset=0)
+    if not 1 <= skip_factor < len(grid):
+        raise ValueError(f"inference_skip_factor must be between 1 and the number of grid points less one "
+                         f"({len(grid) - 1}) for ddpm-ood's start points (they start at the second point), got "
+                         f"{skip_factor}.")
+    return [int(t) for t in grid[1::skip_factor]]
 
 
 # Adams-Bashforth weights on (e_t, e_{t-1}, e_{t-2}, e_{t-3}), indexed by how many earlier
@@ -250,8 +267,9 @@ class PLMSSampler:
         self._tables: tuple[torch.Tensor, ...] = ()
         self._tables_key: tuple | None = None
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        self.grid = plms_grid(num_inference_steps, self.schedule.num_timesteps)
+    def set_timesteps(self, num_inference_steps: int, offset: int = 1) -> None:
+        """The grid of ``num_inference_steps`` points, starting at ``offset`` (:func:`plms_grid`)."""
+        self.grid = plms_grid(num_inference_steps, self.schedule.num_timesteps, offset)
         ac = self.schedule.alphas_cumprod
         # DDIM step at grid index k goes from alpha(grid[k]) to alpha(grid[k-1]) and, below
         # the first grid point, to alphas_cumprod[0] (not to 1), as latent-diffusion does.
