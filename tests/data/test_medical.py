@@ -13,6 +13,7 @@ from PIL import Image
 import get_datasets
 from ddpm_ood.data.loading import load_images
 from ddpm_ood.utils.errors import DownloadError
+from helpers.data import decathlon_task
 
 nibabel = pytest.importorskip("nibabel")
 pytest.importorskip("monai")
@@ -67,29 +68,6 @@ def test_medmnist3d_from_its_npz_files(tmp_path):
     np.testing.assert_allclose(organ.images[1][0].numpy(), (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
     with pytest.raises(DownloadError, match="no organmnist3d.npz"):
         run(tmp_path / "data3", "MedMNIST3D", tmp_path)
-
-
-def decathlon_task(root, task, n_train, n_test, modalities=1):
-    folder = root / task
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (folder / sub).mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    shape = (10, 12, 8) + ((modalities,) if modalities > 1 else ())
-    training, test = [], []
-    for i in range(n_train):
-        nibabel.save(nibabel.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)),
-                     folder / "imagesTr" / f"case_{i:03d}.nii.gz")
-        nibabel.save(nibabel.Nifti1Image(np.zeros(shape[:3], np.uint8), np.eye(4)),
-                     folder / "labelsTr" / f"case_{i:03d}.nii.gz")
-        training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
-    for i in range(n_test):
-        nibabel.save(nibabel.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)),
-                     folder / "imagesTs" / f"case_{100 + i:03d}.nii.gz")
-        test.append(f"./imagesTs/case_{100 + i:03d}.nii.gz")
-    (folder / "dataset.json").write_text(json.dumps({
-        "name": task, "description": "test", "reference": "", "licence": "CC-BY-SA 4.0", "release": "1.0",
-        "tensorImageSize": "4D" if modalities > 1 else "3D", "modality": {str(m): f"m{m}" for m in range(modalities)},
-        "labels": {"0": "background"}, "numTraining": n_train, "numTest": n_test, "training": training, "test": test}))
 
 
 def test_decathlon_tasks_from_their_folders_first_modality_of_multimodal_ones(tmp_path):

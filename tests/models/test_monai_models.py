@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,3 +231,45 @@ def test_a_ddpm_ood_latent_pad_may_be_an_int_or_a_list(ddpm_ood_runs, tmp_path, 
     (tmp_path / "ddpm" / "args.json").write_text(json.dumps({**args, "latent_pad": pad}))
     model = load_model(DdpmOodRun(tmp_path / "ddpm"))
     assert model.space.pad == 1 and model.space.encode(torch.rand(2, 1, 16, 16)).shape == (2, 3, 6, 6)
+
+
+def test_a_ddpm_ood_run_with_b_scale_and_snr_shift_scores_as_that_code_would(ddpm_ood_runs, tmp_path):
+    """b_scale: the latents times b before noising, the *decoded image* divided by b (ddpm-ood's
+    reconstruct.py); snr_shift: the schedule's SNR times it; both recorded for reconstruct.py's checks."""
+    import shutil
+
+    from ddpm_ood.diffusion.ddpm import shift_snr
+
+    root, vqvae, _ = ddpm_ood_runs
+    shutil.copytree(root / "ddpm", tmp_path / "ddpm")
+    args = json.loads((tmp_path / "ddpm" / "args.json").read_text())
+    (tmp_path / "ddpm" / "args.json").write_text(json.dumps({**args, "b_scale": 2.0, "snr_shift": 0.5}))
+    model = load_model(DdpmOodRun(tmp_path / "ddpm"))
+    plain = load_model(DdpmOodRun(root / "ddpm"))
+    images = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        codes = vqvae.encode_stage_2_inputs(images)
+        torch.testing.assert_close(model.space.encode(images), 2 * codes, rtol=0, atol=ATOL)
+        torch.testing.assert_close(model.space.decode(2 * codes), vqvae.decode_stage_2_outputs(2 * codes) / 2,
+                                   rtol=0, atol=ATOL)
+    np.testing.assert_allclose(model.schedule.alphas_cumprod, shift_snr(plain.schedule.alphas_cumprod, 0.5),
+                               rtol=1e-12)
+    assert model.identity != plain.identity and model.info["diffusion"]["b_scale"] == 2.0
+    args = {**args, "vqvae_checkpoint": None, "is_grayscale": 1, "b_scale": 3.0}  # a pixel model: the range [0, b]
+    (tmp_path / "ddpm" / "args.json").write_text(json.dumps(args))
+    unet = DiffusionModelUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(128, 256, 256),
+                              attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=256)
+    torch.save({"model_state_dict": unet.state_dict()}, tmp_path / "ddpm" / "checkpoint.pth")
+    pixel = load_model(DdpmOodRun(tmp_path / "ddpm"))
+    torch.testing.assert_close(pixel.space.encode(images), 3 * images)
+
+
+def test_a_ddpm_ood_run_with_simplex_noise_is_refused(ddpm_ood_runs, tmp_path):
+    import shutil
+
+    root, _, _ = ddpm_ood_runs
+    shutil.copytree(root / "ddpm", tmp_path / "ddpm")
+    args = json.loads((tmp_path / "ddpm" / "args.json").read_text())
+    (tmp_path / "ddpm" / "args.json").write_text(json.dumps({**args, "simplex_noise": 1}))
+    with pytest.raises(ConfigError, match="simplex noise is not built yet"):
+        load_model(DdpmOodRun(tmp_path / "ddpm"))

@@ -392,10 +392,10 @@ class LoadedModel:
         from ddpm_ood.models.first_stage import read_first_stage
         from ddpm_ood.models.spaces import weights_digest
 
-        record = read_first_stage(given)
         if not hasattr(self.space, "weights_digest"):
             raise ConfigError(f"--vqvae_checkpoint {given}, but the model {self.source} is a pixel-space model: it has "
                               "no first stage. Drop the flag, or score the latent DDPM trained on that first stage.")
+        record = read_first_stage(given)
         if weights_digest(record["model"]) != self.space.weights_digest():
             raise ConfigError(f"--vqvae_checkpoint {record['file']} holds other weights than the first stage the model "
                               f"{self.source} was trained on (kept inside it, from {self.space.location}). The model's "
