@@ -13,9 +13,10 @@ first stage.
 - **A ddpm-ood run** (``DdpmOodRun``): ``checkpoint.pth`` (``model_state_dict``) and the arguments
   its ``train_ddpm.py`` ran with, as ``args.json`` (``json.dump(vars(args))``): ``model_type``
   (small or big, as ddpm-ood builds them), ``spatial_dimension``, ``is_grayscale``,
-  ``prediction_type``, ``beta_schedule`` / ``beta_start`` / ``beta_end`` and, for a latent model,
-  ``vqvae_checkpoint`` (its ``checkpoint.pth`` with ``vqvae_config.json`` beside it, ddpm-ood's
-  layout) and ``latent_pad``.
+  ``prediction_type``, ``beta_schedule`` / ``beta_start`` / ``beta_end``, ``b_scale`` (the latents
+  times b before noising, the decoded image divided by b, as its reconstruct.py), ``snr_shift`` and, for
+  a latent model, ``vqvae_checkpoint`` (its ``checkpoint.pth`` with ``vqvae_config.json`` beside it,
+  ddpm-ood's layout) and ``latent_pad``. Simplex noise is refused (not built yet).
 
 The schedule is MONAI's own scheduler's ``alphas_cumprod``; the UNet's output is converted to eps as
 for diffusers models (:class:`ddpm_ood.models.spaces.PredictionEps`). Weights are read with
