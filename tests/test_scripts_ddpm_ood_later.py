@@ -303,3 +303,20 @@ def test_ddpm_oods_start_points_on_request(tmp_path, synthetic_splits, capsys):
     ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m", "--bootstrap=0",
                                                  "--no_figures"]))
     assert re.search(r"^AUC for m vs Stripes: \d+\.\d$", capsys.readouterr().out, re.M)
+
+
+@pytest.mark.slow
+def test_simplex_noise_trains_and_scores(tmp_path, synthetic_splits):
+    """--simplex_noise 1: the training target and the start noise of scoring are simplex fields; recorded in the
+    config, the identity and what reconstruct.py checks."""
+    from ddpm_ood.diffusion.noise import SimplexNoise
+    from ddpm_ood.models.loading import ModelSource, load_model
+
+    train_tiny(tmp_path, synthetic_splits, "--simplex_noise=1", "ldm.params.simplex.frequency=16")
+    model = load_model(ModelSource.of("run", tmp_path / "m" / "best_model.pth"), torch.device("cpu"))
+    assert model.schedule.noise == SimplexNoise(6, 0.8, 16.0) and model.parts["noise"]["frequency"] == 16.0
+    reconstruct_tiny(tmp_path, synthetic_splits, "--simplex_noise=1")
+    results = pd.read_csv(tmp_path / "m" / "ood" / "results_in.csv")
+    assert np.isfinite(results["mse"]).all()
+    with pytest.raises(ConfigError, match="--simplex_noise 0 but the model was trained with simplex_noise = 1"):
+        reconstruct_tiny(tmp_path, synthetic_splits, "--simplex_noise=0")

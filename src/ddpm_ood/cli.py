@@ -274,9 +274,10 @@ def add_diffusion_flags(parser: argparse.ArgumentParser, training: bool) -> None
     group.add_argument("--snr_shift", type=positive_float, default=None,
                        help="Multiply the schedule's signal-to-noise ratio a/(1-a) by this at every t (log-SNR moved "
                             f"by its log). {given} (1).")
-    group.add_argument("--simplex_noise", type=simplex_flag, default=0, metavar="0/1",
-                       help="ddpm-ood's simplex noise instead of Gaussian: not built yet (1 is refused); 0 (default) "
-                            "is Gaussian noise, the method's.")
+    group.add_argument("--simplex_noise", type=binary_int, default=None, metavar="0/1",
+                       help="1: AnoDDPM's multi-scale simplex noise instead of Gaussian (6 octaves, persistence 0.8, "
+                            "frequency 64; ldm.params.simplex.* change them), for training and the start noise of "
+                            f"scoring. {given} (0: Gaussian, the method's).")
     if not training:
         group.add_argument("--vqvae_checkpoint", default=None, metavar="RUN_OR_FILE",
                            help="The first stage of a latent model (a train_vqvae.py run, its best_model.pth or "
@@ -299,15 +300,11 @@ def diffusion_overrides(args: argparse.Namespace) -> list[str]:
             "b_scale": "b_scale", "snr_shift": "snr_shift"}
     given = diffusion_flags_given(args)
     overrides = [f"ldm.params.{keys[name]}={value}" for name, value in given.items() if name in keys]
+    if given.get("simplex_noise"):
+        overrides.append("ldm.params.noise=simplex")
     if "prediction_type" in given:
         to_ldm = {v: k for k, v in PREDICTION_NAMES.items()}
         overrides.append(f"ldm.params.parameterization={to_ldm.get(given['prediction_type'], given['prediction_type'])}")
     return overrides
 
 
-def simplex_flag(value: str) -> int:
-    """--simplex_noise: 0 only, until simplex noise is built (refused by the parser, before any work)."""
-    if binary_int(value):
-        raise argparse.ArgumentTypeError("simplex noise (AnoDDPM's, ddpm-ood's --simplex_noise 1) is not built yet; "
-                                         "train and score with Gaussian noise (0, the method's)")
-    return 0

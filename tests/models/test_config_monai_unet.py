@@ -57,24 +57,25 @@ def test_the_parameterisation_and_shifts_are_checked():
         load_config(TINY_CONFIG, ["ldm.params.snr_shift=-1"])
 
 
-def test_the_command_line_refuses_the_ambiguous_linear_and_simplex_noise(capsys):
+def test_the_command_line_refuses_the_ambiguous_linear(capsys):
     import re
 
     import train
 
     base = ["--output_dir=o", "--model_name=m", "--training_ids=a.csv", "--validation_ids=b.csv"]
-    for flag, message in (("--beta_schedule=linear", "names two schedules"),
-                          ("--simplex_noise=1", "simplex noise .* is not built yet")):
+    for flag, message in (("--beta_schedule=linear", "names two schedules"),):
         with pytest.raises(SystemExit):
             train.parse_args(base + [flag])
         assert re.search(message, capsys.readouterr().err)
     args = train.parse_args(base + ["--beta_schedule=scaled_linear_beta", "--prediction_type=v_prediction",
-                                    "--b_scale=2", "--snr_shift=0.5", "--beta_start=0.001", "--beta_end=0.02"])
+                                    "--b_scale=2", "--snr_shift=0.5", "--beta_start=0.001", "--beta_end=0.02",
+                                    "--simplex_noise=1"])
     from ddpm_ood.cli import diffusion_overrides
 
     assert diffusion_overrides(args) == [
         "ldm.params.beta_schedule=scaled_linear_beta", "ldm.params.linear_start=0.001", "ldm.params.linear_end=0.02",
-        "ldm.params.b_scale=2.0", "ldm.params.snr_shift=0.5", "ldm.params.parameterization=v"]
+        "ldm.params.b_scale=2.0", "ldm.params.snr_shift=0.5", "ldm.params.noise=simplex",
+        "ldm.params.parameterization=v"]
     assert diffusion_overrides(train.parse_args(base)) == []  # the seed's command lines: the config as it is
 
 

@@ -264,12 +264,18 @@ def test_a_ddpm_ood_run_with_b_scale_and_snr_shift_scores_as_that_code_would(ddp
     torch.testing.assert_close(pixel.space.encode(images), 3 * images)
 
 
-def test_a_ddpm_ood_run_with_simplex_noise_is_refused(ddpm_ood_runs, tmp_path):
+def test_a_ddpm_ood_run_with_simplex_noise_draws_its_noise(ddpm_ood_runs, tmp_path):
+    """simplex_noise = 1: AnoDDPM's noise with ddpm-ood's defaults (6 octaves, persistence 0.8, frequency 64),
+    part of the identity and of what reconstruct.py checks."""
     import shutil
+
+    from ddpm_ood.diffusion.noise import SimplexNoise
 
     root, _, _ = ddpm_ood_runs
     shutil.copytree(root / "ddpm", tmp_path / "ddpm")
     args = json.loads((tmp_path / "ddpm" / "args.json").read_text())
     (tmp_path / "ddpm" / "args.json").write_text(json.dumps({**args, "simplex_noise": 1}))
-    with pytest.raises(ConfigError, match="simplex noise is not built yet"):
-        load_model(DdpmOodRun(tmp_path / "ddpm"))
+    model = load_model(DdpmOodRun(tmp_path / "ddpm"))
+    assert model.schedule.noise == SimplexNoise(6, 0.8, 64.0) and model.parts["noise"]["kind"] == "simplex"
+    assert model.identity != load_model(DdpmOodRun(root / "ddpm")).identity
+    assert model.info["diffusion"]["simplex_noise"] == 1

@@ -50,3 +50,19 @@ def test_a_collapsed_first_stage_is_refused_however_its_one_latent_varies_in_spa
     assert latent_scale(varied) == pytest.approx(1 / float(varied.double().std()))
     with pytest.raises(ConfigError):
         latent_scale(torch.zeros(4, 3, 7, 7))
+
+
+def test_a_simplex_models_training_noise_is_simplex_noise_seeded_by_the_step():
+    """With --simplex_noise the step's noise is a simplex field per image at its own timestep, drawn from the
+    step's generator right after the timesteps (so a resumed or distributed run draws the same)."""
+    from ddpm_ood.diffusion.noise import SimplexNoise
+    from ddpm_ood.training.ddpm import step_noise, step_seed
+
+    kind = SimplexNoise(3, 0.7, 8.0)
+    t, noise = step_noise(5, 12, 4, (1, 12, 12), 1000, torch.device("cpu"), kind)
+    generator = torch.Generator().manual_seed(step_seed(5, 12))
+    expected_t = torch.randint(0, 1000, (4,), generator=generator)
+    assert torch.equal(t, expected_t)
+    torch.testing.assert_close(noise, kind.sample((4, 1, 12, 12), expected_t, generator))
+    _, gaussian = step_noise(5, 12, 4, (1, 12, 12), 1000, torch.device("cpu"))
+    assert abs(float(gaussian.std()) - 1) < 0.2 and not torch.allclose(gaussian, noise)

@@ -59,7 +59,8 @@ class DenoiseDetector(FeatureDetector):
         x, t = at_every_timestep(x0, self.timesteps)
         error = 0.0
         for draw in range(self.noise_draws):
-            noise = start_noise(x0.shape[1:], seed, image_keys, self.timesteps, draw).to(x0.device)  # (B, L, C, H, W)
+            noise = start_noise(x0.shape[1:], seed, image_keys, self.timesteps, draw,
+                                schedule.noise).to(x0.device)  # (B, L, C, H, W)
             noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major
             x_t = schedule.add_noise(x, noise, t)
             error = error + ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)

@@ -94,8 +94,10 @@ class DDPMSchedule:
         beta_end: float = 0.0195,
         snr_shift: float = 1.0,
         prediction: str = "epsilon",
+        noise=None,
     ):
         self.num_timesteps = int(num_timesteps)
+        self.noise = noise  # None: Gaussian noise; else e.g. ddpm_ood.diffusion.noise.SimplexNoise
         self.prediction = PREDICTION_NAMES.get(prediction, prediction)
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"Unknown prediction type {prediction!r}; choose one of {PREDICTIONS}.")
@@ -112,7 +114,7 @@ class DDPMSchedule:
         """A schedule given by its signal levels (e.g. a pretrained model's, as its own code computes them)."""
         schedule = cls.__new__(cls)
         schedule.num_timesteps = len(alphas_cumprod)
-        schedule.prediction = "epsilon"
+        schedule.prediction, schedule.noise = "epsilon", None
         schedule._set_cumprod_and_steps(alphas_cumprod)
         return schedule
 
@@ -143,6 +145,13 @@ class DDPMSchedule:
         sqrt_ab, sqrt_1m_ab = self._tables(x0.device)
         timesteps = timesteps.to(x0.device).long()
         return _broadcast(sqrt_ab[timesteps], x0) * x0 + _broadcast(sqrt_1m_ab[timesteps], x0) * noise
+
+    def sample_noise(self, shape, timesteps: torch.Tensor, generator: torch.Generator, device=None) -> torch.Tensor:
+        """The noise this diffusion adds, of ``shape`` (N, C, *spatial), drawn from ``generator``: Gaussian,
+        or the schedule's ``noise`` (simplex noise: image n's field at ``timesteps[n]``)."""
+        if self.noise is None:
+            return torch.randn(tuple(shape), generator=generator, device=device)
+        return self.noise.sample(shape, timesteps, generator, device)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What the network learns to output at x_t (by ``prediction``): the noise, v = sqrt(a) eps -

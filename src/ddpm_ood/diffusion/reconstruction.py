@@ -59,14 +59,16 @@ def noise_seed(seed: int, image_key: int, timestep: int, draw: int = 0) -> int:
 
 
 def start_noise(image_shape: Sequence[int], seed: int, keys: Sequence[int], timesteps: Sequence[int],
-                draw: int = 0) -> torch.Tensor:
-    """Gaussian noise of shape (B, K, *image_shape) for B images (their ``image_keys``) and K timesteps (on CPU)."""
+                draw: int = 0, kind=None) -> torch.Tensor:
+    """Noise of shape (B, K, *image_shape) for B images (their ``image_keys``) and K timesteps (on CPU):
+    Gaussian, or ``kind`` (a schedule's ``noise``: simplex noise), each from its own seeded generator."""
     noise = torch.empty(len(keys), len(timesteps), *image_shape)
     generator = torch.Generator()
     for b, key in enumerate(keys):
         for k, t in enumerate(timesteps):
             generator.manual_seed(noise_seed(seed, int(key), int(t), draw))
-            noise[b, k] = torch.randn(tuple(image_shape), generator=generator)
+            noise[b, k] = torch.randn(tuple(image_shape), generator=generator) if kind is None else \
+                kind.sample((1, *image_shape), torch.tensor([int(t)]), generator)[0]
     return noise
 
 
@@ -166,7 +168,7 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
         keys = image_keys(batch, noise)
         mse, lpips_values = 0.0, 0.0  # sums over the draws
         for draw in range(draws):
-            eps = start_noise(x.shape[1:], seed, keys, timesteps, draw)
+            eps = start_noise(x.shape[1:], seed, keys, timesteps, draw, schedule.noise)
             raw = to_image(reconstruct(model, schedule, sampler, x, start_indices, eps), space)  # (B, K, C, H, W)
             inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
             raw = raw.reshape(-1, *x0.shape[1:])
@@ -214,6 +216,6 @@ def reconstruction_examples(model: ModelFn, schedule: DDPMSchedule, sampler: PLM
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     x0 = images.to(device)
     x = to_model(x0, space)
-    eps = start_noise(x.shape[1:], seed, image_keys(images, noise), timesteps)
+    eps = start_noise(x.shape[1:], seed, image_keys(images, noise), timesteps, kind=schedule.noise)
     recon = to_image(reconstruct_fused(model, schedule, sampler, x, start_indices, eps), space).clamp(0, 1)
     return {"inputs": x0.cpu().numpy(), "reconstructions": recon.cpu().numpy(), "t": np.asarray(timesteps)}

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm_ood.utils.errors import ConfigError
 from ddpm_ood.diffusion.ddpm import BETA_SCHEDULES, PREDICTION_NAMES, DDPMSchedule
+from ddpm_ood.diffusion.noise import noise_of
 from ddpm_ood.models.unet import UNet
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs" / "diffusion"  # ddpm_ood/configs (src/configs links there)
@@ -77,6 +78,10 @@ SCHEMA = {
                                     "x0)", lambda v: v in PREDICTION_NAMES),
     "ldm.params.snr_shift": ("a number above 0 (1: the schedule as it is)", lambda v: _is_number(v) and v > 0),
     "ldm.params.b_scale": ("a number above 0 (1: the data as it is)", lambda v: _is_number(v) and v > 0),
+    "ldm.params.noise": ("gaussian (the method's) or simplex (AnoDDPM's)", lambda v: v in ("gaussian", "simplex")),
+    "ldm.params.simplex.octaves": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "ldm.params.simplex.persistence": ("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    "ldm.params.simplex.frequency": ("a number above 0 (a wavelength in pixels)", lambda v: _is_number(v) and v > 0),
     UNET + "image_size": ("an integer (informational; the data sets the size)", lambda v: _is_int(v)),
     # 1 or 3 for images (check_channels); a latent model's are its first stage's latent channels
     UNET + "in_channels": _positive_int,
@@ -231,6 +236,7 @@ def build_schedule(cfg: DictConfig | dict) -> DDPMSchedule:
         beta_end=params.get("linear_end", 0.0195),
         snr_shift=params.get("snr_shift", 1.0),
         prediction=params.get("parameterization", "eps"),
+        noise=noise_of({"kind": params.get("noise", "gaussian"), **params.get("simplex", {})}),
     )
 
 

@@ -217,7 +217,8 @@ class RunModel(ModelSource):
 
 
 # ddpm-ood's later flags for the diffusion (ddpm_ood.cli.add_diffusion_flags), as the model records them.
-DIFFUSION_FLAGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type", "model_type", "b_scale", "snr_shift")
+DIFFUSION_FLAGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type", "model_type", "b_scale", "snr_shift",
+                   "simplex_noise")
 
 
 def recorded_settings(config: dict) -> dict:
@@ -233,7 +234,8 @@ def recorded_settings(config: dict) -> dict:
                            if all(unet.get("params", {}).get(k) == v for k, v in kind.items())), "monai (custom)")
     return {"beta_schedule": params.get("beta_schedule", "linear"), "beta_start": params.get("linear_start", 0.0015),
             "beta_end": params.get("linear_end", 0.0195), "prediction_type": PREDICTION_NAMES.get(params.get("parameterization", "eps")),
-            "b_scale": params.get("b_scale", 1.0), "snr_shift": params.get("snr_shift", 1.0), "model_type": model_type}
+            "b_scale": params.get("b_scale", 1.0), "snr_shift": params.get("snr_shift", 1.0), "model_type": model_type,
+            "simplex_noise": int(params.get("noise", "gaussian") == "simplex")}
 
 
 def diffusion_flag_mismatches(given: dict, recorded: dict) -> tuple[list[str], list[str]]:

@@ -16,7 +16,7 @@ first stage.
   ``prediction_type``, ``beta_schedule`` / ``beta_start`` / ``beta_end``, ``b_scale`` (the latents
   times b before noising, the decoded image divided by b, as its reconstruct.py), ``snr_shift`` and, for
   a latent model, ``vqvae_checkpoint`` (its ``checkpoint.pth`` with ``vqvae_config.json`` beside it,
-  ddpm-ood's layout) and ``latent_pad``. Simplex noise is refused (not built yet).
+  ddpm-ood's layout) and ``latent_pad``; ``simplex_noise`` (AnoDDPM's noise, its defaults).
 
 The schedule is MONAI's own scheduler's ``alphas_cumprod``; the UNet's output is converted to eps as
 for diffusers models (:class:`ddpm_ood.models.spaces.PredictionEps`). Weights are read with
@@ -197,9 +197,6 @@ def load_ddpm_ood(folder: str | Path) -> Network:
         raise ConfigError(f"{args_path}: cannot read ddpm-ood's arguments ({err}); save them with "
                           "json.dump(vars(args), f) beside checkpoint.pth.") from None
     where = str(args_path)
-    if args.get("simplex_noise", 0) not in (0, 0.0, False):
-        raise ConfigError(f"{where}: simplex_noise = {args['simplex_noise']!r}: simplex noise is not built yet; only "
-                          "models trained with Gaussian noise can be scored.")
     b_scale, snr_shift = float(args.get("b_scale", 1.0) or 1.0), float(args.get("snr_shift", 1.0) or 1.0)
     if b_scale <= 0 or snr_shift <= 0:
         raise ConfigError(f"{where}: b_scale = {b_scale} and snr_shift = {snr_shift} must be above 0.")
@@ -239,11 +236,17 @@ def load_ddpm_ood(folder: str | Path) -> Network:
                                            "prediction_type": args.get("prediction_type", "epsilon")}, where)
     if snr_shift != 1.0:
         schedule = DDPMSchedule.from_alphas_cumprod(shift_snr(schedule.alphas_cumprod, snr_shift))
+    simplex = int(bool(args.get("simplex_noise", 0)))
+    if simplex:  # its generate_simplex_noise's defaults: 6 octaves, persistence 0.8, frequency 64
+        from ddpm_ood.diffusion.noise import SimplexNoise
+
+        schedule.noise = SimplexNoise()
     if b_scale != 1.0:  # as its reconstruct.py: the data times b before noising, the decoded image divided by b
         space = PixelSpace(0.0, b_scale) if space is IMAGE_RANGE else DecodedOverB(space, b_scale)
     recorded = {"beta_schedule": DDPM_OOD_SCHEDULES.get(schedule_name, schedule_name),
                 "beta_start": args.get("beta_start", 1e-4), "beta_end": args.get("beta_end", 2e-2),
-                "prediction_type": prediction, "b_scale": b_scale, "snr_shift": snr_shift, "model_type": model_type}
+                "prediction_type": prediction, "b_scale": b_scale, "snr_shift": snr_shift, "model_type": model_type,
+                "simplex_noise": simplex}
     return network_of(unet, schedule, prediction, image_space, space, unet_args,
                       file_facts(checkpoint, pretrained=str(folder)), str(folder), recorded)
 

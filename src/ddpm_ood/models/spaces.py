@@ -139,7 +139,7 @@ def schedule_digest(schedule: DDPMSchedule) -> str:
 def identity_parts(network: "Network") -> dict:
     """Every setting that changes a number the model gives, each as a digest or a small value."""
     space = network.space.record()
-    return {
+    parts = {
         "weights": weights_digest(network.module.state_dict()),
         "network": hashlib.sha256(json.dumps(network.config, sort_keys=True, default=str).encode()).hexdigest(),
         "alphas_cumprod": schedule_digest(network.schedule),
@@ -148,6 +148,8 @@ def identity_parts(network: "Network") -> dict:
         "model_space": space,
         "first_stage": space if space.get("kind") == "latent" else None,
     }
+    noise = getattr(network.schedule, "noise", None)  # a part only when not Gaussian: older identities stay
+    return {**parts, "noise": noise.record()} if noise is not None else parts
 
 
 def model_identity(parts: dict) -> str:

@@ -67,7 +67,7 @@ def validation_loss(model, schedule: DDPMSchedule, images: torch.Tensor, batch_s
         x0 = images[start:start + batch_size]
         # Every rank draws every batch's numbers, so each batch gets the same ones on any world size.
         t = torch.randint(0, schedule.num_timesteps, (len(x0),), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        noise = schedule.sample_noise(x0.shape, t, generator)
         if k % dist.world_size != dist.rank:
             continue
         with autocast(precision, device):
@@ -83,7 +83,8 @@ def sample_images(model, schedule: DDPMSchedule, shape, n_steps: int, device, se
 
     sampler = PLMSSampler(schedule)
     sampler.set_timesteps(n_steps)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    last = torch.full((shape[0],), schedule.num_timesteps - 1)
+    x = schedule.sample_noise(shape, last, torch.Generator().manual_seed(seed)).to(device)
     history: list[torch.Tensor] = []
     for t in tqdm(sampler.trajectory(len(sampler.grid) - 1), desc="sampling", unit="step", leave=False):
         eps = model(x, torch.full((shape[0],), t, device=device))
@@ -113,12 +114,16 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def step_noise(seed: int, step: int, n_images: int, image_shape, num_timesteps: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, kind=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps (N,) and noise (N, C, H, W) of one step, for the whole global batch, drawn on
-    ``device`` from a generator seeded by (seed, step): every rank draws the same values."""
+    ``device`` from a generator seeded by (seed, step): every rank draws the same values. ``kind``: a
+    schedule's ``noise`` (simplex noise), or None for Gaussian."""
     generator = torch.Generator(device=device).manual_seed(step_seed(seed, step))
     t = torch.randint(0, num_timesteps, (n_images,), generator=generator, device=device)
-    noise = torch.randn((n_images, *image_shape), generator=generator, device=device)
+    if kind is None:
+        noise = torch.randn((n_images, *image_shape), generator=generator, device=device)
+    else:
+        noise = kind.sample((n_images, *image_shape), t, generator, device)
     return t, noise
 
 
@@ -317,7 +322,7 @@ class TrainLoop(TrainingRun):
         n_rows = len(batch_order)
         share = self.dist.share(n_rows)
         t, noise = step_noise(self.settings.seed, self.step, n_rows, self.image_shape, self.schedule.num_timesteps,
-                              self.device)
+                              self.device, self.schedule.noise)
         if share.stop > share.start:
             rows, weight = share, (share.stop - share.start) * self.dist.world_size / n_rows
         else:  # fewer images than ranks in this batch: a zero-weight row keeps DDP's all-reduce in step
