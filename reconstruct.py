@@ -120,7 +120,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     detectors = [detector_class(name).from_args(args, model) for name in args.detectors]
     for detector in detectors:
         logger.info("%s", detector.describe())
-    model.check_run(args.spatial_dimension, sets, vars(args))  # before any work: dimension, ddpm-ood's flags, splits
+    roi_and_size = model.check_run(args.spatial_dimension, sets, vars(args))  # before any work; the model's crop
     run_settings = {"seed": args.seed, "precision": model.precision, "is_grayscale": int(is_grayscale), "noise": NOISE}
 
     written = {}
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         dist.barrier()  # the other ranks start once rank 0 holds the run
         for name, path, first_n in sets:
             image_set = load_images(path, is_grayscale, model.spatial_dims, first_n, dist.is_main, args.num_workers,
-                                    args.image_roi, args.image_size)
+                                    *roi_and_size)
             model.check_images(image_set, path)
             entries = set_entries(path, first_n, image_set.filenames, image_set.images)
             model.refuse_memorised(name, path, entries["images_sha256"])

@@ -107,6 +107,19 @@ def first_stage_of(args) -> dict | None:
     return record
 
 
+def preprocessing_of(args, record: dict | None) -> dict | None:
+    """How the volumes are cropped and resized; a first stage made its latents of volumes made the same way."""
+    from ddpm_ood.data.loading import describe_preprocessing, preprocessing_record
+    from ddpm_ood.utils.errors import ConfigError
+
+    preprocessing = preprocessing_record(args.spatial_dimension, args.image_roi, args.image_size)
+    if record is not None and "preprocessing" in record and record["preprocessing"] != preprocessing:
+        raise ConfigError(f"The first stage {record['file']} was trained on {describe_preprocessing(record['preprocessing'])}"
+                          f", but this command makes {describe_preprocessing(preprocessing)}: a DDPM learns the latents "
+                          "of volumes made as its first stage's were. Give its --image_roi and --image_size.")
+    return preprocessing
+
+
 def latents_of(args, record, train_set, val_set, device, dist):
     """The first stage of --vqvae_checkpoint (checked against the images), and both sets encoded by it,
     scaled to unit standard deviation on the training set and padded by --latent_pad."""
@@ -192,6 +205,7 @@ def main(args: argparse.Namespace) -> dict:
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
         refuse_another_kind_of_run(run, "checkpoint")  # a first stage's folder is not a DDPM's
         record = first_stage_of(args)
+        preprocessing_of(args, record)  # before any data is read
         logger.info("loading data...")
         space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi,
                           image_size=args.image_size)
@@ -231,7 +245,7 @@ def main(args: argparse.Namespace) -> dict:
                                           ("validation", args.validation_ids, val_set))}
         init = run.find_model_file(args.init_weights) if args.init_weights else None
         summary = train(model, schedule, train_images, val_images, settings, run.dir, to_container(cfg),
-                        device, dist, init, data, first_stage, val_set.images[:4])
+                        device, dist, init, data, first_stage, val_set.images[:4], preprocessing_of(args, record))
     shutdown(dist)
     if dist.is_main:
         logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],

@@ -87,6 +87,8 @@ def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.runs.lock import run_lock
     from ddpm_ood.utils.runtime import pick_device
     from ddpm_ood.training.settings import data_record
+    from ddpm_ood.data.loading import preprocessing_record
+    from ddpm_ood.training.first_stage import check_discriminator
 
     from ddpm_ood.utils.distributed import launched_by_torchrun
     from ddpm_ood.utils.errors import ConfigError
@@ -104,6 +106,7 @@ def main(args: argparse.Namespace) -> dict:
     channels = 1 if args.is_grayscale else 3
     network = FIRST_STAGES[args.autoencoder].network_from_flags(args, args.spatial_dimension, channels)
     FIRST_STAGES[args.autoencoder].check_network(network, train_set.images.shape[1:])  # before the run folder exists
+    check_discriminator(train_set.images.shape[1:], args.adversarial_weight)
     settings = AutoencoderSettings(**{f.name: getattr(args, f.name) for f in AutoencoderSettings.flags()})
     data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
                               else None)
@@ -117,7 +120,8 @@ def main(args: argparse.Namespace) -> dict:
     with run_lock(run_dir, "train"):  # one lock per run folder: train.py takes the same one
         refuse_another_kind_of_run(RunFiles(run_dir), "first_stage_checkpoint")  # a DDPM's folder is not ours
         trainer = AutoencoderTrainer(args.autoencoder, network, train_set.images, val_set.images, settings, run_dir,
-                                     device, data, perceptual)
+                                     device, data, perceptual, preprocessing_record(args.spatial_dimension,
+                                                                                    args.image_roi, args.image_size))
         logger.info("first stage: %s with %.2fM parameters on %s", args.autoencoder,
                     sum(p.numel() for p in trainer.model.parameters()) / 1e6, device)
         summary = trainer.run()

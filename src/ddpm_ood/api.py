@@ -170,7 +170,8 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     check_writable(path)  # before any work: a read-only run would otherwise fail after measuring every image
     scorer = OODDetector.load(run_dir, device, lpips_weights, detector=detector, model=model)
     scorer.progress = True
-    images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims)
+    roi, size = scorer.model.preprocessing()  # volumes cropped and resized as the model's own were (its file says how)
+    images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims, image_roi=roi, image_size=size)
     if isinstance(images.images, torch.Tensor):
         scores = scorer.score(images.images, images.filenames)  # checks the size before any work
     else:  # volumes, read from disk a batch at a time (all of one shape: their headers were checked)

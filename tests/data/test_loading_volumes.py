@@ -247,3 +247,72 @@ def test_a_damaged_nifti_body_is_refused_before_any_work(tmp_path, case):
     split = write_split(tmp_path / "s.csv", [tmp_path / name])
     with pytest.raises(DataError, match=rf"{name} is (truncated|a damaged NIfTI file|not a NIfTI file)"):
         load_images(split, True, spatial_dimension=3)
+
+
+def test_the_crop_and_size_are_recorded_applied_and_checked(volume_splits, tmp_path):
+    """Issue 33, case 1: a 3D run records how its volumes were made (--image_roi, then --image_size) in its model
+    files; reconstruct.py and --score_ids make new volumes the same way without being told, and refuse flags
+    that say otherwise; a resumed run asked for another crop is refused naming both."""
+    from ddpm_ood.api import score_files
+    from ddpm_ood.models.loading import ModelSource, load_model
+
+    _, splits = volume_splits
+    train.main(volume_train_args(tmp_path, splits, "--image_roi=[10,10,10]", "--image_size=8", "--num_sample_images=0"))
+    best = torch.load(tmp_path / "balls" / "best_model.pth", weights_only=True)
+    assert best["preprocessing"] == {"image_roi": [10, 10, 10], "image_size": 8}
+    model = load_model(ModelSource.of("run", tmp_path / "balls" / "best_model.pth"))
+    assert model.preprocessing() == ([10, 10, 10], 8) and model.preprocessing([10, 10, 10], None) == ([10, 10, 10], 8)
+    with pytest.raises(UserError, match=r"--image_size 12, but the model .* was trained on volumes cropped to "
+                                        r"--image_roi \[10, 10, 10\], then resized to --image_size 8"):
+        model.preprocessing(None, 12)
+    # reconstruct.py without the flags: the model's crop and size (the 12^3 files become 8^3 volumes)
+    reconstruct.main(reconstruct.parse_args([
+        f"--output_dir={tmp_path}", "--model_name=balls", f"--validation_ids={splits['val']}",
+        f"--in_ids={splits['test']}", f"--out_ids={splits['ood']}", "--num_inference_steps=4",
+        "--inference_skip_factor=2", "--metrics=mse", "--batch_size=2", "--num_workers=0"]))
+    with pytest.raises(UserError, match="--image_roi \\[8, 8, 8\\], but the model"):
+        reconstruct.main(reconstruct.parse_args([
+            f"--output_dir={tmp_path}", "--model_name=balls", f"--validation_ids={splits['val']}", "--run_in=0",
+            "--run_out=0", "--image_roi=[8,8,8]", "--metrics=mse", "--num_workers=0"]))
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=balls", "--bootstrap=0",
+                                                 "--no_figures"]))
+    predictions, _, _ = score_files(tmp_path / "balls", splits["ood"], device="cpu")  # new 12^3 files: cropped
+    assert len(predictions) == 4 and np.isfinite(predictions["score"]).all()
+    with pytest.raises(UserError, match="was trained on volumes cropped to --image_roi \\[10, 10, 10\\].*asks for "
+                                        "volumes cropped to --image_roi \\[11, 11, 11\\]"):
+        train.main(volume_train_args(tmp_path, splits, "--image_roi=[11,11,11]", "--image_size=8", "--n_epochs=2",
+                                     "--num_sample_images=0"))
+
+
+@pytest.mark.slow
+def test_a_ddpm_refuses_a_first_stage_of_volumes_made_otherwise(volume_splits, tmp_path):
+    import train_vqvae
+
+    _, splits = volume_splits
+    train_vqvae.main(train_vqvae.parse_args([
+        f"--output_dir={tmp_path}", "--model_name=vq", f"--training_ids={splits['train']}",
+        f"--validation_ids={splits['val']}", "--spatial_dimension=3", "--image_roi=[10,10,10]", "--image_size=8",
+        "--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--vqvae_num_res_layers=1",
+        "--vqvae_num_embeddings=8", "--vqvae_embedding_dim=2", "--n_epochs=1", "--batch_size=4", "--num_workers=0",
+        "--perceptual_weight=0", "--adversarial_weight=0"]))
+    stored = torch.load(tmp_path / "vq" / "best_model.pth", weights_only=True)
+    assert stored["preprocessing"] == {"image_roi": [10, 10, 10], "image_size": 8}
+    with pytest.raises(UserError, match="The first stage .* was trained on volumes cropped to --image_roi "
+                                        "\\[10, 10, 10\\], then resized to --image_size 8, but this command makes "
+                                        "volumes resized to --image_size 8"):
+        train.main(volume_train_args(tmp_path, splits, f"--vqvae_checkpoint={tmp_path / 'vq'}", "--image_size=8"))
+    assert not (tmp_path / "balls").exists()  # refused before the run's folder was made
+
+
+def test_volumes_too_small_for_the_patch_discriminator_are_refused_before_any_work(volume_splits, tmp_path):
+    """8^3 volumes crashed the first training step inside MONAI's PatchDiscriminator (a traceback)."""
+    import train_vqvae
+
+    _, splits = volume_splits
+    with pytest.raises(UserError, match="patch discriminator does not run on images of \\(1, 8, 8, 8\\).*"
+                                        "--adversarial_weight 0"):
+        train_vqvae.main(train_vqvae.parse_args([
+            f"--output_dir={tmp_path}", "--model_name=vq", f"--training_ids={splits['train']}",
+            f"--validation_ids={splits['val']}", "--spatial_dimension=3", "--image_size=8",
+            "--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--num_workers=0", "--perceptual_weight=0"]))
+    assert not (tmp_path / "vq").exists()

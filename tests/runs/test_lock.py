@@ -41,3 +41,22 @@ def test_both_trainers_take_one_lock_on_a_run_folder(tmp_path, synthetic_splits)
                 f"--output_dir={tmp_path}", "--model_name=m", f"--training_ids={synthetic_splits['train']}",
                 f"--validation_ids={synthetic_splits['val']}", "--num_workers=0", "--perceptual_weight=0"]))
     assert not (tmp_path / "m" / "checkpoint.pth").exists()
+
+
+def test_a_refused_new_run_leaves_no_folder_and_a_started_one_keeps_its_files(tmp_path):
+    """Refused before it wrote anything, a new run leaves neither its folder nor a lock file; a run that wrote
+    something keeps it (and its lock file); an existing folder is never removed."""
+    with pytest.raises(ValueError):
+        with run_lock(tmp_path / "new", "train"):
+            raise ValueError("refused")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError):
+        with run_lock(tmp_path / "wrote", "train"):
+            (tmp_path / "wrote" / "config.yaml").write_text("x")
+            raise ValueError("failed later")
+    assert (tmp_path / "wrote" / "config.yaml").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(ValueError):
+        with run_lock(tmp_path / "old", "train"):
+            raise ValueError("refused")
+    assert (tmp_path / "old").is_dir()

@@ -379,6 +379,24 @@ def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_file
 
 
 
+def preprocessing_record(spatial_dimension: int | None, image_roi=None, image_size: int | None = None) -> dict | None:
+    """How a run's volumes were made from their files (--image_roi, then --image_size), as its model files keep
+    it: None for 2D images (nothing is cropped or resized)."""
+    if spatial_dimension != 3:
+        return None
+    return {"image_roi": [int(d) for d in image_roi] if image_roi else None,
+            "image_size": int(image_size) if image_size else None}
+
+
+def describe_preprocessing(record: dict | None) -> str:
+    """A preprocessing record in words (for messages)."""
+    if not record or not (record.get("image_roi") or record.get("image_size")):
+        return "volumes as stored (no --image_roi, no --image_size)"
+    steps = ([f"cropped to --image_roi {record['image_roi']}"] if record.get("image_roi") else []) + \
+        ([f"resized to --image_size {record['image_size']}"] if record.get("image_size") else [])
+    return "volumes " + ", then ".join(steps)
+
+
 def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Path) -> None:
     """The images of a split must have the shape (C, H, W) that ``what`` (a model, the training
     set) has; ``expected`` None means unknown (a model file from an older version): not checked."""

@@ -403,15 +403,18 @@ class LoadedModel:
                               f"{self.source} was trained on (kept inside it, from {self.space.location}). The model's "
                               "own copy scores: drop the flag, or pass the first stage it was trained on.")
 
-    def check_run(self, spatial_dimension: int | None, sets, flags: dict | None = None) -> None:
+    def check_run(self, spatial_dimension: int | None, sets, flags: dict | None = None) -> tuple:
         """reconstruct.py's checks before any work: its --spatial_dimension, ddpm-ood's later flags in ``flags``
         (its arguments: those of DIFFUSION_FLAGS given, and --vqvae_checkpoint) against what the model records,
-        and no test set that is the split the first stage was trained on."""
+        and no test set that is the split the first stage was trained on. Returns the (--image_roi,
+        --image_size) to read the sets with (:meth:`preprocessing`)."""
         self.check_spatial_dimension(spatial_dimension)
         flags = flags or {}
         self.check_diffusion_flags({name: flags[name] for name in DIFFUSION_FLAGS if flags.get(name) is not None},
                                    flags.get("vqvae_checkpoint"))
+        preprocessing = self.preprocessing(flags.get("image_roi"), flags.get("image_size"))
         self.refuse_test_splits(sets)
+        return preprocessing
 
     def check_spatial_dimension(self, flag: int | None) -> None:
         """--spatial_dimension, if given, must be the model's."""
@@ -486,9 +489,29 @@ class LoadedModel:
 
     def check_images(self, image_set, split) -> None:
         """Images of another size or channel count than the model's are refused, naming the file."""
-        from ddpm_ood.data.loading import check_image_shape
+        from ddpm_ood.data.loading import check_image_shape, describe_preprocessing
 
-        check_image_shape(image_set, self.image_space.shape, f"the model {self.source}", split)
+        what = f"the model {self.source}"
+        if self.info.get("preprocessing") is not None:
+            what += f" (trained on {describe_preprocessing(self.info['preprocessing'])})"
+        check_image_shape(image_set, self.image_space.shape, what, split)
+
+    def preprocessing(self, image_roi=None, image_size: int | None = None) -> tuple:
+        """The (--image_roi, --image_size) to read volumes with: the model's own, as its training recorded them
+        (each flag given must agree with it), or the flags for a model that recorded none (older files, other
+        libraries' models)."""
+        from ddpm_ood.data.loading import describe_preprocessing
+
+        recorded = self.info.get("preprocessing")
+        if recorded is None:
+            return image_roi, image_size
+        given = {"image_roi": list(image_roi) if image_roi else None, "image_size": image_size}
+        wrong = [f"--{name} {value}" for name, value in given.items() if value is not None and value != recorded[name]]
+        if wrong:
+            raise ConfigError(f"{' and '.join(wrong)}, but the model {self.source} was trained on "
+                              f"{describe_preprocessing(recorded)}: its volumes must be made the same way. Drop the "
+                              "flags (the model's are used) or give its values.")
+        return recorded["image_roi"], recorded["image_size"]
 
 
 def load_model(source: ModelSource | str | Path, device: torch.device | str = "cpu", precision: str = "fp32",

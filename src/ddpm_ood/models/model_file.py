@@ -52,11 +52,14 @@ def save_model_file(path: Path, model_state: dict, config: dict, epoch: int, val
 
 
 def save_first_stage_file(path: Path, autoencoder: str, network: dict, model_state: dict, epoch: int,
-                          val_loss: float | None, image_shape: list[int], training: dict, data: dict) -> None:
-    """A first stage's model file (train_vqvae.py's best_model.pth and final_model.pth)."""
+                          val_loss: float | None, image_shape: list[int], training: dict, data: dict,
+                          preprocessing: dict | None = None) -> None:
+    """A first stage's model file (train_vqvae.py's best_model.pth and final_model.pth); ``preprocessing``: how
+    its volumes were cropped and resized (``ddpm_ood.data.loading.preprocessing_record``), for 3D runs."""
     save_torch_atomic(path, {"kind": "first_stage", "autoencoder": autoencoder, "network": network,
                              "model": model_state, "epoch": epoch, "val_loss": val_loss, "config": {},
-                             "image_shape": image_shape, "training": training, "data": data})
+                             "image_shape": image_shape, "training": training, "data": data,
+                             **({"preprocessing": preprocessing} if preprocessing is not None else {})})
 
 
 def file_facts(path: Path, **extra) -> dict:

@@ -25,8 +25,12 @@ def run_lock(folder: Path, what: str, shared: bool = False, wait: bool = False) 
 
     ``shared``: several holders at once (independent ``--shard`` jobs), but never together
     with an exclusive holder. ``wait``: block until the lock is free instead of raising.
+
+    A block that fails in a folder this lock created, leaving nothing in it but the lock file (a run
+    refused before it wrote anything), leaves no folder behind either.
     """
     path = Path(folder) / f".{what}.lock"
+    created = not path.parent.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -55,5 +59,10 @@ def run_lock(folder: Path, what: str, shared: bool = False, wait: bool = False) 
             os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode().ljust(12), 0)
         yield path
+    except BaseException:
+        if created and [p.name for p in path.parent.iterdir()] == [path.name]:
+            path.unlink(missing_ok=True)  # still holding the lock: no one else can be inside
+            path.parent.rmdir()
+        raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock

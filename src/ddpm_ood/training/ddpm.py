@@ -168,8 +168,10 @@ class TrainLoop(TrainingRun):
 
     def __init__(self, model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor,
                  val_images: torch.Tensor, settings: TrainSettings, run_dir: Path, config: dict, device: torch.device,
-                 dist: Dist = Dist(), data: dict | None = None, first_stage=None, preview_images=None):
+                 dist: Dist = Dist(), data: dict | None = None, first_stage=None, preview_images=None,
+                 preprocessing: dict | None = None):
         super().__init__(settings, run_dir, len(train_images), device, dist)
+        self.preprocessing = preprocessing  # how volumes were cropped and resized (data.loading.preprocessing_record)
         from ddpm_ood.models.config import b_scale
         from ddpm_ood.models.spaces import IMAGE_RANGE, PixelSpace
 
@@ -238,6 +240,7 @@ class TrainLoop(TrainingRun):
 
     def check_resume(self, state: dict) -> None:
         self.check_resume_settings(state.get("settings"))
+        check_resume_preprocessing(self.run_dir, state, self.preprocessing)
         self.check_resume_data(state.get("data"))
         self.check_resume_first_stage(state.get("first_stage"))
 
@@ -280,6 +283,8 @@ class TrainLoop(TrainingRun):
                                "world_size": self.dist.world_size}, "data": self.data}
         if self.first_stage is not None:
             record["first_stage"] = self.first_stage.entry()
+        if self.preprocessing is not None:
+            record["preprocessing"] = self.preprocessing
         return record
 
     def training_state(self) -> dict:
@@ -359,16 +364,28 @@ class TrainLoop(TrainingRun):
         return val_loss
 
 
+def check_resume_preprocessing(run_dir: Path, state: dict, current: dict | None) -> None:
+    """A run resumes on volumes made as its own were (the data digests would differ too: this names why)."""
+    from ddpm_ood.data.loading import describe_preprocessing
+
+    stored = state.get("preprocessing")
+    if "preprocessing" in state and stored != current:
+        raise ConfigError(f"The run in {run_dir} was trained on {describe_preprocessing(stored)}; this command asks for "
+                          f"{describe_preprocessing(current)}. Resume with its --image_roi and --image_size, or start "
+                          "a new --model_name.")
+
+
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,
           settings: TrainSettings, run_dir: Path, config: dict, device: torch.device, dist: Dist = Dist(),
-          init_weights: Path | None = None, data: dict | None = None, first_stage=None, preview_images=None) -> dict:
+          init_weights: Path | None = None, data: dict | None = None, first_stage=None, preview_images=None,
+          preprocessing: dict | None = None) -> dict:
     """Train (or resume training) and write the run's files under ``run_dir``. Returns a summary.
 
     A run with model files but no checkpoint is never trained afresh over them (that would
     overwrite a finished model): ``init_weights`` (a model file) starts it from those weights.
     """
     loop = TrainLoop(model, schedule, train_images, val_images, settings, run_dir, config, device, dist, data,
-                     first_stage, preview_images)
+                     first_stage, preview_images, preprocessing)
     state = loop.read_resume_state()
     models = loop.model_files()
     if state is not None and init_weights is not None:

@@ -35,6 +35,29 @@ from ddpm_ood.utils.errors import CheckpointError, ConfigError
 logger = logging.getLogger(__name__)
 
 
+def discriminator(spatial_dims: int, in_channels: int) -> torch.nn.Module:
+    """MONAI's PatchDiscriminator as ddpm-ood trains its VQ-VAE against: 2 layers, 32 channels."""
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(spatial_dims=spatial_dims, num_layers_d=2, channels=32, in_channels=in_channels,
+                              out_channels=1)
+
+
+def check_discriminator(image_shape, adversarial_weight: float) -> None:
+    """Before any work: with an adversarial loss, the patch discriminator runs on images of ``image_shape``
+    (C, *spatial) (its four convolutions of kernel 4 need about 12 pixels a side), or a ConfigError says what to do."""
+    if not adversarial_weight:
+        return
+    shape = tuple(int(d) for d in image_shape)
+    try:
+        with torch.no_grad():
+            discriminator(len(shape) - 1, shape[0]).eval()(torch.zeros(1, *shape))
+    except RuntimeError as err:
+        raise ConfigError(f"The adversarial loss's patch discriminator does not run on images of {shape} ({str(err)[:120]}"
+                          "): give larger images (--image_size, --image_roi) or turn the adversarial loss off "
+                          "(--adversarial_weight 0).") from None
+
+
 class AutoencoderTrainer(TrainingRun):
     """One first stage's training state (the autoencoder, the discriminator, their optimizers) and
     its step, on the run machinery train.py's DDPM uses too (one process)."""
@@ -45,19 +68,18 @@ class AutoencoderTrainer(TrainingRun):
     noun = "the first stage's training"
 
     def __init__(self, kind: str, network: dict, train_images, val_images, settings: AutoencoderSettings,
-                 run_dir: Path, device: torch.device, data: dict, perceptual=None):
+                 run_dir: Path, device: torch.device, data: dict, perceptual=None, preprocessing: dict | None = None):
         from monai.losses import JukeboxLoss, PatchAdversarialLoss
-        from monai.networks.nets import PatchDiscriminator
 
         super().__init__(settings, run_dir, len(train_images), device)
         self.kind, self.network, self.data = kind, network, data
+        self.preprocessing = preprocessing  # how volumes were cropped and resized (data.loading.preprocessing_record)
         self.train_images, self.val_images = train_images, val_images
         self.image_shape = [int(d) for d in train_images.shape[1:]]
         torch.manual_seed(settings.seed)
         self.model = build_autoencoder(kind, network).to(device)
         spatial = network["spatial_dims"]
-        self.discriminator = PatchDiscriminator(spatial_dims=spatial, num_layers_d=2, channels=32,
-                                                in_channels=network["in_channels"], out_channels=1).to(device)
+        self.discriminator = discriminator(spatial, network["in_channels"]).to(device)
         self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         self.spectral = JukeboxLoss(spatial_dims=spatial) if settings.spectral_weight else None
         self.perceptual = perceptual.to(device) if perceptual is not None else None
@@ -67,15 +89,16 @@ class AutoencoderTrainer(TrainingRun):
     # --- state ---------------------------------------------------------------------------------
 
     def record(self) -> dict:
-        return {"autoencoder": self.kind, "network": self.network, "image_shape": self.image_shape,
-                "training": self.settings.record(), "data": self.data}
+        record = {"autoencoder": self.kind, "network": self.network, "image_shape": self.image_shape,
+                  "training": self.settings.record(), "data": self.data}
+        return {**record, "preprocessing": self.preprocessing} if self.preprocessing is not None else record
 
     def learning_rate(self) -> float:
         return self.optimizer_g.param_groups[0]["lr"]
 
     def write_model(self, path: Path, epochs_done: int) -> None:
         save_first_stage_file(path, self.kind, self.network, self.model.state_dict(), epochs_done, self.val_loss,
-                              self.image_shape, self.settings.record(), self.data)
+                              self.image_shape, self.settings.record(), self.data, self.preprocessing)
 
     def training_state(self) -> dict:
         return {"model": self.model.state_dict(), "discriminator": self.discriminator.state_dict(),
@@ -95,6 +118,9 @@ class AutoencoderTrainer(TrainingRun):
                     group["lr"] = lr
 
     def check_resume(self, state: dict) -> None:
+        from ddpm_ood.training.ddpm import check_resume_preprocessing
+
+        check_resume_preprocessing(self.files.dir, state, self.preprocessing)
         problems = []
         if (state["autoencoder"], state["network"]) != (self.kind, self.network):
             problems.append("the network (--autoencoder and the --vqvae_* flags)")
