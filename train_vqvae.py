@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import logging
-import os
 from typing import Sequence
 
 from ddpm_ood.cli import (add_settings, add_space_flags, add_training_run_flags, device_name, non_negative_int,
@@ -89,19 +89,19 @@ def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.training.settings import data_record
     from ddpm_ood.data.loading import preprocessing_record
     from ddpm_ood.training.first_stage import check_discriminator
-
-    from ddpm_ood.utils.distributed import launched_by_torchrun
+    from ddpm_ood.utils.distributed import init_distributed, shutdown
     from ddpm_ood.utils.errors import ConfigError
 
-    if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("train_vqvae.py trains in one process (its ranks would each write the same run): launch it "
-                          "with python, not torchrun; train.py's DDPM on its latents runs under torchrun.")
     run_dir = args.output_dir / args.model_name
-    device = pick_device(args.device)
+    dist, device = init_distributed(pick_device(args.device))  # torchrun: one process per device, DDP
+    if args.batch_size < dist.world_size:
+        raise ConfigError(f"--batch_size {args.batch_size} is the global batch; it must be at least the number of "
+                          f"processes ({dist.world_size}).")
     space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi, image_size=args.image_size,
                       num_workers=args.num_workers)
-    train_set = load_images(args.training_ids, bool(args.is_grayscale), first_n=args.first_n, **space_args)
-    val_set = load_images(args.validation_ids, bool(args.is_grayscale), **space_args)
+    train_set = load_images(args.training_ids, bool(args.is_grayscale), first_n=args.first_n, progress=dist.is_main,
+                            **space_args)
+    val_set = load_images(args.validation_ids, bool(args.is_grayscale), progress=dist.is_main, **space_args)
     check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}", args.validation_ids)
     channels = 1 if args.is_grayscale else 3
     network = FIRST_STAGES[args.autoencoder].network_from_flags(args, args.spatial_dimension, channels)
@@ -117,16 +117,21 @@ def main(args: argparse.Namespace) -> dict:
         from ddpm_ood.metrics.distances import LPIPSMetric
 
         perceptual = LPIPSMetric()
-    with run_lock(run_dir, "train"):  # one lock per run folder: train.py takes the same one
+    # One lock per run folder (train.py takes the same one); under torchrun rank 0 holds it and writes the files.
+    with run_lock(run_dir, "train") if dist.is_main else contextlib.nullcontext():
         refuse_another_kind_of_run(RunFiles(run_dir), "first_stage_checkpoint")  # a DDPM's folder is not ours
         trainer = AutoencoderTrainer(args.autoencoder, network, train_set.images, val_set.images, settings, run_dir,
                                      device, data, perceptual, preprocessing_record(args.spatial_dimension,
-                                                                                    args.image_roi, args.image_size))
-        logger.info("first stage: %s with %.2fM parameters on %s", args.autoencoder,
-                    sum(p.numel() for p in trainer.model.parameters()) / 1e6, device)
+                                     args.image_roi, args.image_size), dist)
+        if dist.is_main:
+            logger.info("first stage: %s with %.2fM parameters on %s%s; --batch_size %d is the global batch",
+                        args.autoencoder, sum(p.numel() for p in trainer.model.parameters()) / 1e6, device,
+                        f" x {dist.world_size} processes" if dist.active else "", args.batch_size)
         summary = trainer.run()
-    logger.info("done: %d epochs, best validation L1 %.5f; files in %s", summary["epochs"], summary["best_val_loss"],
-                run_dir)
+    shutdown(dist)
+    if dist.is_main:
+        logger.info("done: %d epochs, best validation L1 %.5f; files in %s", summary["epochs"],
+                    summary["best_val_loss"], run_dir)
     return summary
 
 

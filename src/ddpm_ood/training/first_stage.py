@@ -30,6 +30,7 @@ from ddpm_ood.models.first_stage import build_autoencoder, decode_raw, encode_ra
 from ddpm_ood.models.model_file import save_first_stage_file
 from ddpm_ood.training.loop import StepResult, TrainingRun, check_finite, fixed_setting_changes
 from ddpm_ood.training.settings import AutoencoderSettings, data_differences
+from ddpm_ood.utils.distributed import Dist
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,11 @@ class AutoencoderTrainer(TrainingRun):
     noun = "the first stage's training"
 
     def __init__(self, kind: str, network: dict, train_images, val_images, settings: AutoencoderSettings,
-                 run_dir: Path, device: torch.device, data: dict, perceptual=None, preprocessing: dict | None = None):
+                 run_dir: Path, device: torch.device, data: dict, perceptual=None, preprocessing: dict | None = None,
+                 dist: Dist = Dist()):
         from monai.losses import JukeboxLoss, PatchAdversarialLoss
 
-        super().__init__(settings, run_dir, len(train_images), device)
+        super().__init__(settings, run_dir, len(train_images), device, dist)
         self.kind, self.network, self.data = kind, network, data
         self.preprocessing = preprocessing  # how volumes were cropped and resized (data.loading.preprocessing_record)
         self.train_images, self.val_images = train_images, val_images
@@ -85,6 +87,16 @@ class AutoencoderTrainer(TrainingRun):
         self.perceptual = perceptual.to(device) if perceptual is not None else None
         self.optimizer_g = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=settings.lr_d)
+        # Under torchrun both networks are DistributedDataParallel (a VQ-VAE's codebook is synchronised by MONAI's
+        # EMA quantiser itself); ``model`` and ``discriminator`` keep the parameters and the files.
+        self.net_g, self.net_d = self.model, self.discriminator
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.net_g = DistributedDataParallel(self.model, device_ids=ids)
+            if settings.adversarial_weight:
+                self.net_d = DistributedDataParallel(self.discriminator, device_ids=ids)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -97,6 +109,8 @@ class AutoencoderTrainer(TrainingRun):
         return self.optimizer_g.param_groups[0]["lr"]
 
     def write_model(self, path: Path, epochs_done: int) -> None:
+        if not self.dist.is_main:
+            return
         save_first_stage_file(path, self.kind, self.network, self.model.state_dict(), epochs_done, self.val_loss,
                               self.image_shape, self.settings.record(), self.data, self.preprocessing)
 
@@ -147,7 +161,7 @@ class AutoencoderTrainer(TrainingRun):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction and the regulariser (a VQ-VAE's quantisation loss, an AutoencoderKL's weighted KL)."""
-        return first_stage_kind(self.kind).training_forward(self.model, images, self.settings.kl_weight)
+        return first_stage_kind(self.kind).training_forward(self.net_g, images, self.settings.kl_weight)
 
     def adversarial_weight(self) -> float:
         warmup = self.settings.adversarial_warmup
@@ -161,7 +175,7 @@ class AutoencoderTrainer(TrainingRun):
         if self.spectral is not None:
             losses["spectral"] = self.spectral(recon.float(), images.float())
         if self.settings.adversarial_weight:
-            logits = self.discriminator(recon.contiguous().float())[-1]
+            logits = self.net_d(recon.contiguous().float())[-1]
             losses["adversarial"] = self.adversarial(logits, target_is_real=True, for_discriminator=False)
         weights = {"perceptual": self.settings.perceptual_weight, "spectral": self.settings.spectral_weight,
                    "adversarial": self.adversarial_weight()}
@@ -173,25 +187,29 @@ class AutoencoderTrainer(TrainingRun):
 
     def run_step(self, rows: torch.Tensor, flag: float) -> StepResult:
         """The generator's update, then the discriminator's; each loss and its gradients are checked
-        for non-finite values before its optimizer moves."""
-        images = self.train_images[rows].to(self.device)
+        for non-finite values before its optimizer moves. Under torchrun each rank takes its slice of the
+        global batch, its losses weighted by its share, so that the averaged gradients are the batch's."""
+        share = self.dist.share(len(rows))
+        weight = (share.stop - share.start) * self.dist.world_size / len(rows)
+        images = self.train_images[rows[share] if weight else rows[:1]].to(self.device)
+        weight = weight if weight else 0.0  # fewer images than ranks: a zero-weight row keeps DDP in step
         recon, regulariser = self.forward(images)
         losses = self.generator_losses(images, recon, regulariser)
         self.optimizer_g.zero_grad(set_to_none=True)
-        losses["generator"].backward()
-        flags = check_finite(losses["generator"], self.model.parameters(), True, flag=flag)
+        (losses["generator"] * weight).backward()
+        flags = check_finite(losses["generator"], self.model.parameters(), True, self.dist, flag)
         self.optimizer_g.step()
         if self.settings.adversarial_weight:
             self.optimizer_d.zero_grad(set_to_none=True)
-            fake = self.discriminator(recon.detach().contiguous())[-1]
-            real = self.discriminator(images.contiguous())[-1]
+            fake = self.net_d(recon.detach().contiguous())[-1]
+            real = self.net_d(images.contiguous())[-1]
             loss_d = 0.5 * (self.adversarial(fake, target_is_real=False, for_discriminator=True) +
                             self.adversarial(real, target_is_real=True, for_discriminator=True))
-            (self.adversarial_weight() * loss_d).backward()
-            check_finite(loss_d, self.discriminator.parameters(), True)
+            (self.adversarial_weight() * loss_d * weight).backward()
+            check_finite(loss_d, self.discriminator.parameters(), True, self.dist)
             self.optimizer_d.step()
             losses["discriminator"] = loss_d
-        return StepResult({name: value.detach() for name, value in losses.items()}, flags)
+        return StepResult({name: value.detach() * weight for name, value in losses.items()}, flags)
 
     @torch.no_grad()
     def reconstruction_l1(self) -> float:
@@ -208,7 +226,9 @@ class AutoencoderTrainer(TrainingRun):
         """The validation L1; the first validation images and their reconstructions to TensorBoard."""
         from torchvision.utils import make_grid
 
-        val_loss = self.reconstruction_l1()
+        val_loss = self.reconstruction_l1()  # every rank, over the whole set (the ranks agree on it)
+        if not self.dist.is_main:
+            return val_loss
         self.writer.add_scalar("val/l1", val_loss, self.step)
         images = self.val_images[:8].to(self.device)
         with torch.no_grad():
