@@ -224,6 +224,12 @@ def test_the_later_readmes_decathlon_ldm_commands(tmp_path, capsys, random_alexn
     monai = DiffusionModelUNet(spatial_dims=3, in_channels=4, out_channels=4, channels=(128, 256, 256),
                                attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=256)
     monai.load_state_dict(model["model"])  # ddpm-ood's small network, parameter for parameter
+    from ddpm_ood.models.loading import ModelSource, load_model
+
+    loaded = load_model(ModelSource.of("run", run / "final_model.pth"))  # the latent model as every detector calls it
+    latents, t = torch.randn(2, 4, 4, 4, 4), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model_fn(latents, t), monai.eval()(latents, timesteps=t), rtol=0, atol=1e-6)
 
     run_command(RECONSTRUCT_LDM, **paths)
     run_command(OOD_LDM, **paths)
