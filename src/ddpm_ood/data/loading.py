@@ -23,6 +23,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ def decode_text(data: bytes, path: Path) -> str:
         return data.decode("cp1252", errors="replace")
 
 
-def read_split_entries(path: str | Path) -> list[Entry]:
+def read_split_entries(path: str | Path, column_names: Sequence[str] | None = None) -> list[Entry] | None:
     """The image files a split CSV lists, each with its CSV line, resolved to existing-or-absolute paths.
 
     Our files have a header (``filename``, ``image`` or ``path``, any case) and one path per row;
@@ -143,6 +144,9 @@ def read_split_entries(path: str | Path) -> list[Entry]:
     read too, as are a spreadsheet's: with a byte order mark, in UTF-16 or Windows-1252, with ";"
     or tabs between columns (the path's column is the one headed filename/image/path, else the
     first), and quoted paths holding commas or spaces.
+
+    ``column_names``: read the column headed by one of these instead (``mask``, ``brain_mask``: ground
+    truth beside each image); None when the file has no such column.
     """
     path = Path(path)
     text = decode_text(read_regular(path, MAX_CSV_BYTES, f"Split file {path}", "a split CSV"), path)
@@ -159,6 +163,17 @@ def read_split_entries(path: str | Path) -> list[Entry]:
         raise DataError(f"Split file {path} line {reader.line_num} is not CSV ({err}); quote paths that hold "
                         "commas or quotes.") from None
     header = [cell.strip().lower() for cell in rows[0][1]]
+    if column_names is not None:
+        column = next((header.index(name) for name in column_names if name in header), None)
+        if column is None:
+            return None
+        cells = [(line, row[column] if len(row) > column else "") for line, row in rows[1:]]
+        missing = [line for line, cell in cells if not cell.strip()]
+        if missing:
+            raise DataError(f"Split file {path} line {missing[0]}: its {header[column]} column is empty; every row "
+                            f"needs one (a {header[column]} file of the image's shape).")
+        return [Entry(_resolve_entry(cell.strip(), path.parent), f"{path.name} line {line} ({header[column]})")
+                for line, cell in cells]
     column = next((header.index(name) for name in HEADER_NAMES if name in header), None)
     if column is not None:
         cells = [(line, row[column]) for line, row in rows[1:] if len(row) > column]
@@ -306,6 +321,9 @@ def apply_flip(image: np.ndarray, flip: str | None) -> np.ndarray:
     return image
 
 
+MASK_COLUMNS = {"masks": ("mask",), "brain_masks": ("brain_mask",)}  # ground truth a split CSV may carry
+
+
 @dataclass
 class ImageSet:
     """A whole split in memory: small benchmark sets fit easily and load once."""
@@ -313,9 +331,51 @@ class ImageSet:
     images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     filenames: list[str]
     name: str
+    source: Path | None = None  # the split CSV (its mask columns are read from it)
+    preprocessing: tuple = (None, None)  # a volume split's (--image_roi, --image_size)
 
     def __len__(self) -> int:
         return len(self.filenames)
+
+    def masks(self, n: int) -> dict[str, np.ndarray]:
+        """The ground truth of the first ``n`` images, from the split CSV's ``mask`` (the lesion: any non-zero
+        voxel is abnormal) and ``brain_mask`` (where to evaluate) columns, made as the images are (cropped,
+        resized by nearest neighbour): bool arrays (n, *spatial), by key ``masks`` and ``brain_masks``; {}
+        without those columns."""
+        return read_masks(self.source, n, self.images.shape[1:], *self.preprocessing) if self.source else {}
+
+
+def read_masks(split: Path, n: int, image_shape, image_roi=None, image_size: int | None = None) -> dict:
+    """:meth:`ImageSet.masks` of a split CSV whose images have ``image_shape`` (C, *spatial) once made."""
+    arrays = {}
+    for key, names in MASK_COLUMNS.items():
+        entries = read_split_entries(split, names)
+        if entries is None:
+            continue
+        arrays[key] = np.stack([read_mask(entry, tuple(int(d) for d in image_shape[1:]), image_roi, image_size)
+                                for entry in entries[:n]])
+    return arrays
+
+
+def read_mask(entry: Entry, shape: tuple[int, ...], image_roi=None, image_size: int | None = None) -> np.ndarray:
+    """One mask file as a bool array of ``shape``: non-zero anywhere in its channels; a volume's cropped and
+    resized (nearest neighbour) as the images are. Another shape is refused, naming the file."""
+    if not entry.path.is_file():
+        raise DataError(f"{entry.where}: the mask {entry.path} does not exist.")
+    if len(shape) == 3:
+        mask = read_volume(entry.path, entry.where)
+        mask = center_crop(mask, image_roi) if image_roi else mask
+        mask = torch.from_numpy(np.ascontiguousarray(mask != 0).astype(np.float32))
+        if image_size and tuple(mask.shape[1:]) != (image_size,) * 3:
+            mask = torch.nn.functional.interpolate(mask[None], size=(image_size,) * 3, mode="nearest")[0]
+        mask = mask.numpy() > 0.5
+    else:
+        mask = load_image(entry.path, entry.where) != 0
+    mask = mask.any(axis=0)
+    if mask.shape != tuple(shape):
+        raise DataError(f"{entry.where}: the mask {entry.path} has shape {mask.shape} once made as the images are, "
+                        f"but the images have {tuple(shape)}: give each image a mask of its own shape.")
+    return mask
 
 
 def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None, progress: bool = True,
@@ -353,7 +413,8 @@ def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None,
             pool.shutdown(cancel_futures=True)
     logger.info("Loaded %d images of shape %s from %s%s", len(files), tuple(images.shape[1:]), spec.csv_path,
                 f" ({spec.flip})" if spec.flip else "")
-    return ImageSet(torch.from_numpy(images), [str(f) for f in files], spec.name)
+    return ImageSet(torch.from_numpy(images), [str(f) for f in files], spec.name,
+                    None if spec.flip or spec.csv_path.is_dir() else spec.csv_path)
 
 
 def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_files: int, channels: int,
@@ -660,7 +721,7 @@ def load_volumes(path: str | Path, is_grayscale: bool, first_n: int | None = Non
     shape = cropped_shape(first[1], image_roi, image_size)
     logger.info("Found %d volumes of shape %s in %s (read as needed)", len(entries), shape, spec.csv_path)
     return ImageSet(LazyVolumes(entries, shape, image_roi, image_size, spec.flip), [str(e.path) for e in entries],
-                    spec.name)
+                    spec.name, None if spec.flip or spec.csv_path.is_dir() else spec.csv_path, (image_roi, image_size))
 
 
 def load_images(path: str | Path, is_grayscale: bool, spatial_dimension: int = 2, first_n: int | None = None,

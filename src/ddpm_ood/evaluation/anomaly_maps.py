@@ -40,3 +40,55 @@ def zscored_maps(maps: np.ndarray, val_maps: np.ndarray) -> tuple[np.ndarray, np
     floor = STD_FLOOR * std.mean(axis=axes, keepdims=True) + 1e-12
     z = (maps - mean) / np.maximum(std, floor)
     return z, z.mean(axis=1)
+
+
+# --- the maps measured against ground truth (split CSVs with a ``mask`` column) --------------------------
+
+def residual_maps(examples: dict) -> np.ndarray:
+    """(N, *spatial): the field's residual, |x - x_hat| averaged over channels and start points."""
+    inputs, recons = np.asarray(examples["inputs"], np.float64), np.asarray(examples["reconstructions"], np.float64)
+    return np.abs(recons - inputs[:, None]).mean(axis=(1, 2))
+
+
+def baseline_maps(inputs: np.ndarray, val_inputs: np.ndarray) -> np.ndarray:
+    """The no-model baseline: each voxel's |z-score| against the healthy validation images there, (N, *spatial)
+    (mean over channels); every map is shown beside it."""
+    inputs, val_inputs = np.asarray(inputs, np.float64).mean(axis=1), np.asarray(val_inputs, np.float64).mean(axis=1)
+    mean, std = val_inputs.mean(axis=0), val_inputs.std(axis=0, ddof=1)
+    floor = STD_FLOOR * std.mean() + 1e-12
+    return np.abs(inputs - mean) / np.maximum(std, floor)
+
+
+def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by_set: dict[str, dict],
+                      healthy: str = "in") -> list[dict]:
+    """The field's pixel-level metrics of every map kind (``maps_by_set[set][kind]``, (N, *spatial)) on every
+    set whose examples carry ``masks``: post-processed (median filter, eroded brain mask: the examples'
+    ``brain_masks``, else each input's foreground), thresholds that flag 1 / 5 / 10 % of the voxels of the
+    ``healthy`` set's maps (the in-distribution test images: never lesion data). One row per (set, kind)."""
+    from ddpm_ood.metrics.localisation import eroded, foreground, healthy_thresholds, localisation, postprocess
+
+    def brains(examples):  # where the maps are evaluated: the brain mask (else the foreground), eroded
+        if "brain_masks" in examples:
+            return [eroded(b) for b in np.asarray(examples["brain_masks"], bool)]
+        return [eroded(foreground(np.asarray(x).mean(axis=0))) for x in examples["inputs"]]
+
+    if healthy not in maps_by_set:
+        return []
+    healthy_brains = brains(examples_by_set[healthy])
+    rows = []
+    for kind in maps_by_set[healthy]:
+        post_healthy = [postprocess(m, b, erosion=0) for m, b in zip(maps_by_set[healthy][kind], healthy_brains)]
+        thresholds = healthy_thresholds(post_healthy, healthy_brains)
+        for name, examples in examples_by_set.items():
+            if "masks" not in examples or name == healthy:
+                continue
+            inside = brains(examples)
+            post = [postprocess(m, b, erosion=0) for m, b in zip(maps_by_set[name][kind], inside)]
+            result = localisation(post, list(np.asarray(examples["masks"], bool)), inside, thresholds)
+            row = {"set": name, "map": kind, "n_images": len(post), "pixel_auroc": result.auroc,
+                   "pixel_auprc": result.auprc, "best_dice": result.best_dice}
+            for fraction, values in result.at_threshold.items():
+                for metric, value in values.items():
+                    row[f"{metric}_at_{round(fraction * 100)}pct"] = value
+            rows.append(row)
+    return rows

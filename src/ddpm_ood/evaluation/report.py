@@ -211,7 +211,7 @@ def kept_examples(run, name: str):
 def write_maps(run, set_names) -> None:
     """Anomaly maps of the sets reconstruct.py kept examples of, z-scored on the validation set's
     (``--save_maps``): ``ood/maps_<set>.npz`` and a figure each."""
-    from ddpm_ood.evaluation.anomaly_maps import error_maps, zscored_maps
+    from ddpm_ood.evaluation.anomaly_maps import baseline_maps, error_maps, residual_maps, zscored_maps
     from ddpm_ood.evaluation.figures import maps_figure
     from ddpm_ood.utils.files import save_npz_atomic
 
@@ -222,11 +222,12 @@ def write_maps(run, set_names) -> None:
                            "reconstruct.py with --save_maps N and --run_val 1).")
         return
     with np.load(run.examples("val")) as val:
-        val_maps = error_maps(val)
+        val_maps, val_inputs = error_maps(val), val["inputs"]
     if len(val_maps) < 2:
         logger.warning("No anomaly maps: the validation set kept %d example(s); z-scores need at least 2.",
                        len(val_maps))
         return
+    kept, maps = {}, {}
     for name in wanted:
         with np.load(run.examples(name)) as examples:
             examples = dict(examples)
@@ -239,6 +240,31 @@ def write_maps(run, set_names) -> None:
                         filenames=examples["filenames"])
         maps_figure(examples["inputs"], mean, run.maps_figure(name),
                     f"{name}: where it is unusual (squared error z-scored on the validation images, mean over t)")
+        kept[name] = examples
+        maps[name] = {"recon_z": mean, "recon_l1": residual_maps(examples),
+                      "baseline": baseline_maps(examples["inputs"], val_inputs)}
+    write_localisation(run, maps, kept)
+
+
+def write_localisation(run, maps: dict, kept: dict) -> None:
+    """``ood/localisation.csv``: how well each kind of map finds the lesions of the sets whose split CSVs give
+    masks (the kept examples', ``--save_maps N``), beside the no-model baseline; one line each printed."""
+    from ddpm_ood.evaluation.anomaly_maps import localisation_rows
+
+    path = run.ood / "localisation.csv"
+    if not any("masks" in examples for examples in kept.values()):
+        path.unlink(missing_ok=True)  # none now: an older table would describe other maps
+        return
+    if "in" not in kept:
+        logger.warning("No localisation metrics: the thresholds come from the in-distribution test set's maps, and "
+                       "it kept none (reconstruct.py --save_maps N --run_in 1).")
+        return
+    rows = localisation_rows(maps, kept)
+    save_csv_atomic(path, pd.DataFrame(rows))
+    for row in rows:
+        print(f"Localisation on {row['set']} ({row['map']}, {row['n_images']} images): pixel AUPRC "
+              f"{row['pixel_auprc']:.3f}, best Dice {row['best_dice']:.3f}, Dice at 5% of healthy voxels "
+              f"{row['dice_at_5pct']:.3f}, pixel AUROC {row['pixel_auroc']:.3f}")
 
 
 def log_to_tensorboard(evaluation: Evaluation) -> None:

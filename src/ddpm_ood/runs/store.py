@@ -65,15 +65,18 @@ class ResultsStore:
             return
         write_manifest(self.settings_file, {**stored, **entries}, sealed=True)
 
-    def save_examples(self, path: Path, n: int, make: Callable[[int], dict | None], filenames) -> None:
+    def save_examples(self, path: Path, n: int, make: Callable[[int], dict | None], filenames,
+                      extra: Callable[[int], dict] | None = None) -> None:
         """An add-on of finished results: arrays ``make(n)`` of the set's first ``n`` images (and their
-        file names) in ``path``, recorded in the manifest, so a later run asking for the same keeps them."""
+        file names, and ``extra(n)``: their ground-truth masks) in ``path``, recorded in the manifest, so a
+        later run asking for the same keeps them."""
         from ddpm_ood.utils.files import save_npz_atomic
 
         if not n or not self.final.exists() or self.extras().get("examples") == {"file": path.name, "n": n}:
             return
         arrays = make(n)
         if arrays is not None:
+            arrays = {**arrays, **(extra(n) if extra is not None else {})}
             save_npz_atomic(path, filenames=np.asarray(filenames[:n]), **arrays)
             self.record_extras({"examples": {"file": path.name, "n": n}})
 
