@@ -2,7 +2,6 @@
 published layout (downloads fail offline), and the MNI152 volumes made from nilearn's templates."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

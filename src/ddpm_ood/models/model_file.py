@@ -34,7 +34,6 @@ import torch
 from ddpm_ood.models.config import build_unet
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from ddpm_ood.utils.files import save_torch_atomic
-from ddpm_ood.models.unet import UNet
 
 logger = logging.getLogger(__name__)
 
