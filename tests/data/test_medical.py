@@ -102,6 +102,13 @@ def test_mni152_volumes_from_nilearns_templates(tmp_path):
     volumes = {p.stem: load_images(p, True, spatial_dimension=3).images for p in written}
     assert volumes["MNI152_train"].shape == (160, 1, 32, 32, 32) and volumes["MNI152Lesion_test"].shape[0] == 32
     assert not np.allclose(volumes["MNI152GM_test"][0].numpy(), volumes["MNI152_test"][0].numpy())
+    # The lesion set carries its balls' masks (a mask column): bright where the mask is, of 2 to 4 voxels' radius
+    lesion = load_images(tmp_path / "data_splits" / "MNI152Lesion_test.csv", True, spatial_dimension=3)
+    masks = lesion.masks(32)["masks"]
+    sizes = masks.sum(axis=(1, 2, 3))
+    assert masks.shape == (32, 32, 32, 32) and (sizes > 0).all() and (sizes <= 257).all()  # radius 2 to 4, some clipped
+    assert all(lesion.images[i][0].numpy()[masks[i]].mean() > 0.8 for i in range(4))
+    assert "mask" not in pd.read_csv(tmp_path / "data_splits" / "MNI152_test.csv").columns
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int16"])
