@@ -279,3 +279,39 @@ def test_a_ddpm_ood_run_with_simplex_noise_draws_its_noise(ddpm_ood_runs, tmp_pa
     assert model.schedule.noise == SimplexNoise(6, 0.8, 64.0) and model.parts["noise"]["kind"] == "simplex"
     assert model.identity != load_model(DdpmOodRun(root / "ddpm")).identity
     assert model.info["diffusion"]["simplex_noise"] == 1
+
+
+def test_3d_models_whose_size_is_not_recorded_are_3d(tmp_path, ddpm_ood_runs):
+    """Issue 33, case 11: a 3D bundle without a latent shape, and a 3D ddpm-ood run without image_size, were taken
+    as 2D, and the two errors sent the user back and forth about --spatial_dimension."""
+    import shutil
+
+    folder = tmp_path / "bundle3d"
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    unet = DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16),
+                              attention_levels=(False, True), num_res_blocks=1, norm_num_groups=8, num_head_channels=8)
+    torch.save(unet.state_dict(), folder / "models" / "model.pt")
+    (folder / "configs" / "inference.json").write_text(json.dumps({
+        "network_def": {"_target_": "monai.networks.nets.DiffusionModelUNet", "spatial_dims": 3, "in_channels": 1,
+                        "out_channels": 1, "channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
+                        "norm_num_groups": 8, "num_head_channels": 8},
+        "noise_scheduler": {"_target_": "monai.networks.schedulers.DDPMScheduler", "num_train_timesteps": 1000}}))
+    bundle = load_model(MonaiBundle(folder))
+    assert bundle.spatial_dims == 3 and bundle.image_space.describe() == "(1, D, H, W)"
+    bundle.check_spatial_dimension(3)
+    with pytest.raises(ConfigError, match="--spatial_dimension 2, but the model .* is 3D"):
+        bundle.check_spatial_dimension(2)
+    with pytest.raises(Exception, match="takes \\(1, D, H, W\\): give it volumes \\(--spatial_dimension 3\\)"):
+        bundle.image_space.check(torch.rand(2, 1, 8, 8), "", "bundle3d")  # 2D images for a 3D model
+    bundle.image_space.check(torch.rand(2, 1, 8, 8, 8), "", "bundle3d")
+
+    root, _, _ = ddpm_ood_runs
+    shutil.copytree(root / "ddpm", tmp_path / "ddpm")
+    args = json.loads((tmp_path / "ddpm" / "args.json").read_text())
+    args = {**args, "spatial_dimension": 3, "image_size": None, "vqvae_checkpoint": None}
+    (tmp_path / "ddpm" / "args.json").write_text(json.dumps(args))
+    unet3d = DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(128, 256, 256),
+                                attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=256)
+    torch.save({"model_state_dict": unet3d.state_dict()}, tmp_path / "ddpm" / "checkpoint.pth")
+    assert load_model(DdpmOodRun(tmp_path / "ddpm")).spatial_dims == 3

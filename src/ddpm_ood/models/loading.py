@@ -203,7 +203,9 @@ class RunModel(ModelSource):
         shape = tuple(int(d) for d in info["image_shape"]) if info.get("image_shape") is not None else None
         channels = int(unet.get("in_channels", 1))
         scale = b_scale(config)  # the data times b before noising: the pixel range [0, b]
-        image_space, space = ImageSpace(channels, shape), IMAGE_RANGE if scale == 1.0 else PixelSpace(0.0, scale)
+        dims = int(unet.get("spatial_dims", unet.get("dims", 2)))  # an older file without its image shape: the UNet's
+        image_space = ImageSpace(channels, shape, dims)
+        space = IMAGE_RANGE if scale == 1.0 else PixelSpace(0.0, scale)
         if info.get("first_stage"):  # a latent model: its first stage is kept inside its file (b_scale in its scale)
             from ddpm_ood.models.first_stage import LatentSpace
 
@@ -370,7 +372,7 @@ class LoadedModel:
     @property
     def spatial_dims(self) -> int:
         """2 for images, 3 for volumes."""
-        return len(self.image_space.shape) - 1 if self.image_space.shape is not None else 2
+        return self.image_space.dims
 
     def check_diffusion_flags(self, given: dict, first_stage: str | None = None) -> None:
         """reconstruct.py's --beta_schedule, --prediction_type, --b_scale, ... and --vqvae_checkpoint (ddpm-ood's

@@ -167,7 +167,7 @@ def load_bundle(folder: str | Path) -> Network:
                                            "_target_": scheduler_def.get("_target_", "")}, f"{where} noise_scheduler")
     channels = int(unet_args.get("in_channels", 1))
     dims = int(unet_args.get("spatial_dims", 2))
-    space, image_space = IMAGE_RANGE, ImageSpace(channels, None)
+    space, image_space = IMAGE_RANGE, ImageSpace(channels, None, dims)
     if "autoencoder_def" in config:
         ae_def = config["autoencoder_def"]
         ae_args = resolve(ae_def, config, f"{where} autoencoder_def")
@@ -180,7 +180,7 @@ def load_bundle(folder: str | Path) -> Network:
         scale = float(resolve(config.get("scale_factor", 1.0), config, where))
         space = LatentSpace(module, kind, {**ae_args, "channels": ae_args.get("channels", ae_args.get("num_channels"))},
                             shape or (int(ae_args.get("in_channels", 1)),) + (0,) * dims, scale, 0, None, str(ae_path))
-        image_space = ImageSpace(space.image_shape[0], shape)
+        image_space = ImageSpace(space.image_shape[0], shape, dims)
     return network_of(unet, schedule, prediction, image_space, space, unet_args, file_facts(unet_path, pretrained=str(folder)), str(folder))
 
 
@@ -207,7 +207,7 @@ def load_ddpm_ood(folder: str | Path) -> Network:
     image_channels = 1 if int(args.get("is_grayscale", 0)) else 3
     size = int(args["image_size"]) if args.get("image_size") else None
     space, channels = IMAGE_RANGE, image_channels
-    image_space = ImageSpace(image_channels, (image_channels,) + (size,) * dims if size else None)
+    image_space = ImageSpace(image_channels, (image_channels,) + (size,) * dims if size else None, dims)
     if args.get("vqvae_checkpoint"):
         vq_path = Path(args["vqvae_checkpoint"])
         vq_path = vq_path if vq_path.is_absolute() or vq_path.exists() else folder / vq_path

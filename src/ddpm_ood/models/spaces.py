@@ -34,9 +34,17 @@ class ImageSpace:
 
     channels: int
     shape: tuple[int, ...] | None = None
+    spatial_dims: int | None = None  # 2 or 3 where the size is unknown but the network's dimension is not
+
+    @property
+    def dims(self) -> int:
+        """2 for images, 3 for volumes: from the shape, else the network's dimension, else 2."""
+        return len(self.shape) - 1 if self.shape is not None else int(self.spatial_dims or 2)
 
     def describe(self) -> str:
-        return str(tuple(self.shape)) if self.shape is not None else f"({self.channels}, H, W)"
+        if self.shape is not None:
+            return str(tuple(self.shape))
+        return f"({self.channels}, H, W)" if self.dims == 2 else f"({self.channels}, D, H, W)"
 
     def mismatch(self, shape: tuple[int, ...]) -> bool:
         """Whether (C, H, W) images of ``shape`` are not what the model takes."""
@@ -46,13 +54,15 @@ class ImageSpace:
     def check(self, images: torch.Tensor, where: str, model: str) -> None:
         """A batch (N, C, H, W) of other channels or size than the model's is refused, naming it."""
         shape = tuple(images.shape[1:])
-        if len(shape) == len(self.shape or (self.channels, 0, 0)) and not self.mismatch(shape):
+        if len(shape) == self.dims + 1 and not self.mismatch(shape):
             return
         raise DataError(f"Images{where} have shape {shape}, but the model {model} takes {self.describe()}: "
                         f"{self.fix(shape)}, or use a model trained on such images.")
 
     def fix(self, shape: tuple[int, ...]) -> str:
         """What to do with images of ``shape`` that are not of this space."""
+        if len(tuple(shape)) - 1 != self.dims:
+            return f"give it {'volumes (--spatial_dimension 3)' if self.dims == 3 else '2D images'}"
         return f"convert them to {self.channels} channel(s)" if tuple(shape)[:1] != (self.channels,) else "resize them"
 
 
