@@ -205,7 +205,7 @@ def main(args: argparse.Namespace) -> dict:
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
         refuse_another_kind_of_run(run, "checkpoint")  # a first stage's folder is not a DDPM's
         record = first_stage_of(args)
-        preprocessing_of(args, record)  # before any data is read
+        preprocessing = preprocessing_of(args, record)  # checked against the first stage's before any data is read
         logger.info("loading data...")
         space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi,
                           image_size=args.image_size)
@@ -245,7 +245,7 @@ def main(args: argparse.Namespace) -> dict:
                                           ("validation", args.validation_ids, val_set))}
         init = run.find_model_file(args.init_weights) if args.init_weights else None
         summary = train(model, schedule, train_images, val_images, settings, run.dir, to_container(cfg),
-                        device, dist, init, data, first_stage, val_set.images[:4], preprocessing_of(args, record))
+                        device, dist, init, data, first_stage, val_set.images[:4], preprocessing)
     shutdown(dist)
     if dist.is_main:
         logger.info("done: %d epochs, best validation loss %.5f; files in %s", summary["epochs"],

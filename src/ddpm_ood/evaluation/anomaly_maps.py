@@ -54,9 +54,8 @@ def baseline_maps(inputs: np.ndarray, val_inputs: np.ndarray) -> np.ndarray:
     """The no-model baseline: each voxel's |z-score| against the healthy validation images there, (N, *spatial)
     (mean over channels); every map is shown beside it."""
     inputs, val_inputs = np.asarray(inputs, np.float64).mean(axis=1), np.asarray(val_inputs, np.float64).mean(axis=1)
-    mean, std = val_inputs.mean(axis=0), val_inputs.std(axis=0, ddof=1)
-    floor = STD_FLOOR * std.mean() + 1e-12
-    return np.abs(inputs - mean) / np.maximum(std, floor)
+    z, _ = zscored_maps(inputs[:, None], val_inputs[:, None])  # one "start point": the image itself
+    return np.abs(z[:, 0])
 
 
 def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by_set: dict[str, dict],

@@ -32,7 +32,8 @@ from ddpm_ood.models.loading import model_function
 from ddpm_ood.models.model_file import CheckpointError, read_model_file, save_model_file
 from ddpm_ood.models.spaces import as_eps
 from ddpm_ood.models.unet import compile_unet
-from ddpm_ood.training.loop import StepResult, TrainingRun, check_finite, fixed_setting_changes
+from ddpm_ood.training.loop import (StepResult, TrainingRun, check_finite, check_resume_preprocessing,
+                                    fixed_setting_changes)
 from ddpm_ood.training.settings import FIXED_SETTINGS, TrainSettings, data_differences
 from ddpm_ood.utils.distributed import Dist
 from ddpm_ood.utils.errors import ConfigError
@@ -362,17 +363,6 @@ class TrainLoop(TrainingRun):
             self.writer.add_image("reconstructions (input, then from t = " + ", ".join(map(str, timesteps)) + ")",
                                   grid, self.step)
         return val_loss
-
-
-def check_resume_preprocessing(run_dir: Path, state: dict, current: dict | None) -> None:
-    """A run resumes on volumes made as its own were (the data digests would differ too: this names why)."""
-    from ddpm_ood.data.loading import describe_preprocessing
-
-    stored = state.get("preprocessing")
-    if "preprocessing" in state and stored != current:
-        raise ConfigError(f"The run in {run_dir} was trained on {describe_preprocessing(stored)}; this command asks for "
-                          f"{describe_preprocessing(current)}. Resume with its --image_roi and --image_size, or start "
-                          "a new --model_name.")
 
 
 def train(model: torch.nn.Module, schedule: DDPMSchedule, train_images: torch.Tensor, val_images: torch.Tensor,

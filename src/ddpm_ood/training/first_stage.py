@@ -28,7 +28,8 @@ from ddpm_ood.data.loading import mid_slices
 from ddpm_ood.models.autoencoders import first_stage_kind
 from ddpm_ood.models.first_stage import build_autoencoder, decode_raw, encode_raw
 from ddpm_ood.models.model_file import save_first_stage_file
-from ddpm_ood.training.loop import StepResult, TrainingRun, check_finite, fixed_setting_changes
+from ddpm_ood.training.loop import (StepResult, TrainingRun, check_finite, check_resume_preprocessing,
+                                    fixed_setting_changes)
 from ddpm_ood.training.settings import AutoencoderSettings, data_differences
 from ddpm_ood.utils.distributed import Dist
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
@@ -132,8 +133,6 @@ class AutoencoderTrainer(TrainingRun):
                     group["lr"] = lr
 
     def check_resume(self, state: dict) -> None:
-        from ddpm_ood.training.ddpm import check_resume_preprocessing
-
         check_resume_preprocessing(self.files.dir, state, self.preprocessing)
         problems = []
         if (state["autoencoder"], state["network"]) != (self.kind, self.network):

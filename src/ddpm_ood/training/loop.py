@@ -151,6 +151,17 @@ def check_finite(loss: torch.Tensor, parameters, check_grads: bool, dist: Dist =
     return flags
 
 
+def check_resume_preprocessing(run_dir: Path, state: dict, current: dict | None) -> None:
+    """A run resumes on volumes made as its own were (the data digests would differ too: this names why)."""
+    from ddpm_ood.data.loading import describe_preprocessing
+
+    stored = state.get("preprocessing")
+    if "preprocessing" in state and stored != current:
+        raise ConfigError(f"The run in {run_dir} was trained on {describe_preprocessing(stored)}; this command asks for "
+                          f"{describe_preprocessing(current)}. Resume with its --image_roi and --image_size, or start "
+                          "a new --model_name.")
+
+
 def fixed_setting_changes(stored: dict | None, current: dict, keys) -> list[str]:
     """The fixed settings a resumed run would change, as 'key was -> now' (none for an old checkpoint)."""
     if stored is None:
