@@ -176,3 +176,18 @@ def test_get_datasets_converts_again_from_a_corrected_source(tmp_path, caplog):
     old = set_entries(split, None, ["a"], torch.from_numpy(first[None, None].astype(np.float32)))
     new = set_entries(split, None, ["a"], torch.from_numpy(second[None, None].astype(np.float32)))
     assert old["images_sha256"] != new["images_sha256"] and old["files_digest"] == new["files_digest"]
+
+
+def test_a_conversion_that_fails_midway_leaves_no_partial_split(tmp_path):
+    """Whatever stops a conversion (a damaged source, Ctrl-C), no half-written split folder stays behind."""
+    import numpy as np
+
+    from ddpm_ood.data.download import convert_split
+
+    def images():
+        yield np.zeros((4, 4), np.uint8)
+        raise ValueError("a damaged source")
+
+    with pytest.raises(ValueError, match="a damaged source"):
+        convert_split(tmp_path, "Broken", "train", images, 2, "test source")
+    assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("Broken_0.npy"))

@@ -141,3 +141,27 @@ def test_a_medmnist_file_without_a_split_is_refused_naming_it(tmp_path):
                  test_images=np.zeros((2, 8, 8, 8), np.uint8))
     with pytest.raises(DownloadError, match=r"organmnist3d.npz lacks val_images \(it holds test_images, train_images\)"):
         run(tmp_path / "data", "MedMNIST3D", source)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "all zero", "NaN", "too small"])
+def test_a_damaged_mni152_template_is_refused_naming_it_and_leaves_nothing_half_written(tmp_path, damage):
+    """Issue 33, case 13: a damaged template crashed the converter with a traceback and left .partial folders."""
+    from ddpm_ood.data.download import MNI152_FILES
+
+    source = tmp_path / "templates"
+    source.mkdir()
+    grid = np.stack(np.meshgrid(*[np.arange(40) - 20] * 3, indexing="ij"))
+    brain = ((grid ** 2).sum(0) < 15 ** 2).astype(np.float32)
+    for name in MNI152_FILES.values():
+        nibabel.save(nibabel.Nifti1Image(brain * 100, np.eye(4)), source / name)
+    t1 = source / MNI152_FILES["T1"]
+    if damage == "truncated":
+        t1.write_bytes(t1.read_bytes()[:200])
+    else:
+        volume = {"all zero": np.zeros((40, 40, 40), np.float32), "NaN": np.where(brain > 0, np.nan, 0).astype(np.float32),
+                  "too small": np.pad(np.ones((4, 4, 4), np.float32), 18)}[damage]
+        nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), t1)
+    with pytest.raises(DownloadError, match=f"The MNI152 template {t1} "):
+        run(tmp_path / "data", "MNI152", source)
+    assert not list((tmp_path / "data").rglob("*.partial"))
+    assert not (tmp_path / "data" / "data_splits").exists() or not list((tmp_path / "data" / "data_splits").iterdir())

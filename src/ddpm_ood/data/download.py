@@ -112,10 +112,14 @@ def convert_split(data_root: Path, name: str, split: str, load: Callable[[], Ite
         else:
             os.replace(partial, final)
     except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
         raise WriteError(
             f"Could not write {name} {split} images to {partial}: {err.strerror or err}. Free some disk space "
             "or check permissions, then re-run (finished splits are kept)."
         ) from err
+    except BaseException:  # a damaged source, Ctrl-C: no half-written split is left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     logger.info("%s %s: converted to %s", name, split, final)
     return final
 
@@ -350,6 +354,27 @@ def mni152_files(source_dir: Path | None = None) -> dict[str, Path]:
                         "--no-deps nilearn==0.14.1 (make demo3d does), or pass --source_dir MNI152=DIR with them in DIR.")
 
 
+def read_mni152_template(template: Path) -> np.ndarray:
+    """A template as float32, checked: readable whole, finite, not constant, a brain at least 16 voxels a side
+    (a damaged file is refused naming it, before any volume is written)."""
+    import nibabel
+
+    fix = "restore it (pip install --force-reinstall --no-deps nilearn==0.14.1), or pass --source_dir MNI152=DIR"
+    try:
+        volume = np.asanyarray(nibabel.load(str(template)).dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel, gzip and zlib say a damaged file in many ways
+        raise DownloadError(f"The MNI152 template {template} cannot be read ({type(err).__name__}: "
+                            f"{str(err)[:120]}); {fix}.") from None
+    if volume.ndim != 3 or not np.isfinite(volume).all() or volume.max() <= volume.min():
+        raise DownloadError(f"The MNI152 template {template} is not a 3D volume of finite, varying values (shape "
+                            f"{volume.shape}); {fix}.")
+    inside = np.argwhere(volume > 0.1 * volume.max())
+    if len(inside) == 0 or (inside.max(0) - inside.min(0) + 1).min() < 16:
+        raise DownloadError(f"The MNI152 template {template} holds no brain of at least 16 voxels a side (shape "
+                            f"{volume.shape}); {fix}.")
+    return volume
+
+
 def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: int = MNI152_SIZE, masks: bool = False):
     """``count`` uint8 size^3 volumes of a template: the brain's bounding box resampled to
     (size + 4)^3, then per volume a random size^3 crop (shifts of up to 4 voxels), a random gamma
@@ -357,10 +382,9 @@ def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: in
     in the brain, centred on the middle slice along the first axis (a synthetic anomaly where the
     figures' mid-slices show it). ``masks``: yield each lesion's mask (uint8 0/1) instead of the volume
     (the same draws: the k-th mask is the k-th volume's ball)."""
-    import nibabel
     import torch
 
-    volume = np.asanyarray(nibabel.load(str(template)).dataobj, dtype=np.float32)
+    volume = read_mni152_template(template)
     inside = np.argwhere(volume > 0.1 * volume.max())
     low, high = inside.min(0), inside.max(0) + 1
     box = torch.from_numpy(np.ascontiguousarray(volume[tuple(slice(a, b) for a, b in zip(low, high))]))
@@ -386,6 +410,8 @@ def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
     """MNI152 (in-distribution: train, val, test) and three OOD test sets: MNI152Lesion (the T1 with a
     bright ball), MNI152GM and MNI152WM (the grey and white matter maps: another contrast)."""
     files = mni152_files(source_dir)
+    for path in files.values():
+        read_mni152_template(path)  # every template checked before any split is written
     written = []
     for name, split, template, count, seed, lesion in MNI152_SETS:
         source = f"{files[template].resolve()} (seed {seed}{', lesion on the middle slice' if lesion else ''})"
