@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                                     *roi_and_size)
             model.check_images(image_set, path)
             entries = set_entries(path, first_n, image_set.filenames, image_set.images)
-            model.refuse_memorised(name, path, entries["images_sha256"])
+            model.refuse_memorised(name, path, entries["images_sha256"], image_set.images)
             for detector in (d for d in detectors if name != "fit" or d.measures_fit_set):
                 store = ResultsStore(run, detector.folder(), name, build_manifest(
                     model.manifest(run.dir), run_settings, detector.settings(), entries, args.chunk_size), args.restart)

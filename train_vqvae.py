@@ -82,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.training.first_stage import AutoencoderTrainer
     from ddpm_ood.data.loading import check_image_shape, load_images
-    from ddpm_ood.runs.layout import RunFiles, images_sha256
+    from ddpm_ood.runs.layout import RunFiles, image_digests, images_sha256
     from ddpm_ood.training.loop import refuse_another_kind_of_run
     from ddpm_ood.runs.lock import run_lock
     from ddpm_ood.utils.runtime import pick_device
@@ -108,8 +108,9 @@ def main(args: argparse.Namespace) -> dict:
     FIRST_STAGES[args.autoencoder].check_network(network, train_set.images.shape[1:])  # before the run folder exists
     check_discriminator(train_set.images.shape[1:], args.adversarial_weight)
     settings = AutoencoderSettings(**{f.name: getattr(args, f.name) for f in AutoencoderSettings.flags()})
+    # Each training image's digest is kept, so that a test set holding any of them is recognised when scored.
     data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
-                              else None)
+                              else None, image_digests(split.images) if name == "training" else None)
             for name, path, split in (("training", args.training_ids, train_set),
                                       ("validation", args.validation_ids, val_set))}
     perceptual = None

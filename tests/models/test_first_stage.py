@@ -113,7 +113,7 @@ def test_identity_includes_the_first_stage(latent_run, tmp_path):
     assert b.differs_from(a.manifest()) == "first stage, model space"
 
 
-def test_bad_first_stages_are_refused_before_any_work(latent_run, tmp_path):
+def test_bad_first_stages_are_refused_before_any_work(latent_run, tmp_path, caplog):
     out, splits = latent_run
     colour = {"train": write_split(tmp_path / "c.csv", make_images(tmp_path / "c", "c", 4, 0, shape=(32, 32))),
               "val": write_split(tmp_path / "cv.csv", make_images(tmp_path / "cv", "c", 2, 1, shape=(32, 32)))}
@@ -141,6 +141,14 @@ def test_bad_first_stages_are_refused_before_any_work(latent_run, tmp_path):
     copy = write_split(tmp_path / "Copy_test.csv", [p for p in pd.read_csv(splits["train"])["filename"]])
     with pytest.raises(UserError, match="holds exactly the images its first stage was trained on"):
         reconstruct.main(reconstruct_args(out, {**splits, "ood": copy}, "--run_val=0", "--run_in=0"))
+    # Issue 33, case 16: shuffled, and with one more image, they were scored without a word
+    trained = list(pd.read_csv(splits["train"])["filename"])
+    shuffled = write_split(tmp_path / "Shuffled_test.csv", trained[::-1] + list(pd.read_csv(splits["test"])["filename"])[:1])
+    with pytest.raises(UserError, match="24 of the 25 images of the test set .* are images its first stage was trained on"):
+        reconstruct.main(reconstruct_args(out, {**splits, "ood": shuffled}, "--run_val=0", "--run_in=0"))
+    one = write_split(tmp_path / "One_test.csv", trained[:1] + list(pd.read_csv(splits["test"])["filename"]))
+    reconstruct.main(reconstruct_args(out, {**splits, "ood": one}, "--run_val=0", "--run_in=0"))  # scored, with a word
+    assert "1 of the 7 images of" in caplog.text and "images the first stage was trained on" in caplog.text
 
 
 def test_first_stage_stopped_by_max_minutes_keeps_a_model_and_resumes_where_it_stopped(latent_run):

@@ -442,15 +442,34 @@ class LoadedModel:
                                 "would measure memorised images. Score held-out images, or train the first stage "
                                 "(train_vqvae.py) on the training split.")
 
-    def refuse_memorised(self, name: str, path, images_sha256: str) -> None:
-        """A test set holding exactly the images the first stage was trained on is refused."""
+    def refuse_memorised(self, name: str, path, images_sha256: str, images=None) -> None:
+        """A test set holding the images the first stage was trained on is refused: the very split, or (where
+        the first stage kept each training image's digest) half its images or more, in any order and with
+        others; a few are named in a warning."""
+        import logging
+
+        from ddpm_ood.runs.layout import image_digests
         from ddpm_ood.utils.errors import DataError
 
         record = self.first_stage_training()
-        if name not in ("val", "fit") and record.get("images_sha256") == images_sha256:
+        if name in ("val", "fit") or not record:
+            return
+        advice = ("its scores would measure memorised images. Score held-out images, or train the first stage on "
+                  "the training split.")
+        if record.get("images_sha256") == images_sha256:
             raise DataError(f"The test set {path} holds exactly the images its first stage was trained on "
-                            f"({record.get('split')}): its scores would measure memorised images. Score held-out "
-                            "images, or train the first stage on the training split.")
+                            f"({record.get('split')}): {advice}")
+        if images is None or not record.get("image_digests"):
+            return
+        trained = set(record["image_digests"])
+        shared = sum(digest in trained for digest in image_digests(images))
+        if shared and 2 * shared >= len(images):
+            raise DataError(f"{shared} of the {len(images)} images of the test set {path} are images its first stage "
+                            f"was trained on ({record.get('split')}): {advice}")
+        if shared:
+            logging.getLogger("ddpm_ood").warning("%d of the %d images of %s are images the first stage was trained on "
+                                                  "(%s): their scores measure memorised images.", shared, len(images),
+                                                  path, record.get("split"))
 
     def manifest(self, run_dir: Path | None = None) -> dict:
         """The model group of every results manifest: the identity (compared), its parts and where the

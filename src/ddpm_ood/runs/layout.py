@@ -185,6 +185,14 @@ def images_sha256(images) -> str:
     return digest.hexdigest()
 
 
+def image_digests(images) -> list[str]:
+    """Each image's 64-bit digest (16 hex digits) of what it shows (its noise key's first half): the same image
+    has the same digest wherever it stands, in whatever set."""
+    from ddpm_ood.diffusion.reconstruction import image_keys
+
+    return [f"{key >> 64:016x}" for first in range(0, len(images), 64) for key in image_keys(images[first:first + 64])]
+
+
 def set_entries(split: str | Path, first_n: int | None, filenames: Sequence[str], images=None) -> dict:
     """The manifest's set group: which split, how many of its images, a digest of their names and,
     given the loaded images, of their pixels (a split re-made from other files is not the same set)."""
