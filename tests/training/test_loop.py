@@ -246,3 +246,29 @@ def test_a_full_disk_while_checkpointing_keeps_both_checkpoints(scored_copy, mon
         save_checkpoint(files_, {"step": 1})
     assert (files_.checkpoint.read_bytes(), files_.previous_checkpoint.read_bytes()) == before
     assert not list((out / "m").glob(".ddpm_ood.*"))
+
+
+def test_a_full_disk_at_the_first_checkpoint_then_the_advised_rerun_trains_afresh(tmp_path, long_splits, monkeypatch,
+                                                                                  trainer):
+    """Issue 33, case 14: a full disk stopped a fresh run at its first checkpoint, after its best model was written;
+    the re-run its message advises was refused ("holds best_model.pth but no checkpoint"). A run that had a
+    checkpoint keeps its model files protected."""
+    from ddpm_ood.training import loop
+    from ddpm_ood.utils.errors import WriteError
+
+    real = loop.save_checkpoint
+
+    def full_disk(*args):
+        raise WriteError("Could not write checkpoint.pth: No space left on device. Free some disk space, then re-run.")
+
+    monkeypatch.setattr(loop, "save_checkpoint", full_disk)
+    with pytest.raises(WriteError, match="No space left"):
+        trainer.run(tmp_path, long_splits, "--eval_freq=1", epochs=2, every_steps=0)  # validated, then the disk is full
+    assert (tmp_path / "m" / "best_model.pth").exists() and not (tmp_path / "m" / "checkpoint.pth").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    summary = trainer.run(tmp_path, long_splits, "--eval_freq=1", epochs=2, every_steps=0)  # the advised re-run
+    assert summary["epochs"] == 2 and not (tmp_path / "m" / loop.FIRST_CHECKPOINT_PENDING).exists()
+    (tmp_path / "m" / "checkpoint.pth").unlink()
+    (tmp_path / "m" / "checkpoint_prev.pth").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="but no checkpoint"):  # a real run's files stay protected
+        trainer.run(tmp_path, long_splits, "--eval_freq=1", epochs=3, every_steps=0)

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_KINDS = {"checkpoint": "train.py (a DDPM)", "first_stage_checkpoint": "train_vqvae.py (a first stage)"}
 
 
+FIRST_CHECKPOINT_PENDING = ".first_checkpoint_pending"  # in a fresh run's folder until its first checkpoint
+
+
 def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of epoch ``epoch``: a permutation seeded by (seed, epoch), the same on every rank."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -249,6 +252,7 @@ class TrainingRun:
         totals = {name: self.dist.all_reduce_sum(value.detach().clone()).item() for name, value in loss_sums.items()}
         if self.dist.is_main:
             save_checkpoint(self.files, self.checkpoint_state(totals, order))
+            (self.run_dir / FIRST_CHECKPOINT_PENDING).unlink(missing_ok=True)
 
     def snapshot(self) -> None:
         """checkpoint_<epoch>.pth: a copy of the checkpoint just written, kept (ddpm-ood's ``--checkpoint_every``);
@@ -280,8 +284,15 @@ class TrainingRun:
         return load_resume_state(self.files, self.checkpoint_kind)
 
     def model_files(self) -> list[str]:
-        """The model files already in the run folder: a fresh start must not train over them."""
-        return [p.name for p in (self.files.best_model, self.files.final_model) if p.exists()]
+        """The model files already in the run folder: a fresh start must not train over them, unless a fresh
+        run wrote them before it stopped short of its first checkpoint (a full disk there: the re-run its
+        message advises starts afresh)."""
+        found = [p.name for p in (self.files.best_model, self.files.final_model) if p.exists()]
+        if found and (self.run_dir / FIRST_CHECKPOINT_PENDING).exists() and not self.files.checkpoint.exists():
+            logger.info("%s holds %s from a run stopped before its first checkpoint: training afresh.", self.run_dir,
+                        " and ".join(found))
+            return []
+        return found
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -401,6 +412,9 @@ class TrainingRun:
             if described:
                 self.writer.add_text("hparams", "| setting | value |\n| --- | --- |\n" + "\n".join(
                     f"| {k} | {v} |" for k, v in described.items()), self.step)
+        if not self.step and self.dist.is_main and not self.files.checkpoint.exists():
+            # Until its first checkpoint, the model files a fresh run writes may be trained over by a re-run.
+            (self.run_dir / FIRST_CHECKPOINT_PENDING).touch()
         self.started = time.monotonic()
         try:
             while self.epoch < settings.n_epochs:
