@@ -316,3 +316,18 @@ def test_volumes_too_small_for_the_patch_discriminator_are_refused_before_any_wo
             f"--validation_ids={splits['val']}", "--spatial_dimension=3", "--image_size=8",
             "--vqvae_num_channels=[8,8]", "--vqvae_num_res_channels=[8,8]", "--num_workers=0", "--perceptual_weight=0"]))
     assert not (tmp_path / "vq").exists()
+
+
+def test_finite_values_beyond_float32_are_named_not_called_infinite(tmp_path):
+    """Issue 33, wording: a finite 1e300 voxel was reported as "NaN or infinite" (the float32 cast made it so)."""
+    volume = np.random.default_rng(0).random((12, 12, 12))
+    volume[3, 3, 3] = 1e300
+    np.save(tmp_path / "big.npy", volume)
+    volumes = load_images(write_split(tmp_path / "s.csv", [tmp_path / "big.npy"]), True, spatial_dimension=3)
+    with pytest.raises(DataError, match="holds values up to 1e\\+300, beyond what float32 holds"):
+        volumes.images[0]  # read when indexed
+    image = np.random.default_rng(1).random((28, 28))
+    image[0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+    with pytest.raises(DataError, match="contains NaN or infinite values"):
+        load_images(write_split(tmp_path / "n.csv", [tmp_path / "nan.npy"]), True)

@@ -261,7 +261,7 @@ def load_image(path: str | Path, where: str | None = None) -> np.ndarray:
                 "pickle": "a Python pickle, which this code never loads (it could run code)",
                 "text": "a text file, not an image"}[kind]
         raise DataError(f"{where}: {path} is {what}; {fix}.")
-    array = np.asarray(array, dtype=np.float32)
+    array = as_float32(array, path, where)
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 3 and array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
@@ -301,6 +301,20 @@ def _read_picture(data: bytes, path: Path, where: str, fix: str, kind: str) -> n
         what = ("a damaged or truncated image file" if kind == "image" else
                 "not an image file this code reads (neither a .npy array nor an image Pillow opens)")
         raise DataError(f"{where}: {path} is {what}; {fix}.") from None
+
+
+def as_float32(array, path: Path, where: str) -> np.ndarray:
+    """An image's values as float32, refused naming the file when they are not finite, or finite but beyond
+    float32's range (1e300 would become infinite, and be reported as such)."""
+    array = np.asarray(array)
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        if not np.isfinite(array).all():
+            raise DataError(f"{where}: image {path} contains NaN or infinite values. Re-create the file.")
+        largest, limit = (float(np.abs(array).max()) if array.size else 0.0), float(np.finfo(np.float32).max)
+        if largest > limit:
+            raise DataError(f"{where}: image {path} holds values up to {largest:.3g}, beyond what float32 holds "
+                            f"({limit:.3g}); rescale it (its values are min-max scaled anyway).")
+    return array.astype(np.float32, copy=False)
 
 
 def minmax_scale(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
@@ -606,10 +620,10 @@ def read_volume(path: Path, where: str) -> np.ndarray:
     if is_nifti(path):
         import nibabel
 
-        array = np.asanyarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
+        array = as_float32(np.asanyarray(nibabel.load(str(path)).dataobj), path, where)
         array = array[..., 0] if array.ndim == 4 else array
     else:
-        array = np.load(path, allow_pickle=False).astype(np.float32)
+        array = as_float32(np.load(path, allow_pickle=False), path, where)
     return array[None] if array.ndim == 3 else array
 
 
