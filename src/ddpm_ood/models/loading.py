@@ -28,6 +28,7 @@ TensorBoard previews wrap the model being trained with :func:`model_function`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -40,6 +41,8 @@ from ddpm_ood.models.spaces import (IMAGE_RANGE, ImageSpace, ModelSpace, Network
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from ddpm_ood.utils.runtime import autocast, resolve_precision
 from ddpm_ood.models.unet import compile_unet
+
+logger = logging.getLogger("ddpm_ood")
 
 DEFAULT_BATCH_SIZE = 64  # images per batch of reconstruct.py and of the Python API
 
@@ -383,10 +386,7 @@ class LoadedModel:
             raise ConfigError(f"The model {self.source} was not trained as these flags say: {'; '.join(mismatches)}. "
                               "The model's own settings are used for scoring: drop the flags, or give its values.")
         if unknown:
-            import logging
-
-            logging.getLogger("ddpm_ood").warning("%s: the model %s records no such setting; not checked.",
-                                                  ", ".join(unknown), self.source)
+            logger.warning("%s: the model %s records no such setting; not checked.", ", ".join(unknown), self.source)
 
     def check_first_stage(self, given: str | None) -> None:
         """reconstruct.py's --vqvae_checkpoint (ddpm-ood's flag) must be the first stage the model holds: the
@@ -446,8 +446,6 @@ class LoadedModel:
         """A test set holding the images the first stage was trained on is refused: the very split, or (where
         the first stage kept each training image's digest) half its images or more, in any order and with
         others; a few are named in a warning."""
-        import logging
-
         from ddpm_ood.runs.layout import image_digests
         from ddpm_ood.utils.errors import DataError
 
@@ -467,9 +465,8 @@ class LoadedModel:
             raise DataError(f"{shared} of the {len(images)} images of the test set {path} are images its first stage "
                             f"was trained on ({record.get('split')}): {advice}")
         if shared:
-            logging.getLogger("ddpm_ood").warning("%d of the %d images of %s are images the first stage was trained on "
-                                                  "(%s): their scores measure memorised images.", shared, len(images),
-                                                  path, record.get("split"))
+            logger.warning("%d of the %d images of %s are images the first stage was trained on (%s): their scores "
+                           "measure memorised images.", shared, len(images), path, record.get("split"))
 
     def manifest(self, run_dir: Path | None = None) -> dict:
         """The model group of every results manifest: the identity (compared), its parts and where the
