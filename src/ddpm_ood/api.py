@@ -102,7 +102,8 @@ class OODDetector:
                                "ood_detection.py --score_ids ... --pretrained PATH).") from None
 
     def check_images(self, images: torch.Tensor, filenames=None) -> None:
-        self.model.image_space.check(images, f" ({filenames[0]})" if filenames else "", f"of {self.run.dir}")
+        self.model.image_space.check(images, f" ({filenames[0]})" if filenames else "", f"of {self.run.dir}",
+                                     self.model.info.get("preprocessing"))
 
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """The OOD score of each image (higher = more OOD), as ood_detection.py computes it. Images are
@@ -254,7 +255,8 @@ class ImageDetector:
         from ddpm_ood.data.loading import prepare_images, to_channels
 
         images = to_channels(prepare_images(images), self.model.channels)
-        self.model.image_space.check(images, "", str(self.model.source))  # as the scripts check image files
+        self.model.image_space.check(images, "", str(self.model.source),  # as the scripts check image files
+                                     self.model.info.get("preprocessing"))
         return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",
                                      self.batch_size, self.seed, progress=self.progress)
 

@@ -49,6 +49,16 @@ def test_flips_reverse_rows_or_columns():
     np.testing.assert_array_equal(apply_flip(image, "hflip"), [[[2, 1, 0], [5, 4, 3]]])
 
 
+def test_a_volume_is_flipped_slice_by_slice_its_depth_kept():
+    """Issue 33, wording: _vflip / _hflip on a volume (C, D, H, W) flipped D and H; now every slice is flipped as
+    a 2D image is (H for vflip, W for hflip), as docs/latent_and_3d.md says."""
+    volume = np.arange(24.0).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(apply_flip(volume, "vflip"), volume[:, :, ::-1, :])
+    np.testing.assert_array_equal(apply_flip(volume, "hflip"), volume[:, :, :, ::-1])
+    for d in range(2):  # each slice as its own 2D flip
+        np.testing.assert_array_equal(apply_flip(volume, "vflip")[:, d], apply_flip(volume[:, d], "vflip"))
+
+
 def test_flip_variants_are_derived_from_the_base_split(tmp_path):
     files = make_images(tmp_path / "img", "a", 2, 0)
     write_split(tmp_path / "MNIST_test.csv", files)

@@ -110,6 +110,10 @@ def bad_entry(folder, case):
     if case == "dangling":
         path.symlink_to(folder / "nowhere.npy")
         return path, f"does not exist (a link to {folder / 'nowhere.npy'}, which does not exist)"
+    if case == "link_loop":  # issue 33, wording: was called a permissions problem
+        path.symlink_to(folder / "other.npy")
+        (folder / "other.npy").symlink_to(path)
+        return path, "is a loop of symbolic links (following them comes back where they started); fix the link."
     if case == "pickle":
         np.save(path, np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
         return path, "holds Python objects, not numbers"
@@ -150,7 +154,7 @@ def bad_entry(folder, case):
     raise ValueError(case)
 
 
-CASES = ["fifo", "device", "folder", "dangling", "pickle", "raw_pickle", "npz", "gzip", "text", "truncated_png",
+CASES = ["fifo", "device", "folder", "dangling", "link_loop", "pickle", "raw_pickle", "npz", "gzip", "text", "truncated_png",
          "empty", "huge", "strings", "garbage"]
 
 

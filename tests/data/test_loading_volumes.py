@@ -278,6 +278,13 @@ def test_the_crop_and_size_are_recorded_applied_and_checked(volume_splits, tmp_p
                                                  "--no_figures"]))
     predictions, _, _ = score_files(tmp_path / "balls", splits["ood"], device="cpu")  # new 12^3 files: cropped
     assert len(predictions) == 4 and np.isfinite(predictions["score"]).all()
+    # whole 12^3 volumes as tensors: the advice is the model's crop, not "resize them" (right shape, wrong picture)
+    from ddpm_ood.api import ImageDetector
+    detector = ImageDetector(tmp_path / "balls" / "best_model.pth", detector="denoise", device="cpu")
+    with pytest.raises(DataError, match=r"make them as the model's own were \(volumes cropped to --image_roi "
+                                        r"\[10, 10, 10\], then resized to --image_size 8") as refused:
+        detector.fit_images(torch.rand(2, 1, 12, 12, 12))
+    assert "resize them" not in str(refused.value)
     with pytest.raises(UserError, match="was trained on volumes cropped to --image_roi \\[10, 10, 10\\].*asks for "
                                         "volumes cropped to --image_roi \\[11, 11, 11\\]"):
         train.main(volume_train_args(tmp_path, splits, "--image_roi=[11,11,11]", "--image_size=8", "--n_epochs=2",
@@ -331,3 +338,23 @@ def test_finite_values_beyond_float32_are_named_not_called_infinite(tmp_path):
     np.save(tmp_path / "nan.npy", image)
     with pytest.raises(DataError, match="contains NaN or infinite values"):
         load_images(write_split(tmp_path / "n.csv", [tmp_path / "nan.npy"]), True)
+
+
+def test_nifti_files_of_mixed_orientation_or_spacing_are_said(tmp_path, caplog):
+    """Issue 33, wording: volumes are read as stored (the affine is not applied); a split mixing orientations or
+    voxel spacings is said, naming an example of each, instead of being compared voxel for voxel silently."""
+    volume = np.zeros((6, 6, 6), np.float32)
+    volume[1:3] = 1
+    files = []
+    for i, affine in enumerate([np.eye(4), np.eye(4), np.diag([-1.0, 1, 1, 1]), np.diag([2.0, 2, 2, 1])]):
+        files.append(tmp_path / f"v{i}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(volume, affine), files[-1])
+    with caplog.at_level("WARNING", logger="ddpm_ood.data.loading"):
+        load_images(write_split(tmp_path / "same.csv", files[:2]), True, spatial_dimension=3)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="ddpm_ood.data.loading"):
+        load_images(write_split(tmp_path / "mixed.csv", files), True, spatial_dimension=3)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "differ in orientation: RAS (e.g." in said and "LAS (e.g." in said and "v2.nii.gz" in said
+    assert "differ in voxel spacing (mm): (1.0, 1.0, 1.0)" in said and "(2.0, 2.0, 2.0) (e.g." in said
+    assert "the affine is not applied" in said

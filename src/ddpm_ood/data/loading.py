@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import io
 import logging
 import os
@@ -87,6 +88,20 @@ class Entry:
     where: str
 
 
+def os_error_advice(err: OSError, doing: str) -> str:
+    """What an OSError met when a listed file was being ``doing`` ('read') means, and what to do: the end of a
+    message that starts with the path."""
+    if err.errno == errno.ELOOP:
+        return "is a loop of symbolic links (following them comes back where they started); fix the link."
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot be {doing} ({err.strerror}); check its permissions and its folders'."
+    if err.errno == errno.ENOTDIR:
+        return "has a part of its path that is a file, not a folder; fix the entry."
+    if err.errno == errno.ENAMETOOLONG:
+        return "has a name longer than the file system allows; fix the entry."
+    return f"cannot be {doing} ({err.strerror or err}); check the file and the disk it is on."
+
+
 def read_regular(path: Path, limit: int, where: str, what: str = "an image") -> bytes:
     """The bytes of a regular file (links followed), at most ``limit`` of them. Anything else (a
     folder, a pipe, a device, a socket) is refused without opening it, so nothing ever blocks."""
@@ -96,7 +111,7 @@ def read_regular(path: Path, limit: int, where: str, what: str = "an image") -> 
         target = f" (a link to {os.readlink(path)}, which does not exist)" if path.is_symlink() else ""
         raise DataError(f"{where}: {path} does not exist{target}. Fix the entry or restore the file.") from None
     except OSError as err:
-        raise DataError(f"{where}: cannot look at {path} ({err.strerror or err}); check its permissions.") from None
+        raise DataError(f"{where}: {path} {os_error_advice(err, 'looked at')}") from None
     if not stat.S_ISREG(info.st_mode):
         kind = KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
         raise DataError(f"{where}: {path} is {kind}, not a file; list {what} file there.")
@@ -110,7 +125,7 @@ def read_regular(path: Path, limit: int, where: str, what: str = "an image") -> 
                 raise DataError(f"{where}: {path} is not a regular file; list {what} file there.")
             data = f.read(limit + 1)
     except OSError as err:
-        raise DataError(f"{where}: cannot read {path} ({err.strerror or err}); check its permissions.") from None
+        raise DataError(f"{where}: {path} {os_error_advice(err, 'read')}") from None
     if len(data) > limit:
         raise DataError(f"{where}: {path} is more than {limit / 2**20:.0f} MiB, more than {what} of ours can need.")
     return data
@@ -328,10 +343,12 @@ def minmax_scale(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
 
 
 def apply_flip(image: np.ndarray, flip: str | None) -> np.ndarray:
+    """An image (C, H, W) or volume (C, D, H, W) flipped as a split's suffix asks: ``vflip`` reverses the rows
+    (H: upside down), ``hflip`` the columns (W: mirrored); a volume's every slice is flipped so, its depth kept."""
     if flip == "vflip":
-        return np.ascontiguousarray(image[:, ::-1, :])  # upside down: reverse rows
+        return np.ascontiguousarray(np.flip(image, axis=-2))
     if flip == "hflip":
-        return np.ascontiguousarray(image[:, :, ::-1])  # mirror: reverse columns
+        return np.ascontiguousarray(np.flip(image, axis=-1))
     return image
 
 
@@ -472,16 +489,21 @@ def describe_preprocessing(record: dict | None) -> str:
     return "volumes " + ", then ".join(steps)
 
 
-def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Path) -> None:
+def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Path,
+                      preprocessing: dict | None = None) -> None:
     """The images of a split must have the shape (C, H, W) that ``what`` (a model, the training
-    set) has; ``expected`` None means unknown (a model file from an older version): not checked."""
+    set) has; ``expected`` None means unknown (a model file from an older version): not checked.
+    ``preprocessing``: how a model's volumes were made, for the advice."""
+    from ddpm_ood.models.spaces import resize_advice
+
     if expected is None:
         return
     shape = tuple(int(d) for d in image_set.images.shape[1:])
     if shape != tuple(int(d) for d in expected):
+        advice = resize_advice(preprocessing)
         raise DataError(
             f"Images of {split} (e.g. {image_set.filenames[0]}) have shape {shape}, but {what} expects "
-            f"{tuple(int(d) for d in expected)}. Resize the images or use a model trained on this size."
+            f"{tuple(int(d) for d in expected)}. {advice[0].upper()}{advice[1:]}, or use a model trained on this size."
         )
 
 
@@ -615,6 +637,37 @@ def check_nifti_body(path: Path, image, shape, where: str) -> None:
                         f"{shape}, it holds {size}; re-create or re-download it.")
 
 
+def nifti_geometry(path: Path) -> tuple[str, tuple[float, ...]] | None:
+    """A NIfTI file's orientation (axis codes, e.g. 'RAS') and voxel spacing (mm, rounded to 0.01),
+    from its header; None for other files."""
+    if not is_nifti(path):
+        return None
+    import nibabel
+
+    image = nibabel.load(str(path))
+    codes = "".join(str(c) for c in nibabel.aff2axcodes(image.affine))
+    return codes, tuple(round(float(z), 2) for z in image.header.get_zooms()[:3])
+
+
+def warn_mixed_geometry(entries, where: str) -> None:
+    """Volumes are read as stored, voxel array by voxel array: a NIfTI file's affine (orientation) and
+    spacing are not applied. A split whose files differ in either is said, once, with an example of each,
+    as the network would compare left with right or 1 mm with 2 mm voxels without a word."""
+    seen: dict[str, dict] = {"orientation": {}, "voxel spacing (mm)": {}}
+    for entry in entries:
+        geometry = nifti_geometry(entry.path)
+        if geometry is not None:
+            seen["orientation"].setdefault(geometry[0], entry.path)
+            seen["voxel spacing (mm)"].setdefault(geometry[1], entry.path)
+    for what, examples in seen.items():
+        if len(examples) > 1:
+            listed = "; ".join(f"{value} (e.g. {path})" for value, path in list(examples.items())[:3])
+            logger.warning("The NIfTI files of %s differ in %s: %s. Volumes are read as stored (the affine is not "
+                           "applied: no reorientation, no resampling), so they would be compared voxel for voxel; "
+                           "bring them to one orientation and spacing first (e.g. nibabel.as_closest_canonical, "
+                           "fslreorient2std, or MONAI's Orientation and Spacing transforms).", where, what, listed)
+
+
 def read_volume(path: Path, where: str) -> np.ndarray:
     """One volume as float32 (C, D, H, W), unscaled."""
     if is_nifti(path):
@@ -732,6 +785,7 @@ def load_volumes(path: str | Path, is_grayscale: bool, first_n: int | None = Non
             raise DataError(f"{entry.where}: volume {entry.path} has shape {shape}, but {first[0].path} has "
                             f"{first[1]}; all volumes of a split must have one shape (or pass --image_size to resize "
                             "them all).")
+    warn_mixed_geometry(entries, str(spec.csv_path))
     shape = cropped_shape(first[1], image_roi, image_size)
     logger.info("Found %d volumes of shape %s in %s (read as needed)", len(entries), shape, spec.csv_path)
     return ImageSet(LazyVolumes(entries, shape, image_roi, image_size, spec.flip), [str(e.path) for e in entries],

@@ -180,6 +180,6 @@ def check_images_for(record: dict, shape, where: str, first_stage: str) -> None:
     expected = tuple(int(d) for d in record["image_shape"])
     shape = tuple(int(d) for d in shape)
     if shape != expected:
+        fix = ImageSpace(expected[0], expected).fix(shape, record.get("preprocessing"))
         raise ConfigError(f"The images of {where} have shape {shape}, but the first stage {first_stage} was trained "
-                          f"on {expected}: {ImageSpace(expected[0], expected).fix(shape)}, or train a first stage on "
-                          "such images (train_vqvae.py).")
+                          f"on {expected}: {fix}, or train a first stage on such images (train_vqvae.py).")

@@ -512,7 +512,7 @@ class LoadedModel:
         what = f"the model {self.source}"
         if self.info.get("preprocessing") is not None:
             what += f" (trained on {describe_preprocessing(self.info['preprocessing'])})"
-        check_image_shape(image_set, self.image_space.shape, what, split)
+        check_image_shape(image_set, self.image_space.shape, what, split, self.info.get("preprocessing"))
 
     def preprocessing(self, image_roi=None, image_size: int | None = None) -> tuple:
         """The (--image_roi, --image_size) to read volumes with: the model's own, as its training recorded them

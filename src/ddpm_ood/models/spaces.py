@@ -51,19 +51,35 @@ class ImageSpace:
         shape = tuple(int(d) for d in shape)
         return shape[:1] != (self.channels,) or (self.shape is not None and shape != tuple(self.shape))
 
-    def check(self, images: torch.Tensor, where: str, model: str) -> None:
-        """A batch (N, C, H, W) of other channels or size than the model's is refused, naming it."""
+    def check(self, images: torch.Tensor, where: str, model: str, preprocessing: dict | None = None) -> None:
+        """A batch (N, C, H, W) of other channels or size than the model's is refused, naming it (and, for
+        volumes, how the model's own were made: ``preprocessing``, as its file records it)."""
         shape = tuple(images.shape[1:])
         if len(shape) == self.dims + 1 and not self.mismatch(shape):
             return
         raise DataError(f"Images{where} have shape {shape}, but the model {model} takes {self.describe()}: "
-                        f"{self.fix(shape)}, or use a model trained on such images.")
+                        f"{self.fix(shape, preprocessing)}, or use a model trained on such images.")
 
-    def fix(self, shape: tuple[int, ...]) -> str:
-        """What to do with images of ``shape`` that are not of this space."""
+    def fix(self, shape: tuple[int, ...], preprocessing: dict | None = None) -> str:
+        """What to do with images of ``shape`` that are not of this space: for volumes of a model trained on
+        crops, make them as its own were (resizing a whole volume would give the right shape and the wrong
+        picture)."""
         if len(tuple(shape)) - 1 != self.dims:
             return f"give it {'volumes (--spatial_dimension 3)' if self.dims == 3 else '2D images'}"
-        return f"convert them to {self.channels} channel(s)" if tuple(shape)[:1] != (self.channels,) else "resize them"
+        if tuple(shape)[:1] != (self.channels,):
+            return f"convert them to {self.channels} channel(s)"
+        return resize_advice(preprocessing)
+
+
+def resize_advice(preprocessing: dict | None) -> str:
+    """How to bring images of another size to a model's: resize them, or, for a model whose volumes were cropped
+    and resized (``preprocessing``, as its file records it), make them the same way."""
+    if not preprocessing or not (preprocessing.get("image_roi") or preprocessing.get("image_size")):
+        return "resize them"
+    from ddpm_ood.data.loading import describe_preprocessing
+
+    return (f"make them as the model's own were ({describe_preprocessing(preprocessing)}; volume files given to "
+            "reconstruct.py, --score_ids or OODDetector.score_files are made so for you)")
 
 
 @runtime_checkable
