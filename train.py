@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.cli import diffusion_overrides
     from ddpm_ood.models.config import (b_scale, build_schedule, build_unet, check_channels, check_config,
                                         default_config_file, load_config, to_container)
-    from ddpm_ood.data.loading import check_image_shape, load_images
+    from ddpm_ood.data.loading import check_image_shape, check_not_constant, load_images
     from ddpm_ood.utils.errors import ConfigError
     from ddpm_ood.utils.files import write_text_atomic
     from ddpm_ood.utils.distributed import init_distributed, shutdown
@@ -215,6 +215,7 @@ def main(args: argparse.Namespace) -> dict:
                               progress=dist.is_main, **space_args)
         check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}",
                           args.validation_ids)
+        check_not_constant(train_set, args.training_ids)
         train_images, val_images, first_stage = train_set.images, val_set.images, None
         if args.vqvae_checkpoint is not None:
             first_stage, train_images, val_images = latents_of(args, record, train_set, val_set, device, dist)

@@ -76,6 +76,8 @@ def _ranged(convert: Callable[[str], float], is_valid: Callable[[float], bool], 
 positive_int = _ranged(_integer, lambda n: n >= 1, "a positive integer")
 non_negative_int = _ranged(_integer, lambda n: n >= 0, "a non-negative integer")
 map_count = _ranged(_integer, lambda n: n == 0 or n >= 2, "0 (no maps) or at least 2 images (the maps are z-scored on the validation set's)")
+volume_side = _ranged(_integer, lambda n: n >= 2, "a side of at least 2 voxels (a 1-voxel volume is one value, "
+                      "which per-volume scaling makes 0 for every scan)")
 positive_float = _ranged(_number, lambda x: x > 0, "a number above 0")
 non_negative_float = _ranged(_number, lambda x: x >= 0, "a number of at least 0")
 unit_fraction = _ranged(_number, lambda x: 0 < x < 1, "a fraction strictly between 0 and 1")
@@ -207,7 +209,7 @@ def add_space_flags(parser: argparse.ArgumentParser, spatial_default: int | None
                              "CSVs, read from disk as needed). A model file's own dimension wins in reconstruct.py.")
     parser.add_argument("--image_roi", type=roi, default=None, metavar="[D,H,W]",
                         help="Volumes: crop this centre region first. Default: the whole volume.")
-    parser.add_argument("--image_size", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--image_size", type=volume_side, default=None, metavar="N",
                         help="Volumes: resize to N x N x N (trilinear) after any crop. Default: as stored.")
     parser.add_argument("--cache_data", type=binary_int, default=None, metavar="0/1",
                         help="ddpm-ood's flag, accepted and changing nothing: here images are always held in memory "

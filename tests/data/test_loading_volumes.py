@@ -358,3 +358,35 @@ def test_nifti_files_of_mixed_orientation_or_spacing_are_said(tmp_path, caplog):
     assert "differ in orientation: RAS (e.g." in said and "LAS (e.g." in said and "v2.nii.gz" in said
     assert "differ in voxel spacing (mm): (1.0, 1.0, 1.0)" in said and "(2.0, 2.0, 2.0) (e.g." in said
     assert "the affine is not applied" in said
+
+
+def test_a_training_set_of_constant_volumes_is_refused_and_image_size_1_by_the_parser(volume_splits, tmp_path,
+                                                                                        caplog):
+    """Issue 33, wording: constant volumes (all 0 once scaled) trained silently, and --image_size 1 made a 1-voxel
+    model that printed AUROC 50. Now all-constant training sets are refused before any folder exists, a few
+    constant ones are named in a warning, and the parser refuses --image_size 1."""
+    import train_vqvae
+
+    _, splits = volume_splits
+    blank = []
+    for i in range(3):
+        blank.append(tmp_path / "blank" / f"z{i}.npy")
+        blank[-1].parent.mkdir(exist_ok=True)
+        np.save(blank[-1], np.full((12, 12, 12), 7, np.uint8))
+    constant = write_split(tmp_path / "Blank_train.csv", blank)
+    for run in (lambda: train.main(train.parse_args(volume_train_flags(tmp_path, {**splits, "train": constant}))),
+                lambda: train_vqvae.main(train_vqvae.parse_args([
+                    f"--output_dir={tmp_path}", "--model_name=balls", f"--training_ids={constant}",
+                    f"--validation_ids={splits['val']}", "--spatial_dimension=3", "--num_workers=0"]))):
+        with pytest.raises(DataError, match=r"Every image of .*Blank_train.csv is one value everywhere once read "
+                                            r"\(e.g. .*z0.npy\).*learns nothing"):
+            run()
+        assert not (tmp_path / "balls").exists()
+    some = write_split(tmp_path / "Some_train.csv", list(pd.read_csv(splits["train"])["filename"])[:4] + blank[:1])
+    from ddpm_ood.data.loading import check_not_constant
+    with caplog.at_level("WARNING", logger="ddpm_ood.data.loading"):
+        check_not_constant(load_images(some, True, spatial_dimension=3), some)
+    assert "1 of the 5 images of" in caplog.text and "z0.npy" in caplog.text
+    with pytest.raises(SystemExit):
+        train.parse_args(volume_train_flags(tmp_path, splits, "--image_size=1"))
+    assert train.parse_args(volume_train_flags(tmp_path, splits, "--image_size=2")).image_size == 2

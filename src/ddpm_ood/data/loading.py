@@ -489,13 +489,20 @@ def describe_preprocessing(record: dict | None) -> str:
     return "volumes " + ", then ".join(steps)
 
 
+def resize_advice(preprocessing: dict | None) -> str:
+    """How to bring images of another size to a model's: resize them, or, for a model whose volumes were cropped
+    and resized (``preprocessing``, as its file records it), make them the same way."""
+    if not preprocessing or not (preprocessing.get("image_roi") or preprocessing.get("image_size")):
+        return "resize them"
+    return (f"make them as the model's own were ({describe_preprocessing(preprocessing)}; volume files given to "
+            "reconstruct.py, --score_ids or OODDetector.score_files are made so for you)")
+
+
 def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Path,
                       preprocessing: dict | None = None) -> None:
     """The images of a split must have the shape (C, H, W) that ``what`` (a model, the training
     set) has; ``expected`` None means unknown (a model file from an older version): not checked.
     ``preprocessing``: how a model's volumes were made, for the advice."""
-    from ddpm_ood.models.spaces import resize_advice
-
     if expected is None:
         return
     shape = tuple(int(d) for d in image_set.images.shape[1:])
@@ -505,6 +512,29 @@ def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Pat
             f"Images of {split} (e.g. {image_set.filenames[0]}) have shape {shape}, but {what} expects "
             f"{tuple(int(d) for d in expected)}. {advice[0].upper()}{advice[1:]}, or use a model trained on this size."
         )
+
+
+def check_not_constant(image_set: ImageSet, split: str | Path) -> None:
+    """A training set must show something: images that are one value everywhere once made (a constant scan, a
+    1-voxel --image_size, an empty mask file listed as a scan) all become 0 and teach the model nothing. All of
+    them is refused; a few are named in a warning."""
+    images, constant = image_set.images, []
+    for first in range(0, len(images), 16):  # in pieces: volumes are read from disk as they go
+        batch = images[first:first + 16].flatten(1)
+        spread = batch.amax(dim=1) - batch.amin(dim=1)
+        constant += [first + int(i) for i in torch.nonzero(spread == 0).flatten()]
+    if not constant:
+        return
+    example = image_set.filenames[constant[0]]
+    if len(constant) == len(images):
+        made = f", {describe_preprocessing(preprocessing_record(3, *image_set.preprocessing))}" \
+            if any(image_set.preprocessing) else ""
+        raise DataError(f"Every image of {split} is one value everywhere once read (e.g. {example}{made}): per-image "
+                        "scaling makes each all 0, and a model trained on them learns nothing. List the real images "
+                        "(not masks or blank files), or a larger --image_size.")
+    logger.warning("%d of the %d images of %s are one value everywhere once read (e.g. %s): each becomes all 0; "
+                   "remove them if they are not real images (blank files, masks listed as images).",
+                   len(constant), len(images), split, example)
 
 
 def one_image(image) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Mapping, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ddpm_ood.data.loading import resize_advice
 from ddpm_ood.diffusion.ddpm import PREDICTION_NAMES, DDPMSchedule, eps_from_prediction
 from ddpm_ood.utils.errors import DataError
 
@@ -69,17 +70,6 @@ class ImageSpace:
         if tuple(shape)[:1] != (self.channels,):
             return f"convert them to {self.channels} channel(s)"
         return resize_advice(preprocessing)
-
-
-def resize_advice(preprocessing: dict | None) -> str:
-    """How to bring images of another size to a model's: resize them, or, for a model whose volumes were cropped
-    and resized (``preprocessing``, as its file records it), make them the same way."""
-    if not preprocessing or not (preprocessing.get("image_roi") or preprocessing.get("image_size")):
-        return "resize them"
-    from ddpm_ood.data.loading import describe_preprocessing
-
-    return (f"make them as the model's own were ({describe_preprocessing(preprocessing)}; volume files given to "
-            "reconstruct.py, --score_ids or OODDetector.score_files are made so for you)")
 
 
 @runtime_checkable
