@@ -144,6 +144,25 @@ def test_several_noise_draws_average_the_metrics_of_each_draw(tiny_model):
 
 
 @pytest.mark.slow
+def test_the_maps_of_several_noise_draws_average_every_draw_as_the_scores_do(tiny_model):
+    """Issue 33, wording: with --noise_draws K the maps used draw 0 alone. Now each map, averaged over its pixels,
+    is the MSE its scores hold: the same draws, averaged alike."""
+    from ddpm_ood.diffusion.reconstruction import reconstruction_examples
+    from ddpm_ood.evaluation.anomaly_maps import error_maps
+
+    model, schedule = tiny_model
+    sampler, starts, images, _ = reconstruction_case(schedule, 10, 3, 3, 6)
+    mse = measure_split(model, schedule, sampler, images, ["a", "b", "c"], "val", starts, 3, 0, torch.device("cpu"),
+                        progress=False, draws=2)["mse"].to_numpy().reshape(3, len(starts))
+    examples = reconstruction_examples(model, schedule, sampler, images, starts, 0, torch.device("cpu"), draws=2)
+    assert examples["more_reconstructions"].shape == (3, 1, len(starts), 1, 28, 28)
+    np.testing.assert_allclose(error_maps(examples).mean(axis=(2, 3)), mse, rtol=1e-4)
+    one = reconstruction_examples(model, schedule, sampler, images, starts, 0, torch.device("cpu"))
+    np.testing.assert_array_equal(one["reconstructions"], examples["reconstructions"])  # draw 0: the figures'
+    assert "more_reconstructions" not in one
+
+
+@pytest.mark.slow
 def test_measure_split_is_independent_of_batch_size_and_implementation(tiny_model):
     model, schedule = tiny_model
     sampler = PLMSSampler(schedule)

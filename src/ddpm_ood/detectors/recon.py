@@ -183,7 +183,7 @@ class ReconDetector(Detector):
 
         self.bind(model.schedule)
         return reconstruction_examples(model.model_fn, model.schedule, self._sampler, images, self.start_indices,
-                                       seed, model.device, model.space, self.noise)
+                                       seed, model.device, model.space, self.noise, self.noise_draws)
 
     # --- scoring -----------------------------------------------------------------------------
 

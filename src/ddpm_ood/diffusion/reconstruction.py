@@ -209,13 +209,22 @@ def to_image(x: torch.Tensor, space) -> torch.Tensor:
 @torch.no_grad()
 def reconstruction_examples(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, images: torch.Tensor,
                             start_indices: Sequence[int], seed: int, device: torch.device,
-                            space=None, noise: str = NOISE) -> dict[str, np.ndarray]:
+                            space=None, noise: str = NOISE, draws: int = 1) -> dict[str, np.ndarray]:
     """The first images of a set and their reconstructions from every start point, exactly as
     the results were made (the same seeded noise): ``inputs`` (N, C, H, W), ``reconstructions``
-    (N, K, C, H, W) clamped to [0, 1], ``t`` (K,)."""
+    (N, K, C, H, W) clamped to [0, 1], ``t`` (K,). With ``draws`` above 1 (--noise_draws), the
+    further draws' as ``more_reconstructions`` (N, draws - 1, K, C, H, W): the maps average every
+    draw, as the scores do; ``reconstructions`` stays draw 0's (the figures show it)."""
     timesteps = [int(sampler.grid[j]) for j in start_indices]
     x0 = images.to(device)
     x = to_model(x0, space)
-    eps = start_noise(x.shape[1:], seed, image_keys(images, noise), timesteps, kind=schedule.noise)
-    recon = to_image(reconstruct_fused(model, schedule, sampler, x, start_indices, eps), space).clamp(0, 1)
-    return {"inputs": x0.cpu().numpy(), "reconstructions": recon.cpu().numpy(), "t": np.asarray(timesteps)}
+    keys = image_keys(images, noise)
+    recons = []
+    for draw in range(draws):
+        eps = start_noise(x.shape[1:], seed, keys, timesteps, draw, kind=schedule.noise)
+        recons.append(to_image(reconstruct_fused(model, schedule, sampler, x, start_indices, eps), space)
+                      .clamp(0, 1).cpu().numpy())
+    examples = {"inputs": x0.cpu().numpy(), "reconstructions": recons[0], "t": np.asarray(timesteps)}
+    if draws > 1:
+        examples["more_reconstructions"] = np.stack(recons[1:], axis=1)
+    return examples

@@ -21,10 +21,19 @@ import numpy as np
 STD_FLOOR = 0.01  # of the mean validation standard deviation
 
 
+def every_draw(examples: dict) -> np.ndarray:
+    """(N, D, K, C, *spatial): the reconstructions of every noise draw (D = 1 unless --noise_draws)."""
+    recons = np.asarray(examples["reconstructions"], np.float64)[:, None]
+    if "more_reconstructions" in examples:
+        recons = np.concatenate([recons, np.asarray(examples["more_reconstructions"], np.float64)], axis=1)
+    return recons
+
+
 def error_maps(examples: dict) -> np.ndarray:
-    """(N, K, *spatial): squared error per pixel of each start's reconstruction, mean over channels."""
-    inputs, recons = np.asarray(examples["inputs"], np.float64), np.asarray(examples["reconstructions"], np.float64)
-    return ((recons - inputs[:, None]) ** 2).mean(axis=2)
+    """(N, K, *spatial): squared error per pixel of each start's reconstruction, mean over channels and over
+    the noise draws (as the scores average their MSE over --noise_draws)."""
+    inputs = np.asarray(examples["inputs"], np.float64)
+    return ((every_draw(examples) - inputs[:, None, None]) ** 2).mean(axis=(1, 3))
 
 
 def zscored_maps(maps: np.ndarray, val_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,9 +54,9 @@ def zscored_maps(maps: np.ndarray, val_maps: np.ndarray) -> tuple[np.ndarray, np
 # --- the maps measured against ground truth (split CSVs with a ``mask`` column) --------------------------
 
 def residual_maps(examples: dict) -> np.ndarray:
-    """(N, *spatial): the field's residual, |x - x_hat| averaged over channels and start points."""
-    inputs, recons = np.asarray(examples["inputs"], np.float64), np.asarray(examples["reconstructions"], np.float64)
-    return np.abs(recons - inputs[:, None]).mean(axis=(1, 2))
+    """(N, *spatial): the field's residual, |x - x_hat| averaged over channels, start points and noise draws."""
+    inputs = np.asarray(examples["inputs"], np.float64)
+    return np.abs(every_draw(examples) - inputs[:, None, None]).mean(axis=(1, 2, 3))
 
 
 def baseline_maps(inputs: np.ndarray, val_inputs: np.ndarray) -> np.ndarray:

@@ -72,13 +72,15 @@ class ResultsStore:
         later run asking for the same keeps them."""
         from ddpm_ood.utils.files import save_npz_atomic
 
-        if not n or not self.final.exists() or self.extras().get("examples") == {"file": path.name, "n": n}:
+        draws = int(self.settings.get("noise_draws", 1))  # examples of every draw: the maps average them
+        record = {"file": path.name, "n": n, **({"draws": draws} if draws > 1 else {})}
+        if not n or not self.final.exists() or self.extras().get("examples") == record:
             return
         arrays = make(n)
         if arrays is not None:
             arrays = {**arrays, **(extra(n) if extra is not None else {})}
             save_npz_atomic(path, filenames=np.asarray(filenames[:n]), **arrays)
-            self.record_extras({"examples": {"file": path.name, "n": n}})
+            self.record_extras({"examples": record})
 
     def is_complete(self) -> bool:
         """True if the results file exists and was made with these settings; raises if with others."""
