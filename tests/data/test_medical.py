@@ -47,6 +47,22 @@ def test_mednist_one_split_per_class_from_its_extracted_folder(tmp_path):
         pd.read_csv(tmp_path / "data2" / "data_splits" / "Hand_val.csv")["filename"].tolist()
 
 
+def test_mednist_splits_left_empty_are_said_not_written(tmp_path, caplog):
+    """Issue 33, wording: a class too small for the 10% / 10% split got empty split CSVs, silently."""
+    source = tmp_path / "src" / "MedNIST"
+    for cls, n in (("Hand", 20), ("HeadCT", 1), ("Empty", 0)):
+        (source / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((64, 64), 9 * i, np.uint8)).save(source / cls / f"{i:06d}.jpeg")
+    with caplog.at_level("WARNING", logger="ddpm_ood.data.medical"):
+        written = run(tmp_path / "data", "MedNIST", tmp_path / "src")
+    assert all(len(pd.read_csv(p)) for p in written)  # no empty split file
+    assert {p.name for p in written} >= {"Hand_train.csv", "Hand_val.csv", "Hand_test.csv"}
+    assert not (tmp_path / "data" / "data_splits" / "Empty_train.csv").exists()
+    assert "Empty_train" in caplog.text and "got no images and were not written" in caplog.text
+    assert "HeadCT 1" in caplog.text and "Empty 0" in caplog.text
+
+
 def test_medmnist3d_from_its_npz_files(tmp_path):
     from ddpm_ood.data.medical import MEDMNIST3D_FLAGS
 

@@ -66,11 +66,22 @@ def prepare_mednist(data_root: Path, source_dir: Path | None) -> list[Path]:
     np.random.RandomState(0).shuffle(order)  # MedNISTDataset(seed=0)'s shuffle
     n_val, n_test = (int(len(files) * frac) for frac in MEDNIST_FRACTIONS)
     sections = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
-    written = []
+    written, empty = [], []
     for cls in classes:
         for split, rows in sections.items():
             chosen = [files[i][1] for i in sorted(rows) if files[i][0] == cls.name]
+            if not chosen:  # an empty split file would only fail later, far from here
+                empty.append(f"{cls.name}_{split}")
+                (data_root / "data_splits" / f"{cls.name}_{split}.csv").unlink(missing_ok=True)  # an older one
+                continue
             written.append(write_split_csv(data_root, f"{cls.name}_{split}", chosen))
+    if empty:
+        counts = ", ".join(f"{c.name} {sum(1 for name, _ in files if name == c.name)}" for c in classes)
+        logger.warning("MedNIST: %s got no images and were not written (images per class: %s; the split takes "
+                       "10%% for validation and 10%% for test, as MONAI's MedNISTDataset): give those classes more "
+                       "images.", ", ".join(empty), counts)
+    if not written:
+        raise DownloadError(f"{folder} holds no MedNIST images (*.jpeg in one folder per class).")
     return written
 
 
