@@ -290,7 +290,9 @@ def test_the_api_prepares_images_as_the_loader_does_or_says_why_not(scored_tiny,
     np.testing.assert_allclose(detector.score(images.clone().requires_grad_()), reference, rtol=1e-6)
     broken = images.clone()
     broken[2, 0, 3, 3] = float("nan")
-    for bad, match in ((broken, "image 2 of the batch contains NaN"), (images[:0], "empty"),
+    for bad, match in ((broken, r"Image 2 of the batch contains NaN or infinite values: replace them \(e.g. "
+                                r"torch.nan_to_num\) or leave the image out"),  # not "re-create the file"
+                       (torch.full((1, 1, 28, 28), 1e300, dtype=torch.float64), "holds values up to 1e"), (images[:0], "empty"),
                        ([], "empty"), (images[0], r"shape \(N, C, H, W\)"), ("x", "not str")):
         with pytest.raises(DataError, match=match):
             detector.score(bad)

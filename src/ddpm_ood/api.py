@@ -110,7 +110,7 @@ class OODDetector:
         prepared as the split loader prepares image files (each min-max scaled to [0, 1])."""
         from ddpm_ood.data.loading import prepare_images, to_channels
 
-        images = to_channels(prepare_images(images, filenames), self.model.channels)
+        images = to_channels(prepare_images(images, filenames, self.model.image_space.dims), self.model.channels)
         self.check_images(images, filenames)
         filenames = filenames or [f"image_{i}" for i in range(len(images))]
         scores = {}
@@ -254,7 +254,7 @@ class ImageDetector:
     def _measure(self, images: torch.Tensor) -> pd.DataFrame:
         from ddpm_ood.data.loading import prepare_images, to_channels
 
-        images = to_channels(prepare_images(images), self.model.channels)
+        images = to_channels(prepare_images(images, dims=self.model.image_space.dims), self.model.channels)
         self.model.image_space.check(images, "", str(self.model.source),  # as the scripts check image files
                                      self.model.info.get("preprocessing"))
         return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",

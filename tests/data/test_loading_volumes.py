@@ -285,6 +285,13 @@ def test_the_crop_and_size_are_recorded_applied_and_checked(volume_splits, tmp_p
                                         r"\[10, 10, 10\], then resized to --image_size 8") as refused:
         detector.fit_images(torch.rand(2, 1, 12, 12, 12))
     assert "resize them" not in str(refused.value)
+    # a list of grayscale (D, H, W) volumes is read as volumes, not as (C, H, W) images; (N, D, H, W) is refused
+    volumes = torch.rand(3, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    detector.fit_images(volumes)
+    np.testing.assert_allclose(detector.predict(list(volumes[:, 0].numpy())), detector.predict(volumes), rtol=1e-6)
+    with pytest.raises(DataError, match=r"takes a batch of shape \(N, C, D, H, W\), got shape \(3, 8, 8, 8\): for "
+                                        r"grayscale volumes \(N, D, H, W\) add their channel"):
+        detector.predict(volumes[:, 0])
     with pytest.raises(UserError, match="was trained on volumes cropped to --image_roi \\[10, 10, 10\\].*asks for "
                                         "volumes cropped to --image_roi \\[11, 11, 11\\]"):
         train.main(volume_train_args(tmp_path, splits, "--image_roi=[11,11,11]", "--image_size=8", "--n_epochs=2",

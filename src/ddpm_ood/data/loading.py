@@ -318,13 +318,14 @@ def _read_picture(data: bytes, path: Path, where: str, fix: str, kind: str) -> n
         raise DataError(f"{where}: {path} is {what}; {fix}.") from None
 
 
-def as_float32(array, path: Path, where: str) -> np.ndarray:
-    """An image's values as float32, refused naming the file when they are not finite, or finite but beyond
-    float32's range (1e300 would become infinite, and be reported as such)."""
+def as_float32(array, path: Path | str, where: str, fix: str = "Re-create the file.") -> np.ndarray:
+    """An image's values as float32, refused naming the file (or the image of a batch: ``fix`` then says what to
+    do with a tensor) when they are not finite, or finite but beyond float32's range (1e300 would become
+    infinite, and be reported as such)."""
     array = np.asarray(array)
     if array.dtype.kind == "f" and array.dtype.itemsize > 4:
         if not np.isfinite(array).all():
-            raise DataError(f"{where}: image {path} contains NaN or infinite values. Re-create the file.")
+            raise DataError(f"{where}: image {path} contains NaN or infinite values. {fix[0].upper()}{fix[1:]}")
         largest, limit = (float(np.abs(array).max()) if array.size else 0.0), float(np.finfo(np.float32).max)
         if largest > limit:
             raise DataError(f"{where}: image {path} holds values up to {largest:.3g}, beyond what float32 holds "
@@ -332,10 +333,11 @@ def as_float32(array, path: Path, where: str) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def minmax_scale(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
-    """Scale one image to [0, 1]; a constant image (no range) becomes all zeros."""
+def minmax_scale(image: np.ndarray, source: str | Path = "image", fix: str = "re-create the file.") -> np.ndarray:
+    """Scale one image to [0, 1]; a constant image (no range) becomes all zeros. ``fix``: what to do with
+    NaN or infinite values (a file is re-created; a tensor's values replaced)."""
     if not np.isfinite(image).all():
-        raise DataError(f"Image {source} contains NaN or infinite values. Re-create the file.")
+        raise DataError(f"Image {source} contains NaN or infinite values: {fix}")
     low, high = image.min(), image.max()
     if high == low:
         return np.zeros_like(image)
@@ -537,14 +539,17 @@ def check_not_constant(image_set: ImageSet, split: str | Path) -> None:
                    len(constant), len(images), split, example)
 
 
-def one_image(image) -> np.ndarray:
+def one_image(image, dims: int = 2) -> np.ndarray:
     """One image of a list, as the split loader reads a file: a PIL image (converted to gray or
-    RGB), or an array or tensor of shape (H, W), (C, H, W) or (H, W, C) -> (C, H, W)."""
+    RGB), or an array or tensor of shape (H, W), (C, H, W) or (H, W, C) -> (C, H, W); for a model
+    of volumes (``dims`` 3), (D, H, W) or (C, D, H, W) -> (C, D, H, W)."""
     if isinstance(image, Image.Image):
         array = np.asarray(image) if image.mode in ("I", "I;16", "F") else \
             np.asarray(image.convert("L" if image.mode in ("1", "L", "LA") else "RGB"))
     else:
         array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    if dims == 3:
+        return array[None] if array.ndim == 3 else array  # a grayscale volume, or one with its channels
     if array.ndim == 2:
         return array[None]
     if array.ndim == 3 and array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
@@ -560,17 +565,18 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images
 
 
-def prepare_images(images, filenames=None) -> torch.Tensor:
+def prepare_images(images, filenames=None, dims: int = 2) -> torch.Tensor:
     """Images given from Python as the split loader makes them from files: an (N, C, H, W) float32
     tensor, each image min-max scaled to [0, 1] on its own (so uint8 0..255, [0, 0.8] or float64
     images score as their files would). Takes a tensor (detached; on any device), a numpy array
-    or a list of same-shaped images; refuses an empty batch, another rank, NaN or infinite pixels
-    and a ``filenames`` list of another length, saying which."""
+    or a list of same-shaped images (for a model of volumes, ``dims`` 3: (N, C, D, H, W), or a list
+    of (D, H, W) or (C, D, H, W) volumes); refuses an empty batch, another rank, NaN, infinite or
+    beyond-float32 values and a ``filenames`` list of another length, saying which."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise DataError("The batch is empty: pass at least one image.")
         try:
-            images = np.stack([one_image(i) for i in images])
+            images = np.stack([one_image(i, dims) for i in images])
         except ValueError as err:
             raise DataError(f"The images of the list differ in shape ({err}); pass images of one size.") from None
     if isinstance(images, np.ndarray):
@@ -579,6 +585,9 @@ def prepare_images(images, filenames=None) -> torch.Tensor:
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise DataError(f"Images must be a torch tensor, a numpy array or a list of them, not {type(images).__name__}.")
+    if dims == 3 and images.dim() == 4:
+        raise DataError(f"A model of volumes takes a batch of shape (N, C, D, H, W), got shape {tuple(images.shape)}: "
+                        "for grayscale volumes (N, D, H, W) add their channel (images[:, None]).")
     if images.dim() not in (4, 5):
         raise DataError(f"Images must be a batch of shape (N, C, H, W), or (N, C, D, H, W) of volumes, got shape "
                         f"{tuple(images.shape)} (for one image use images[None]).")
@@ -586,9 +595,11 @@ def prepare_images(images, filenames=None) -> torch.Tensor:
         raise DataError("The batch is empty: pass at least one image.")
     if filenames is not None and len(filenames) != len(images):
         raise DataError(f"{len(filenames)} filenames for {len(images)} images: pass one name per image.")
-    pixels = images.detach().to("cpu", torch.float32).numpy()
-    names = filenames or [f"image {i} of the batch" for i in range(len(images))]
-    return torch.from_numpy(np.stack([minmax_scale(image, name) for image, name in zip(pixels, names)]))
+    names = filenames or [f"{i} of the batch" for i in range(len(images))]
+    fix = "replace them (e.g. torch.nan_to_num) or leave the image out."
+    pixels = [as_float32(image, name, "the images given", fix) for image, name in
+              zip(images.detach().cpu().numpy(), names)]
+    return torch.from_numpy(np.stack([minmax_scale(image, name, fix) for image, name in zip(pixels, names)]))
 
 
 # --- volumes (--spatial_dimension 3) ----------------------------------------------------------------
