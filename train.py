@@ -92,6 +92,23 @@ def check_same_config(run, cfg) -> None:
             "--config_diffusion_file and overrides to resume, or a new --model_name for a new run.")
 
 
+def check_same_space(run, args) -> None:
+    """A trained run resumes in its own space, said before any data is read (a latent run resumed without
+    --vqvae_checkpoint would otherwise be refused as a config difference of in_channels)."""
+    import torch
+
+    from ddpm_ood.training.ddpm import check_resume_space
+
+    for path in run.trained_files():
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception:  # a damaged file: the training loop says so, or falls back to another
+            continue
+        if isinstance(state, dict):
+            check_resume_space(run.dir, state.get("first_stage"), args.vqvae_checkpoint is not None)
+            return
+
+
 def first_stage_of(args) -> dict | None:
     """--vqvae_checkpoint's first stage, read and checked against --spatial_dimension before any data is loaded."""
     from ddpm_ood.utils.errors import ConfigError
@@ -204,6 +221,7 @@ def main(args: argparse.Namespace) -> dict:
     # Under torchrun the ranks share the run: rank 0 holds the lock and writes the run's files.
     with run_lock(run.dir, "train") if dist.is_main else contextlib.nullcontext():
         refuse_another_kind_of_run(run, "checkpoint")  # a first stage's folder is not a DDPM's
+        check_same_space(run, args)
         record = first_stage_of(args)
         preprocessing = preprocessing_of(args, record)  # checked against the first stage's before any data is read
         logger.info("loading data...")

@@ -169,6 +169,13 @@ def test_a_latent_run_resumes_only_on_its_own_first_stage(latent_run):
                          (["--latent_pad=1"], "another first stage \\(or --latent_pad\\)")):
         with pytest.raises(UserError, match=words):
             train.main(latent_train_args(out, splits, "--n_epochs=2", *extra))
+    # Issue 33, wording: resumed without --vqvae_checkpoint, it was a config difference ("in_channels: 2 -> 1")
+    args = latent_train_args(out, splits, "--n_epochs=2")
+    args.vqvae_checkpoint = None
+    with pytest.raises(UserError, match=r"is a latent model, trained on the latents of the first stage .*vq.*; "
+                                        r"resume it with --vqvae_checkpoint .*vq") as refused:
+        train.main(args)
+    assert "in_channels" not in str(refused.value)
 
 
 @pytest.mark.slow

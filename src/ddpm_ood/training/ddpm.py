@@ -162,6 +162,19 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay_t)
 
 
+def check_resume_space(run_dir: Path, stored: dict | None, latent: bool) -> None:
+    """A run resumes in the space it was trained in: ``stored`` is its files' ``first_stage`` entry (None: pixel
+    space), ``latent`` whether this command gives --vqvae_checkpoint. Refused naming the first stage to give."""
+    if (stored is not None) == latent:
+        return
+    if stored is not None:
+        raise ConfigError(f"The run in {run_dir} is a latent model, trained on the latents of the first stage "
+                          f"{stored.get('file', '(not recorded)')}; resume it with --vqvae_checkpoint "
+                          f"{stored.get('file', 'THAT_RUN')} as it was started, or start a new --model_name.")
+    raise ConfigError(f"The run in {run_dir} was trained in pixel space; this command asks for latent space "
+                      "(--vqvae_checkpoint): resume it without --vqvae_checkpoint, or start a new --model_name.")
+
+
 class TrainLoop(TrainingRun):
     """The DDPM's training state (model, optimizer, GradScaler, EMA) on the shared run machinery (one per process)."""
 
@@ -267,12 +280,9 @@ class TrainLoop(TrainingRun):
         from ddpm_ood.models.spaces import weights_digest
 
         current = self.first_stage
-        if stored is None and current is None:
+        check_resume_space(self.run_dir, stored, current is not None)
+        if stored is None:
             return
-        if stored is None or current is None:
-            was, now = ("pixel", "latent") if stored is None else ("latent", "pixel")
-            raise ConfigError(f"The run in {self.run_dir} was trained in {was} space; this command asks for {now} "
-                              f"space (--vqvae_checkpoint): resume it as it was, or start a new --model_name.")
         if weights_digest(stored["model"]) != current.weights_digest() or stored.get("pad") != current.pad:
             raise ConfigError(f"The run in {self.run_dir} was trained on the latents of another first stage (or "
                               f"--latent_pad) than {current.location}: resume with the first stage it was trained "
