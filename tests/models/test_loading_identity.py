@@ -62,7 +62,7 @@ def test_the_same_weights_in_another_format_or_folder_are_the_same_model(folder,
 
 @pytest.mark.parametrize("file, change, part", [
     ("scheduler_config.json", {"beta_end": 0.03}, "alphas cumprod"),
-    ("scheduler_config.json", {"prediction_type": "v_prediction"}, "prediction"),
+    ("scheduler_config.json", {"prediction_type": "v_prediction"}, "prediction ('epsilon' vs 'v_prediction')"),
     ("config.json", {"flip_sin_to_cos": False}, "network"),  # a weight-free key
 ])
 def test_an_edited_config_is_another_model(folder, tmp_path, file, change, part):
@@ -118,7 +118,8 @@ def test_results_of_an_edited_pretrained_model_are_refused(scored):
     edit_json(model / "scheduler_config.json", beta_end=0.03)
     with pytest.raises(ScoringError, match="another model .*alphas cumprod"):
         OODDetector.load(run, device="cpu", detector="denoise")
-    with pytest.raises(DataError, match="model identity"):  # resuming or re-measuring with it
+    # resuming or re-measuring with it: which part differs, not two hex digests (issue 33, wording)
+    with pytest.raises(DataError, match=r"model identity \(its parts that differ: alphas cumprod\)"):
         measure()
 
 

@@ -173,3 +173,15 @@ def test_a_relative_eval_checkpoint_means_the_runs_folder(tmp_path, monkeypatch)
     monkeypatch.chdir(elsewhere)
     assert RunFiles(run_dir).find_model_file("best_model.pth") == run_dir / "best_model.pth"
     assert RunFiles(run_dir).find_model_file(str(elsewhere / "best_model.pth")) == elsewhere / "best_model.pth"
+
+
+def test_a_model_identity_difference_names_the_parts_that_differ():
+    """Issue 33, wording: reconstruct.py's identity refusal showed two hex digests; now the parts that differ,
+    with the values of the short ones."""
+    parts = {"weights": "a" * 64, "prediction": "epsilon", "noise": None, "image_space": [1, [1, 28, 28]]}
+    other = {**parts, "weights": "b" * 64, "prediction": "v_prediction"}
+    said = manifest_differences({"model_id": "1" * 64, "seed": 0}, {"model_id": "2" * 64, "seed": 0}, (parts, other))
+    assert said == ["model identity (its parts that differ: prediction ('epsilon' vs 'v_prediction'), weights)"]
+    assert "1111" not in said[0]
+    # without the parts (manifests written before them): the identities, as before
+    assert manifest_differences({"model_id": "1"}, {"model_id": "2"}) == ["model identity ('1' vs '2')"]

@@ -191,11 +191,13 @@ def read_detector_results(run: RunFiles, cls, fit_set: str, ood_sets: list[str] 
             logger.warning("Skipping %s: it has no settings manifest, so reconstruct.py did not write it.", path)
             continue
         # Each difference as (this file's value vs the other's).
-        differences = manifest_differences(scored_settings(manifest), scored_settings(settings))
+        differences = manifest_differences(scored_settings(manifest), scored_settings(settings),
+                                           (manifest.get("model_parts"), settings.get("model_parts")))
         other = fit_path
         if not differences and reference is not None:
-            other, differences = reference[0], manifest_differences(model_settings(manifest),
-                                                                     model_settings(reference[1]))
+            other, differences = reference[0], manifest_differences(
+                model_settings(manifest), model_settings(reference[1]),
+                (manifest.get("model_parts"), reference[1].get("model_parts")))
         if differences:
             raise ScoringError(
                 f"{path} was made with other settings than {other} (its value vs that file's): "

@@ -37,7 +37,8 @@ import torch
 
 from ddpm_ood.diffusion.ddpm import DDPMSchedule, ModelFn
 from ddpm_ood.models.spaces import (IMAGE_RANGE, ImageSpace, ModelSpace, Network, PixelSpace,  # noqa: F401
-                                    identity_differences, identity_parts, model_identity)
+                                    identity_parts, model_identity)
+from ddpm_ood.runs.layout import identity_differences
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
 from ddpm_ood.utils.runtime import autocast, resolve_precision
 from ddpm_ood.models.unet import compile_unet

@@ -173,14 +173,6 @@ def model_identity(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def identity_differences(recorded: dict | None, current: dict) -> str:
-    """Which parts of two models' identities differ, in words (for an error message)."""
-    if not recorded:
-        return "identity"
-    return ", ".join(k.replace("_", " ") for k in sorted(set(recorded) | set(current))
-                     if recorded.get(k) != current.get(k)) or "identity"
-
-
 # --- what a model source builds ------------------------------------------------------------------
 
 class PredictionEps(torch.nn.Module):

@@ -294,11 +294,33 @@ def model_settings(manifest: dict, groups: Sequence[dict] = (MODEL_KEYS, RUN_KEY
     return {k: manifest.get(k) for group in groups for k in group}
 
 
-def manifest_differences(reference: dict, other: dict) -> list[str]:
-    """Each key whose value differs between two manifests, as 'label (reference value vs other value)'."""
+def identity_differences(recorded: dict | None, current: dict | None) -> str:
+    """Which parts of two models' identities (their ``model_parts``) differ, in words, with the values of those
+    that are short (e.g. ``prediction ('epsilon' vs 'v_prediction')``); digests by name alone."""
+    if not recorded or not current:
+        return "identity"
+    said = []
+    for key in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(key), current.get(key)
+        if a != b:
+            short = all(len(repr(v)) <= 40 and not (isinstance(v, str) and len(v) == 64) for v in (a, b))
+            said.append(f"{key.replace('_', ' ')} ({a!r} vs {b!r})" if short else key.replace("_", " "))
+    return ", ".join(said) or "identity"
+
+
+def manifest_differences(reference: dict, other: dict, parts: tuple | None = None) -> list[str]:
+    """Each key whose value differs between two manifests, as 'label (reference value vs other value)'; a model
+    identity as which of its parts differ, given both manifests' ``model_parts`` (two digests say nothing)."""
     keys = sorted(set(reference) | set(other), key=lambda k: (list(LABELS).index(k) if k in LABELS else len(LABELS), k))
-    return [f"{LABELS.get(k, k)} ({reference.get(k)!r} vs {other.get(k)!r})" for k in keys
-            if reference.get(k) != other.get(k)]
+    said = []
+    for k in keys:
+        if reference.get(k) == other.get(k):
+            continue
+        if k == "model_id" and parts and parts[0] and parts[1]:
+            said.append(f"model identity (its parts that differ: {identity_differences(*parts)})")
+        else:
+            said.append(f"{LABELS.get(k, k)} ({reference.get(k)!r} vs {other.get(k)!r})")
+    return said
 
 
 # --- the sets reconstruct.py writes ------------------------------------------------------------

@@ -167,7 +167,8 @@ class ResultsStore:
         if not isinstance(stored, dict):
             detail = "with unknown settings (its manifest is missing or cannot be read)"
         else:
-            differences = manifest_differences(results_identity(stored), results_identity(self.settings))
+            differences = manifest_differences(results_identity(stored), results_identity(self.settings),
+                                               (stored.get("model_parts"), self.settings.get("model_parts")))
             detail = "with other settings (" + "; ".join(differences) + ")"
         return (f"{where} was made {detail}. Pass --restart to discard it and start this set over, "
                 "or use another --output_dir/--model_name.")
