@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                     store.record_extras(detector.cost())
                     store.save_examples(run.examples(name), min(max(args.save_examples, args.save_maps), len(image_set)),
                                         lambda n: detector.examples(model, image_set.images[:n], args.seed),
-                                        image_set.filenames, image_set.masks)  # and the set's masks, if any
+                                        image_set.filenames, image_set.example_extras)  # masks, how volumes were made
     shutdown(dist)
     return written
 

@@ -148,6 +148,11 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
     maps = np.load(out / "balls" / "ood" / "maps_Slabs.npz")  # --save_maps 3: the first 3 volumes of each set
     assert maps["z"].shape == (3, 3, 12, 12, 12) and maps["mean"].shape == (3, 12, 12, 12)
     assert (out / "balls" / "ood" / "figures" / "maps_Slabs.png").is_file()
+    # the NIfTI scans' maps on their own grid (issue 32, part 5); the .npy volumes of the in-set get none
+    scan_maps = sorted((out / "balls" / "ood" / "maps_nifti" / "Slabs").glob("*.nii.gz"))
+    assert [p.name[:6] for p in scan_maps] == ["000_s_", "001_s_", "002_s_"]
+    np.testing.assert_allclose(nibabel.load(str(scan_maps[0])).get_fdata(), maps["mean"][0], rtol=1e-5, atol=1e-5)
+    assert not (out / "balls" / "ood" / "maps_nifti" / "in").exists()
     # A 2D split given to the 3D model: refused, naming the file.
     flat = root / "flat"
     flat.mkdir(exist_ok=True)

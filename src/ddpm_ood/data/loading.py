@@ -377,6 +377,17 @@ class ImageSet:
         without those columns."""
         return read_masks(self.source, n, self.images.shape[1:], *self.preprocessing) if self.source else {}
 
+    def example_extras(self, n: int) -> dict[str, np.ndarray]:
+        """What the kept examples of the first ``n`` images carry beside them: their ground truth
+        (:meth:`masks`) and, for volumes, how they were made from their files (``image_roi``, ``image_size``,
+        ``flip``), so that maps can be brought back to each scan's grid (:func:`to_scan_grid`)."""
+        extras = self.masks(n)
+        if self.images.dim() == 5:
+            roi, size = self.preprocessing
+            extras.update(image_roi=np.asarray(list(roi or []), np.int64), image_size=np.asarray(int(size or 0)),
+                          flip=np.asarray(getattr(self.images, "flip", None) or ""))
+        return extras
+
 
 def read_masks(split: Path, n: int, image_shape, image_roi=None, image_size: int | None = None) -> dict:
     """:meth:`ImageSet.masks` of a split CSV whose images have ``image_shape`` (C, *spatial) once made."""
@@ -723,11 +734,37 @@ def read_volume(path: Path, where: str) -> np.ndarray:
 
 def center_crop(volume: np.ndarray, roi) -> np.ndarray:
     """The central ``roi`` (D, H, W) of a (C, D, H, W) volume (load_volumes refuses a ROI larger than a volume)."""
-    index = [slice(None)]
-    for size, want in zip(volume.shape[1:], roi):
-        start = max(0, (size - want) // 2)
-        index.append(slice(start, start + min(size, want)))
-    return volume[tuple(index)]
+    return volume[(slice(None), *crop_box(volume.shape[1:], roi))]
+
+
+def crop_box(spatial, roi) -> tuple[slice, ...]:
+    """Where :func:`center_crop` takes its region from a volume of ``spatial`` (D, H, W) shape."""
+    box = []
+    for side, want in zip(spatial, roi or spatial):
+        start = max(0, (side - want) // 2)
+        box.append(slice(start, start + min(side, want)))
+    return tuple(box)
+
+
+def to_scan_grid(values: np.ndarray, spatial, roi=None, size: int | None = None, flip: str | None = None,
+                 fill: float = 0.0) -> np.ndarray:
+    """A map on the model's grid (D, H, W) brought back to its scan's grid ``spatial``: the resize undone
+    (trilinear, as the volume was made), the flip undone, the crop placed where it was taken (``fill``
+    outside it). The inverse of how :class:`LazyVolumes` makes a volume, so it overlays the scan voxel for
+    voxel."""
+    box = crop_box(spatial, roi)
+    cropped = tuple(b.stop - b.start for b in box)
+    grid = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    if size and tuple(grid.shape) != cropped:
+        grid = torch.nn.functional.interpolate(grid[None, None], size=cropped, mode="trilinear",
+                                               align_corners=False)[0, 0]
+    grid = apply_flip(grid.numpy()[None], flip)[0]
+    if grid.shape != cropped:
+        raise DataError(f"A map of shape {grid.shape} cannot be placed in a scan of shape {tuple(spatial)} cropped "
+                        f"to {cropped}: the map was made from another volume.")
+    out = np.full(tuple(int(s) for s in spatial), fill, np.float32)
+    out[box] = grid
+    return out
 
 
 def cropped_shape(shape, roi, size) -> tuple[int, ...]:

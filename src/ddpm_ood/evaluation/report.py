@@ -11,6 +11,7 @@ bootstrap interval. Written (``ddpm_ood.runs.layout.RunFiles`` names the paths):
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -205,6 +206,7 @@ def kept_examples(run, name: str):
                    "reconstruct.py with --save_examples or --save_maps to keep new ones).", path, name)
     for stale in (run.maps(name), run.maps_figure(name)):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(run.scan_maps(name), ignore_errors=True)
     return None
 
 
@@ -213,6 +215,7 @@ def write_maps(run, set_names) -> None:
     (``--save_maps``): ``ood/maps_<set>.npz`` and a figure each."""
     from ddpm_ood.evaluation.anomaly_maps import baseline_maps, error_maps, residual_maps, zscored_maps
     from ddpm_ood.evaluation.figures import maps_figure
+    from ddpm_ood.evaluation.scan_maps import write_scan_maps
     from ddpm_ood.utils.files import save_npz_atomic
 
     wanted = [name for name in set_names if kept_examples(run, name) is not None]
@@ -240,6 +243,8 @@ def write_maps(run, set_names) -> None:
                         filenames=examples["filenames"])
         maps_figure(examples["inputs"], mean, run.maps_figure(name),
                     f"{name}: where it is unusual (squared error z-scored on the validation images, mean over t)")
+        if np.asarray(examples["inputs"]).ndim == 5:  # volumes: the maps of NIfTI scans on each scan's grid
+            write_scan_maps(run.scan_maps(name), examples, {"anomaly_z": mean})
         kept[name] = examples
         maps[name] = {"recon_z": mean, "recon_l1": residual_maps(examples),
                       "baseline": baseline_maps(examples["inputs"], val_inputs)}

@@ -127,6 +127,10 @@ class RunFiles:
     def maps(self, set_name: str) -> Path:
         return self.ood / f"maps_{set_name}.npz"
 
+    def scan_maps(self, set_name: str) -> Path:
+        """The folder of a set's maps as NIfTI files on each scan's own grid (ood/maps_nifti/<set>/)."""
+        return self.ood / "maps_nifti" / set_name
+
     def maps_figure(self, set_name: str) -> Path:
         return self.figures / f"maps_{set_name}.png"
 
