@@ -126,14 +126,15 @@ def first_stage_of(args) -> dict | None:
 
 def preprocessing_of(args, record: dict | None) -> dict | None:
     """How the volumes are cropped and resized; a first stage made its latents of volumes made the same way."""
-    from ddpm_ood.data.loading import describe_preprocessing, preprocessing_record
+    from ddpm_ood.data.loading import describe_preprocessing, preprocessing_record, record_intensity
     from ddpm_ood.utils.errors import ConfigError
 
-    preprocessing = preprocessing_record(args.spatial_dimension, args.image_roi, args.image_size)
-    if record is not None and "preprocessing" in record and record["preprocessing"] != preprocessing:
-        raise ConfigError(f"The first stage {record['file']} was trained on {describe_preprocessing(record['preprocessing'])}"
+    preprocessing = preprocessing_record(args.spatial_dimension, args.image_roi, args.image_size, args.intensity)
+    if record is not None and (("preprocessing" in record and record["preprocessing"] != preprocessing) or
+                               record_intensity(record.get("preprocessing")) != record_intensity(preprocessing)):
+        raise ConfigError(f"The first stage {record['file']} was trained on {describe_preprocessing(record.get('preprocessing'))}"
                           f", but this command makes {describe_preprocessing(preprocessing)}: a DDPM learns the latents "
-                          "of volumes made as its first stage's were. Give its --image_roi and --image_size.")
+                          "of images made as its first stage's were. Give its --image_roi, --image_size and --intensity.")
     return preprocessing
 
 
@@ -226,7 +227,7 @@ def main(args: argparse.Namespace) -> dict:
         preprocessing = preprocessing_of(args, record)  # checked against the first stage's before any data is read
         logger.info("loading data...")
         space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi,
-                          image_size=args.image_size)
+                          image_size=args.image_size, intensity=args.intensity)
         train_set = load_images(args.training_ids, bool(args.is_grayscale), first_n=args.first_n,
                                 num_workers=args.num_workers, progress=dist.is_main, **space_args)
         val_set = load_images(args.validation_ids, bool(args.is_grayscale), num_workers=args.num_workers,

@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--batch_size {args.batch_size} is the global batch; it must be at least the number of "
                           f"processes ({dist.world_size}).")
     space_args = dict(spatial_dimension=args.spatial_dimension, image_roi=args.image_roi, image_size=args.image_size,
-                      num_workers=args.num_workers)
+                      intensity=args.intensity, num_workers=args.num_workers)
     train_set = load_images(args.training_ids, bool(args.is_grayscale), first_n=args.first_n, progress=dist.is_main,
                             **space_args)
     val_set = load_images(args.validation_ids, bool(args.is_grayscale), progress=dist.is_main, **space_args)
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> dict:
         refuse_another_kind_of_run(RunFiles(run_dir), "first_stage_checkpoint")  # a DDPM's folder is not ours
         trainer = AutoencoderTrainer(args.autoencoder, network, train_set.images, val_set.images, settings, run_dir,
                                      device, data, perceptual, preprocessing_record(args.spatial_dimension,
-                                     args.image_roi, args.image_size), dist)
+                                     args.image_roi, args.image_size, args.intensity), dist)
         if dist.is_main:
             logger.info("first stage: %s with %.2fM parameters on %s%s; --batch_size %d is the global batch",
                         args.autoencoder, sum(p.numel() for p in trainer.model.parameters()) / 1e6, device,

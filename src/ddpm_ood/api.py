@@ -107,10 +107,22 @@ class OODDetector:
 
     def score(self, images: torch.Tensor, filenames=None) -> np.ndarray:
         """The OOD score of each image (higher = more OOD), as ood_detection.py computes it. Images are
-        prepared as the split loader prepares image files (each min-max scaled to [0, 1])."""
+        prepared as the split loader prepares image files (each scaled to [0, 1] as the model's --intensity
+        says: min-max unless it was trained otherwise)."""
         from ddpm_ood.data.loading import prepare_images, to_channels
 
-        images = to_channels(prepare_images(images, filenames, self.model.image_space.dims), self.model.channels)
+        images = prepare_images(images, filenames, self.model.image_space.dims, self.intensity)
+        return self.score_prepared(to_channels(images, self.model.channels), filenames)
+
+    @property
+    def intensity(self) -> str:
+        """How the model's images were scaled (its --intensity)."""
+        from ddpm_ood.data.loading import record_intensity
+
+        return record_intensity(self.model.info.get("preprocessing"))
+
+    def score_prepared(self, images: torch.Tensor, filenames=None) -> np.ndarray:
+        """:meth:`score` of images already made as the split loader makes them (scaled, cropped, resized)."""
         self.check_images(images, filenames)
         filenames = filenames or [f"image_{i}" for i in range(len(images))]
         scores = {}
@@ -171,13 +183,14 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     check_writable(path)  # before any work: a read-only run would otherwise fail after measuring every image
     scorer = OODDetector.load(run_dir, device, lpips_weights, detector=detector, model=model)
     scorer.progress = True
-    roi, size = scorer.model.preprocessing()  # volumes cropped and resized as the model's own were (its file says how)
-    images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims, image_roi=roi, image_size=size)
+    roi, size, intensity = scorer.model.preprocessing()  # made as the model's own were (its file says how)
+    images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims, image_roi=roi, image_size=size,
+                         intensity=intensity)
     if isinstance(images.images, torch.Tensor):
-        scores = scorer.score(images.images, images.filenames)  # checks the size before any work
+        scores = scorer.score_prepared(images.images, images.filenames)  # checks the size before any work
     else:  # volumes, read from disk a batch at a time (all of one shape: their headers were checked)
         step = scorer.batch_size
-        scores = np.concatenate([scorer.score(images.images[i:i + step], images.filenames[i:i + step])
+        scores = np.concatenate([scorer.score_prepared(images.images[i:i + step], images.filenames[i:i + step])
                                  for i in range(0, len(images), step)])
     predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold})
     if path.exists():
@@ -252,9 +265,10 @@ class ImageDetector:
         return ScoringError("Call fit() (or fit_images()) with in-distribution images before predict().")
 
     def _measure(self, images: torch.Tensor) -> pd.DataFrame:
-        from ddpm_ood.data.loading import prepare_images, to_channels
+        from ddpm_ood.data.loading import prepare_images, record_intensity, to_channels
 
-        images = to_channels(prepare_images(images, dims=self.model.image_space.dims), self.model.channels)
+        images = to_channels(prepare_images(images, dims=self.model.image_space.dims, intensity=record_intensity(
+            self.model.info.get("preprocessing"))), self.model.channels)
         self.model.image_space.check(images, "", str(self.model.source),  # as the scripts check image files
                                      self.model.info.get("preprocessing"))
         return self.detector.measure(self.model, images, [f"image_{i}" for i in range(len(images))], "images",

@@ -202,8 +202,19 @@ def roi(text: str) -> list[int]:
     return values
 
 
+def intensity_spec(text: str) -> str:
+    """--intensity: minmax, percentile or percentile:LO,HI (ddpm_ood.data.loading.parse_intensity)."""
+    from ddpm_ood.data.loading import parse_intensity
+
+    try:
+        return parse_intensity(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).partition(": ")[2]) from None
+
+
 def add_space_flags(parser: argparse.ArgumentParser, spatial_default: int | None = 2) -> None:
-    """--spatial_dimension, --image_roi and --image_size (ddpm-ood's names), shared by the scripts that read images."""
+    """--spatial_dimension, --image_roi and --image_size (ddpm-ood's names) and --intensity, shared by the scripts
+    that read images."""
     parser.add_argument("--spatial_dimension", type=int, choices=(2, 3), default=spatial_default,
                         help=f"2: images (default{'' if spatial_default else ': the model' + chr(39) + 's'}); 3: volumes (.npy or NIfTI .nii/.nii.gz, listed in the same split "
                              "CSVs, read from disk as needed). A model file's own dimension wins in reconstruct.py.")
@@ -211,6 +222,12 @@ def add_space_flags(parser: argparse.ArgumentParser, spatial_default: int | None
                         help="Volumes: crop this centre region first. Default: the whole volume.")
     parser.add_argument("--image_size", type=volume_side, default=None, metavar="N",
                         help="Volumes: resize to N x N x N (trilinear) after any crop. Default: as stored.")
+    parser.add_argument("--intensity", type=intensity_spec, default=None, metavar="minmax|percentile[:LO,HI]",
+                        help="How each image's intensities are scaled to [0, 1]: minmax (the paper's: its minimum and "
+                             "maximum) or percentile:LO,HI (its LO-th and HI-th percentiles, values beyond clipped; "
+                             "'percentile' is percentile:0.5,99.5): robust to a few extreme voxels, as MRI needs. "
+                             "Training records it in the model; scoring uses the model's (a flag that differs is "
+                             "refused). Default: minmax for a new run, the model's when scoring.")
     parser.add_argument("--cache_data", type=binary_int, default=None, metavar="0/1",
                         help="ddpm-ood's flag, accepted and changing nothing: here images are always held in memory "
                              "and volumes always read from disk as they are needed, whatever it says.")

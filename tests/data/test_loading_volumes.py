@@ -266,7 +266,8 @@ def test_the_crop_and_size_are_recorded_applied_and_checked(volume_splits, tmp_p
     best = torch.load(tmp_path / "balls" / "best_model.pth", weights_only=True)
     assert best["preprocessing"] == {"image_roi": [10, 10, 10], "image_size": 8}
     model = load_model(ModelSource.of("run", tmp_path / "balls" / "best_model.pth"))
-    assert model.preprocessing() == ([10, 10, 10], 8) and model.preprocessing([10, 10, 10], None) == ([10, 10, 10], 8)
+    assert model.preprocessing() == ([10, 10, 10], 8, "minmax")
+    assert model.preprocessing([10, 10, 10], None) == ([10, 10, 10], 8, "minmax")
     with pytest.raises(UserError, match=r"--image_size 12, but the model .* was trained on volumes cropped to "
                                         r"--image_roi \[10, 10, 10\], then resized to --image_size 8"):
         model.preprocessing(None, 12)

@@ -344,6 +344,46 @@ def minmax_scale(image: np.ndarray, source: str | Path = "image", fix: str = "re
     return (image - low) / (high - low)
 
 
+MINMAX = "minmax"
+PERCENTILE_DEFAULT = (0.5, 99.5)
+
+
+def parse_intensity(text: str) -> str:
+    """An --intensity value in its one written form: ``minmax`` (each image min-max scaled to [0, 1], the
+    paper's), or ``percentile:LO,HI`` (each image's LO-th and HI-th percentiles mapped to 0 and 1, values beyond
+    clipped, as MONAI's ScaleIntensityRangePercentiles(clip=True); ``percentile`` alone is
+    ``percentile:0.5,99.5``). Anything else is refused, saying what is taken."""
+    text = str(text).strip().lower()
+    if text == MINMAX:
+        return MINMAX
+    name, _, bounds = text.partition(":")
+    if name == "percentile":
+        try:
+            lo, hi = (float(v) for v in bounds.split(",")) if bounds else PERCENTILE_DEFAULT
+        except ValueError:
+            lo = hi = float("nan")
+        if 0 <= lo < hi <= 100:
+            return f"percentile:{lo:g},{hi:g}"
+    raise ValueError(f"--intensity {text!r}: expected minmax, percentile, or percentile:LO,HI with "
+                     "0 <= LO < HI <= 100 (e.g. percentile:0.5,99.5)")
+
+
+def scale_intensity(image: np.ndarray, intensity: str = MINMAX, source: str | Path = "image",
+                    fix: str = "re-create the file.") -> np.ndarray:
+    """One image (or volume) scaled to [0, 1] as ``intensity`` (:func:`parse_intensity`) says. An image whose
+    two percentiles are equal (mostly one value: a near-empty mask) is min-max scaled instead."""
+    intensity = parse_intensity(intensity)
+    if intensity == MINMAX:
+        return minmax_scale(image, source, fix)
+    if not np.isfinite(image).all():
+        raise DataError(f"Image {source} contains NaN or infinite values: {fix}")
+    lo_q, hi_q = (float(v) for v in intensity.partition(":")[2].split(","))
+    lo, hi = np.percentile(image, [lo_q, hi_q])
+    if hi <= lo:
+        return minmax_scale(image, source, fix)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def apply_flip(image: np.ndarray, flip: str | None) -> np.ndarray:
     """An image (C, H, W) or volume (C, D, H, W) flipped as a split's suffix asks: ``vflip`` reverses the rows
     (H: upside down), ``hflip`` the columns (W: mirrored); a volume's every slice is flipped so, its depth kept."""
@@ -423,7 +463,7 @@ def read_mask(entry: Entry, shape: tuple[int, ...], image_roi=None, image_size: 
 
 
 def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None, progress: bool = True,
-               num_workers: int = 4) -> ImageSet:
+               num_workers: int = 4, intensity: str = MINMAX) -> ImageSet:
     """Load a split CSV (with optional ``_vflip``/``_hflip`` suffix) into one tensor.
 
     Files are read by ``num_workers`` threads (file reads release the GIL); 0 reads in this thread.
@@ -451,7 +491,7 @@ def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None,
     try:
         for i, (f, image) in enumerate(zip(files, tqdm(loaded, total=len(files), desc=f"loading {spec.name}",
                                                          disable=not progress, leave=False))):
-            images = _place(images, i, f, image, len(files), channels, is_grayscale, spec)
+            images = _place(images, i, f, image, len(files), channels, is_grayscale, spec, intensity)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -462,7 +502,7 @@ def load_split(path: str | Path, is_grayscale: bool, first_n: int | None = None,
 
 
 def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_files: int, channels: int,
-           is_grayscale: bool, spec: SplitSpec) -> np.ndarray:
+           is_grayscale: bool, spec: SplitSpec, intensity: str = MINMAX) -> np.ndarray:
     """Check one loaded image and store it, scaled and flipped, at row i."""
     if image.shape[0] == 3 and channels == 1 and (image[0] == image[1]).all() and (image[1] == image[2]).all():
         image = image[:1]  # a grayscale image saved as RGB (R = G = B) is the grayscale image it shows
@@ -479,27 +519,40 @@ def _place(images: np.ndarray | None, i: int, f: Path, image: np.ndarray, n_file
             f"Image {f} has shape {image.shape} but the first image of {spec.csv_path} has "
             f"{images.shape[1:]}; all images of a split must have one size."
         )
-    images[i] = apply_flip(minmax_scale(image, f), spec.flip)
+    images[i] = apply_flip(scale_intensity(image, intensity, f), spec.flip)
     return images
 
 
 
-def preprocessing_record(spatial_dimension: int | None, image_roi=None, image_size: int | None = None) -> dict | None:
-    """How a run's volumes were made from their files (--image_roi, then --image_size), as its model files keep
-    it: None for 2D images (nothing is cropped or resized)."""
-    if spatial_dimension != 3:
-        return None
-    return {"image_roi": [int(d) for d in image_roi] if image_roi else None,
-            "image_size": int(image_size) if image_size else None}
+def preprocessing_record(spatial_dimension: int | None, image_roi=None, image_size: int | None = None,
+                         intensity: str | None = None) -> dict | None:
+    """How a run's images were made from their files, as its model files keep it: for volumes, --image_roi then
+    --image_size; the --intensity scaling where it is not the paper's min-max (so records made before it stay
+    as they were). None for 2D min-max images (nothing to record)."""
+    record = {}
+    if spatial_dimension == 3:
+        record = {"image_roi": [int(d) for d in image_roi] if image_roi else None,
+                  "image_size": int(image_size) if image_size else None}
+    if intensity and intensity != MINMAX:
+        record["intensity"] = intensity
+    return record or None
+
+
+def record_intensity(record: dict | None) -> str:
+    """The --intensity a preprocessing record says (min-max where it says none)."""
+    return (record or {}).get("intensity") or MINMAX
 
 
 def describe_preprocessing(record: dict | None) -> str:
     """A preprocessing record in words (for messages)."""
+    scaled = f", intensities scaled by --intensity {record_intensity(record)}" \
+        if record_intensity(record) != MINMAX else ""
     if not record or not (record.get("image_roi") or record.get("image_size")):
-        return "volumes as stored (no --image_roi, no --image_size)"
+        return ("volumes as stored (no --image_roi, no --image_size)" if record and "image_roi" in record
+                else "images as stored") + scaled
     steps = ([f"cropped to --image_roi {record['image_roi']}"] if record.get("image_roi") else []) + \
         ([f"resized to --image_size {record['image_size']}"] if record.get("image_size") else [])
-    return "volumes " + ", then ".join(steps)
+    return "volumes " + ", then ".join(steps) + scaled
 
 
 def resize_advice(preprocessing: dict | None) -> str:
@@ -576,7 +629,7 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images
 
 
-def prepare_images(images, filenames=None, dims: int = 2) -> torch.Tensor:
+def prepare_images(images, filenames=None, dims: int = 2, intensity: str = MINMAX) -> torch.Tensor:
     """Images given from Python as the split loader makes them from files: an (N, C, H, W) float32
     tensor, each image min-max scaled to [0, 1] on its own (so uint8 0..255, [0, 0.8] or float64
     images score as their files would). Takes a tensor (detached; on any device), a numpy array
@@ -610,7 +663,8 @@ def prepare_images(images, filenames=None, dims: int = 2) -> torch.Tensor:
     fix = "replace them (e.g. torch.nan_to_num) or leave the image out."
     pixels = [as_float32(image, name, "the images given", fix) for image, name in
               zip(images.detach().cpu().numpy(), names)]
-    return torch.from_numpy(np.stack([minmax_scale(image, name, fix) for image, name in zip(pixels, names)]))
+    return torch.from_numpy(np.stack([scale_intensity(image, intensity, name, fix) for image, name in
+                                      zip(pixels, names)]))
 
 
 # --- volumes (--spatial_dimension 3) ----------------------------------------------------------------
@@ -784,8 +838,10 @@ class LazyVolumes:
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, entries: list[Entry], shape: tuple[int, ...], roi=None, size=None, flip=None):
+    def __init__(self, entries: list[Entry], shape: tuple[int, ...], roi=None, size=None, flip=None,
+                 intensity: str = MINMAX):
         self.entries, self.volume_shape, self.roi, self.size, self.flip = entries, tuple(shape), roi, size, flip
+        self.intensity = intensity
 
     @property
     def shape(self) -> torch.Size:
@@ -808,7 +864,7 @@ class LazyVolumes:
         volume = read_volume(entry.path, entry.where)
         if self.roi:
             volume = center_crop(volume, self.roi)
-        volume = minmax_scale(volume, entry.path)
+        volume = scale_intensity(volume, self.intensity, entry.path)
         tensor = torch.from_numpy(np.ascontiguousarray(apply_flip(volume, self.flip)))
         if self.size and tuple(tensor.shape[1:]) != (self.size,) * 3:
             tensor = torch.nn.functional.interpolate(tensor[None], size=(self.size,) * 3, mode="trilinear",
@@ -834,7 +890,7 @@ class LazyVolumes:
 
 
 def load_volumes(path: str | Path, is_grayscale: bool, first_n: int | None = None, image_roi=None,
-                 image_size: int | None = None) -> ImageSet:
+                 image_size: int | None = None, intensity: str = MINMAX) -> ImageSet:
     """A split of volumes, checked from the headers of every file (shape, rank, time axis, channels)
     before any is read: an :class:`ImageSet` whose ``images`` are :class:`LazyVolumes`."""
     spec = resolve_split(path)
@@ -866,16 +922,21 @@ def load_volumes(path: str | Path, is_grayscale: bool, first_n: int | None = Non
     warn_mixed_geometry(entries, str(spec.csv_path))
     shape = cropped_shape(first[1], image_roi, image_size)
     logger.info("Found %d volumes of shape %s in %s (read as needed)", len(entries), shape, spec.csv_path)
-    return ImageSet(LazyVolumes(entries, shape, image_roi, image_size, spec.flip), [str(e.path) for e in entries],
+    return ImageSet(LazyVolumes(entries, shape, image_roi, image_size, spec.flip, intensity),
+                    [str(e.path) for e in entries],
                     spec.name, None if spec.flip or spec.csv_path.is_dir() else spec.csv_path, (image_roi, image_size))
 
 
 def load_images(path: str | Path, is_grayscale: bool, spatial_dimension: int = 2, first_n: int | None = None,
-                progress: bool = True, num_workers: int = 4, image_roi=None, image_size: int | None = None) -> ImageSet:
-    """A split of images (in memory) or, with ``spatial_dimension`` 3, of volumes (read as needed)."""
+                progress: bool = True, num_workers: int = 4, image_roi=None, image_size: int | None = None,
+                intensity: str | None = None) -> ImageSet:
+    """A split of images (in memory) or, with ``spatial_dimension`` 3, of volumes (read as needed); each scaled
+    to [0, 1] as ``intensity`` says (None: min-max, the paper's)."""
+    intensity = intensity or MINMAX
     if spatial_dimension == 3:
-        return load_volumes(path, is_grayscale, first_n, image_roi, image_size)
+        return load_volumes(path, is_grayscale, first_n, image_roi, image_size, intensity)
     if image_roi or image_size:
         raise DataError("--image_roi and --image_size apply to volumes (--spatial_dimension 3); resize 2D images "
                         "before listing them.")
-    return load_split(path, is_grayscale, first_n=first_n, progress=progress, num_workers=num_workers)
+    return load_split(path, is_grayscale, first_n=first_n, progress=progress, num_workers=num_workers,
+                      intensity=intensity)

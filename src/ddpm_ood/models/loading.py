@@ -410,12 +410,12 @@ class LoadedModel:
         """reconstruct.py's checks before any work: its --spatial_dimension, ddpm-ood's later flags in ``flags``
         (its arguments: those of DIFFUSION_FLAGS given, and --vqvae_checkpoint) against what the model records,
         and no test set that is the split the first stage was trained on. Returns the (--image_roi,
-        --image_size) to read the sets with (:meth:`preprocessing`)."""
+        --image_size, --intensity) to read the sets with (:meth:`preprocessing`)."""
         self.check_spatial_dimension(spatial_dimension)
         flags = flags or {}
         self.check_diffusion_flags({name: flags[name] for name in DIFFUSION_FLAGS if flags.get(name) is not None},
                                    flags.get("vqvae_checkpoint"))
-        preprocessing = self.preprocessing(flags.get("image_roi"), flags.get("image_size"))
+        preprocessing = self.preprocessing(flags.get("image_roi"), flags.get("image_size"), flags.get("intensity"))
         self.refuse_test_splits(sets)
         return preprocessing
 
@@ -515,22 +515,28 @@ class LoadedModel:
             what += f" (trained on {describe_preprocessing(self.info['preprocessing'])})"
         check_image_shape(image_set, self.image_space.shape, what, split, self.info.get("preprocessing"))
 
-    def preprocessing(self, image_roi=None, image_size: int | None = None) -> tuple:
-        """The (--image_roi, --image_size) to read volumes with: the model's own, as its training recorded them
-        (each flag given must agree with it), or the flags for a model that recorded none (older files, other
-        libraries' models)."""
-        from ddpm_ood.data.loading import describe_preprocessing
+    def preprocessing(self, image_roi=None, image_size: int | None = None, intensity: str | None = None) -> tuple:
+        """The (--image_roi, --image_size, --intensity) to read images with: the model's own, as its training
+        recorded them (each flag given must agree with it), or the flags for a model that recorded none (older
+        files, other libraries' models: min-max unless --intensity says otherwise)."""
+        from ddpm_ood.data.loading import MINMAX, describe_preprocessing, record_intensity
 
         recorded = self.info.get("preprocessing")
-        if recorded is None:
-            return image_roi, image_size
+        if recorded is None and self.source.kind != "run":
+            return image_roi, image_size, intensity or MINMAX
+        recorded = recorded or {}  # a run's model file that records nothing: 2D, min-max
         given = {"image_roi": list(image_roi) if image_roi else None, "image_size": image_size}
-        wrong = [f"--{name} {value}" for name, value in given.items() if value is not None and value != recorded[name]]
+        wrong = [f"--{name} {value}" for name, value in given.items()
+                 if value is not None and name in recorded and value != recorded[name]]
+        if intensity is not None and intensity != record_intensity(recorded):
+            wrong.append(f"--intensity {intensity}")
         if wrong:
             raise ConfigError(f"{' and '.join(wrong)}, but the model {self.source} was trained on "
-                              f"{describe_preprocessing(recorded)}: its volumes must be made the same way. Drop the "
+                              f"{describe_preprocessing(recorded)}: its images must be made the same way. Drop the "
                               "flags (the model's are used) or give its values.")
-        return recorded["image_roi"], recorded["image_size"]
+        if "image_roi" not in recorded:  # a 2D run, or a 3D one from before 0.5.1: the flags as given
+            return image_roi, image_size, record_intensity(recorded)
+        return recorded["image_roi"], recorded["image_size"], record_intensity(recorded)
 
 
 def load_model(source: ModelSource | str | Path, device: torch.device | str = "cpu", precision: str = "fp32",

@@ -165,7 +165,12 @@ def identity_parts(network: "Network") -> dict:
         "first_stage": space if space.get("kind") == "latent" else None,
     }
     noise = getattr(network.schedule, "noise", None)  # a part only when not Gaussian: older identities stay
-    return {**parts, "noise": noise.record()} if noise is not None else parts
+    if noise is not None:
+        parts["noise"] = noise.record()
+    intensity = (network.info.get("preprocessing") or {}).get("intensity")  # only when not min-max, likewise
+    if intensity:
+        parts["intensity"] = intensity
+    return parts
 
 
 def model_identity(parts: dict) -> str:

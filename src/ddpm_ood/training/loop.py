@@ -156,13 +156,13 @@ def check_finite(loss: torch.Tensor, parameters, check_grads: bool, dist: Dist =
 
 def check_resume_preprocessing(run_dir: Path, state: dict, current: dict | None) -> None:
     """A run resumes on volumes made as its own were (the data digests would differ too: this names why)."""
-    from ddpm_ood.data.loading import describe_preprocessing
+    from ddpm_ood.data.loading import describe_preprocessing, record_intensity
 
-    stored = state.get("preprocessing")
-    if "preprocessing" in state and stored != current:
+    stored = state.get("preprocessing")  # none in a 2D min-max run's files (nor in any made before --intensity)
+    if ("preprocessing" in state and stored != current) or record_intensity(stored) != record_intensity(current):
         raise ConfigError(f"The run in {run_dir} was trained on {describe_preprocessing(stored)}; this command asks for "
-                          f"{describe_preprocessing(current)}. Resume with its --image_roi and --image_size, or start "
-                          "a new --model_name.")
+                          f"{describe_preprocessing(current)}. Resume with its --image_roi, --image_size and "
+                          "--intensity, or start a new --model_name.")
 
 
 def fixed_setting_changes(stored: dict | None, current: dict, keys) -> list[str]:
