@@ -192,7 +192,7 @@ def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.cli import diffusion_overrides
     from ddpm_ood.models.config import (b_scale, build_schedule, build_unet, check_channels, check_config,
                                         default_config_file, load_config, to_container)
-    from ddpm_ood.data.loading import check_image_shape, check_not_constant, load_images
+    from ddpm_ood.data.loading import check_image_shape, load_images, profile_training_set
     from ddpm_ood.utils.errors import ConfigError
     from ddpm_ood.utils.files import write_text_atomic
     from ddpm_ood.utils.distributed import init_distributed, shutdown
@@ -234,7 +234,7 @@ def main(args: argparse.Namespace) -> dict:
                               progress=dist.is_main, **space_args)
         check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}",
                           args.validation_ids)
-        check_not_constant(train_set, args.training_ids)
+        profile = profile_training_set(train_set, args.training_ids)  # refuses constant images
         train_images, val_images, first_stage = train_set.images, val_set.images, None
         if args.vqvae_checkpoint is not None:
             first_stage, train_images, val_images = latents_of(args, record, train_set, val_set, device, dist)
@@ -260,7 +260,7 @@ def main(args: argparse.Namespace) -> dict:
         logger.info("training...")
         settings = TrainSettings.from_args(args, float(cfg.ldm.base_lr))
         data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
-                                  else None)
+                                  else None, profile=profile if name == "training" else None)
                 for name, path, split in (("training", args.training_ids, train_set),
                                           ("validation", args.validation_ids, val_set))}
         init = run.find_model_file(args.init_weights) if args.init_weights else None

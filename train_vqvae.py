@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     from ddpm_ood.training.first_stage import AutoencoderTrainer
-    from ddpm_ood.data.loading import check_image_shape, check_not_constant, load_images
+    from ddpm_ood.data.loading import check_image_shape, load_images, profile_training_set
     from ddpm_ood.runs.layout import RunFiles, image_digests, images_sha256
     from ddpm_ood.training.loop import refuse_another_kind_of_run
     from ddpm_ood.runs.lock import run_lock
@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
                             **space_args)
     val_set = load_images(args.validation_ids, bool(args.is_grayscale), progress=dist.is_main, **space_args)
     check_image_shape(val_set, train_set.images.shape[1:], f"the training set {args.training_ids}", args.validation_ids)
-    check_not_constant(train_set, args.training_ids)
+    profile = profile_training_set(train_set, args.training_ids)  # refuses constant images
     channels = 1 if args.is_grayscale else 3
     network = FIRST_STAGES[args.autoencoder].network_from_flags(args, args.spatial_dimension, channels)
     FIRST_STAGES[args.autoencoder].check_network(network, train_set.images.shape[1:])  # before the run folder exists
@@ -111,7 +111,8 @@ def main(args: argparse.Namespace) -> dict:
     settings = AutoencoderSettings(**{f.name: getattr(args, f.name) for f in AutoencoderSettings.flags()})
     # Each training image's digest is kept, so that a test set holding any of them is recognised when scored.
     data = {name: data_record(path, images_sha256(split.images), len(split), args.first_n if name == "training"
-                              else None, image_digests(split.images) if name == "training" else None)
+                              else None, image_digests(split.images) if name == "training" else None,
+                              profile if name == "training" else None)
             for name, path, split in (("training", args.training_ids, train_set),
                                       ("validation", args.validation_ids, val_set))}
     perceptual = None

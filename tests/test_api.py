@@ -85,6 +85,27 @@ def test_score_ids_with_a_detector_writes_its_own_predictions(scored_run, capsys
         OODDetector.load(run, device="cpu", detector="likelihood")
 
 
+def test_a_mask_listed_as_a_scan_is_flagged_by_the_input_check(scored_run, tmp_path, caplog):
+    """Issue 32, part 2: a file nothing like the training images (a lesion mask given as a scan) is said, per
+    file, in the predictions and a warning; the in-distribution test images pass."""
+    run, paths = scored_run
+    mask = np.zeros((28, 28), np.uint8)
+    mask[12:15, 10:14] = 1  # a small lesion label: 12 of 784 pixels
+    np.save(tmp_path / "lesion_mask.npy", mask)
+    healthy = pd.read_csv(paths["test"])["filename"].tolist()[:3]
+    split = write_split(tmp_path / "New_test.csv", [*healthy, tmp_path / "lesion_mask.npy"])
+    with caplog.at_level("WARNING", logger="ddpm_ood"):
+        predictions = ood_detection.main(ood_detection.parse_args([f"--output_dir={run.parent}", "--model_name=blobs",
+                                                                   f"--score_ids={split}"]))
+    assert predictions["input_check"].fillna("").tolist()[:3] == ["", "", ""]
+    flagged = predictions["input_check"].iloc[3]
+    assert flagged.startswith("foreground fraction 0.0153 (training images: ")
+    assert "mean foreground intensity 1 (training" in flagged and "spread of foreground intensities 0 (" in flagged
+    assert "1 of 4 images are unlike the model's training images" in caplog.text and "lesion_mask.npy" in caplog.text
+    saved = pd.read_csv(run / "ood" / "predictions_New.csv", keep_default_na=False)
+    assert saved["input_check"].tolist() == predictions["input_check"].fillna("").tolist()
+
+
 def test_fits_are_plain_json_and_their_thresholds_hold_on_validation(scored_run):
     run, _ = scored_run
     fits = {p.stem: json.loads(p.read_text()) for p in (run / "ood" / "fits").glob("*.json")}

@@ -121,9 +121,27 @@ class OODDetector:
 
         return record_intensity(self.model.info.get("preprocessing"))
 
+    def input_check(self, images: torch.Tensor, filenames=None) -> list[str]:
+        """Per image (made as the model's were): '' where it looks like the model's training images, else what is
+        far outside their range (foreground fraction, foreground intensity and its spread), said in a warning.
+        A mask or another contrast listed as a scan is caught here; its score alone would not say why."""
+        from ddpm_ood.data.loading import input_check
+
+        checks = input_check(images, self.model.training_profile())
+        flagged = [(name, check) for name, check in
+                   zip(filenames or [f"image {i} of the batch" for i in range(len(images))], checks) if check]
+        if flagged:
+            logger.warning("%d of %d images are unlike the model's training images: %s%s. Check they are what you "
+                           "mean to score (a mask or another contrast listed as a scan?).", len(flagged), len(images),
+                           "; ".join(f"{name}: {check}" for name, check in flagged[:3]),
+                           f" (and {len(flagged) - 3} more)" if len(flagged) > 3 else "")
+        return checks
+
     def score_prepared(self, images: torch.Tensor, filenames=None) -> np.ndarray:
-        """:meth:`score` of images already made as the split loader makes them (scaled, cropped, resized)."""
+        """:meth:`score` of images already made as the split loader makes them (scaled, cropped, resized); the
+        :meth:`input_check` of each is kept in ``last_input_check``."""
         self.check_images(images, filenames)
+        self.last_input_check = self.input_check(images, filenames)
         filenames = filenames or [f"image_{i}" for i in range(len(images))]
         scores = {}
         for member, (measuring, scoring, fitted, main) in self.detectors.items():
@@ -186,13 +204,14 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     roi, size, intensity = scorer.model.preprocessing()  # made as the model's own were (its file says how)
     images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims, image_roi=roi, image_size=size,
                          intensity=intensity)
-    if isinstance(images.images, torch.Tensor):
-        scores = scorer.score_prepared(images.images, images.filenames)  # checks the size before any work
-    else:  # volumes, read from disk a batch at a time (all of one shape: their headers were checked)
-        step = scorer.batch_size
-        scores = np.concatenate([scorer.score_prepared(images.images[i:i + step], images.filenames[i:i + step])
-                                 for i in range(0, len(images), step)])
-    predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold})
+    step = len(images) if isinstance(images.images, torch.Tensor) else scorer.batch_size  # volumes: a batch at a time
+    scores, checks = [], []
+    for i in range(0, len(images), step):
+        scores.append(scorer.score_prepared(images.images[i:i + step], images.filenames[i:i + step]))
+        checks += scorer.last_input_check
+    scores = np.concatenate(scores)
+    predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold,
+                                "input_check": checks})
     if path.exists():
         logger.warning("Replacing %s.", path)  # no output replaces an earlier one without saying so
     save_csv_atomic(path, predictions)

@@ -396,9 +396,9 @@ def test_a_training_set_of_constant_volumes_is_refused_and_image_size_1_by_the_p
             run()
         assert not (tmp_path / "balls").exists()
     some = write_split(tmp_path / "Some_train.csv", list(pd.read_csv(splits["train"])["filename"])[:4] + blank[:1])
-    from ddpm_ood.data.loading import check_not_constant
+    from ddpm_ood.data.loading import profile_training_set
     with caplog.at_level("WARNING", logger="ddpm_ood.data.loading"):
-        check_not_constant(load_images(some, True, spatial_dimension=3), some)
+        profile_training_set(load_images(some, True, spatial_dimension=3), some)
     assert "1 of the 5 images of" in caplog.text and "z0.npy" in caplog.text
     with pytest.raises(SystemExit):
         train.parse_args(volume_train_flags(tmp_path, splits, "--image_size=1"))

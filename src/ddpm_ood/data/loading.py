@@ -580,27 +580,68 @@ def check_image_shape(image_set: ImageSet, expected, what: str, split: str | Pat
         )
 
 
-def check_not_constant(image_set: ImageSet, split: str | Path) -> None:
-    """A training set must show something: images that are one value everywhere once made (a constant scan, a
-    1-voxel --image_size, an empty mask file listed as a scan) all become 0 and teach the model nothing. All of
-    them is refused; a few are named in a warning."""
-    images, constant = image_set.images, []
+FOREGROUND_LEVEL = 0.05  # of the [0, 1] range: what counts as foreground for the input check
+PROFILE_STATS = {"foreground": "foreground fraction", "foreground_mean": "mean foreground intensity",
+                 "foreground_std": "spread of foreground intensities"}
+
+
+def image_stats(images: torch.Tensor) -> dict[str, np.ndarray]:
+    """What the input check compares, per image of a batch (N, C, ...) scaled to [0, 1]: the fraction of
+    voxels above FOREGROUND_LEVEL, and the mean and standard deviation of those voxels' values."""
+    flat = images.detach().to("cpu", torch.float64).flatten(1)
+    inside = flat > FOREGROUND_LEVEL
+    count = inside.sum(dim=1).clamp(min=1)
+    mean = (flat * inside).sum(dim=1) / count
+    std = (((flat - mean[:, None]) ** 2) * inside).sum(dim=1).div(count).sqrt()
+    return {"foreground": inside.double().mean(dim=1).numpy(), "foreground_mean": mean.numpy(),
+            "foreground_std": std.numpy()}
+
+
+def profile_training_set(image_set: ImageSet, split: str | Path) -> dict:
+    """One pass over a training set, before any training: it must show something (images that are one value
+    everywhere once made: a constant scan, a 1-voxel --image_size, an empty mask listed as a scan, all become
+    0 and teach nothing; all of them is refused, a few are named in a warning), and its profile is returned:
+    the range of each :func:`image_stats` statistic over its images, which the input check at scoring time
+    compares new images against (:func:`input_check`)."""
+    images, constant, stats = image_set.images, [], []
     for first in range(0, len(images), 16):  # in pieces: volumes are read from disk as they go
-        batch = images[first:first + 16].flatten(1)
-        spread = batch.amax(dim=1) - batch.amin(dim=1)
+        batch = images[first:first + 16]
+        spread = batch.flatten(1).amax(dim=1) - batch.flatten(1).amin(dim=1)
         constant += [first + int(i) for i in torch.nonzero(spread == 0).flatten()]
-    if not constant:
-        return
-    example = image_set.filenames[constant[0]]
-    if len(constant) == len(images):
-        made = f", {describe_preprocessing(preprocessing_record(3, *image_set.preprocessing))}" \
-            if any(image_set.preprocessing) else ""
-        raise DataError(f"Every image of {split} is one value everywhere once read (e.g. {example}{made}): per-image "
-                        "scaling makes each all 0, and a model trained on them learns nothing. List the real images "
-                        "(not masks or blank files), or a larger --image_size.")
-    logger.warning("%d of the %d images of %s are one value everywhere once read (e.g. %s): each becomes all 0; "
-                   "remove them if they are not real images (blank files, masks listed as images).",
-                   len(constant), len(images), split, example)
+        stats.append(image_stats(batch))
+    if constant:
+        example = image_set.filenames[constant[0]]
+        if len(constant) == len(images):
+            made = f", {describe_preprocessing(preprocessing_record(3, *image_set.preprocessing))}" \
+                if any(image_set.preprocessing) else ""
+            raise DataError(f"Every image of {split} is one value everywhere once read (e.g. {example}{made}): "
+                            "per-image scaling makes each all 0, and a model trained on them learns nothing. List the "
+                            "real images (not masks or blank files), or a larger --image_size.")
+        logger.warning("%d of the %d images of %s are one value everywhere once read (e.g. %s): each becomes all 0; "
+                       "remove them if they are not real images (blank files, masks listed as images).",
+                       len(constant), len(images), split, example)
+    values = {key: np.concatenate([s[key] for s in stats]) for key in PROFILE_STATS}
+    return {key: [float(v.min()), float(np.median(v)), float(v.max())] for key, v in values.items()}
+
+
+def input_check(images: torch.Tensor, profile: dict | None) -> list[str]:
+    """Per image of a batch (scaled as the model's were): '' where it looks like the training images, else
+    what is far outside their range (each statistic of :func:`image_stats` beyond the training minimum or
+    maximum by more than half the training range, and at least 0.05), in words. ``profile`` None (a model
+    trained before the check, or another library's): nothing is checked."""
+    if not profile:
+        return [""] * len(images)
+    stats = image_stats(images)
+    said = [[] for _ in range(len(images))]
+    for key, label in PROFILE_STATS.items():
+        if key not in profile:
+            continue
+        low, _, high = profile[key]
+        margin = max(0.5 * (high - low), 0.05)
+        for i, value in enumerate(stats[key]):
+            if not low - margin <= value <= high + margin:
+                said[i].append(f"{label} {value:.3g} (training images: {low:.3g} to {high:.3g})")
+    return ["; ".join(s) for s in said]
 
 
 def one_image(image, dims: int = 2) -> np.ndarray:

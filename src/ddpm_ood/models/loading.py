@@ -406,6 +406,11 @@ class LoadedModel:
                               f"{self.source} was trained on (kept inside it, from {self.space.location}). The model's "
                               "own copy scores: drop the flag, or pass the first stage it was trained on.")
 
+    def training_profile(self) -> dict | None:
+        """The training images' range of foreground and intensity, for the input check at scoring time
+        (``ddpm_ood.data.loading.profile_training_set``); None for models trained before it, or elsewhere."""
+        return ((self.info.get("data") or {}).get("training") or {}).get("profile")
+
     def check_run(self, spatial_dimension: int | None, sets, flags: dict | None = None) -> tuple:
         """reconstruct.py's checks before any work: its --spatial_dimension, ddpm-ood's later flags in ``flags``
         (its arguments: those of DIFFUSION_FLAGS given, and --vqvae_checkpoint) against what the model records,

@@ -106,13 +106,18 @@ SPLITS = {"training": "--training_ids", "validation": "--validation_ids"}
 
 
 def data_record(split: str, images_sha256: str, n_images: int, first_n: int | None = None,
-                digests: list[str] | None = None) -> dict:
+                digests: list[str] | None = None, profile: dict | None = None) -> dict:
     """One split's entry in a checkpoint's ``data``: the split file as given, how many images and
     the SHA-256 of their pixels as loaded (what the model saw, wherever the files are now); ``digests``:
     each image's own (``ddpm_ood.runs.layout.image_digests``; a first stage's training split keeps them, so
-    its images are recognised in any test set)."""
+    its images are recognised in any test set); ``profile``: the training images' range of foreground and
+    intensity (``ddpm_ood.data.loading.profile_training_set``), for the input check at scoring time."""
     record = {"split": str(split), "n_images": int(n_images), "first_n": first_n, "images_sha256": images_sha256}
-    return {**record, "image_digests": list(digests)} if digests is not None else record
+    if digests is not None:
+        record["image_digests"] = list(digests)
+    if profile is not None:
+        record["profile"] = profile
+    return record
 
 
 def data_differences(stored: dict | None, current: dict) -> list[str]:
