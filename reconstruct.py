@@ -144,9 +144,9 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 if run_chunks(store, len(image_set), args.chunk_size, measure, dist, workers,
                               detector.progress_label(name)):
                     store.record_extras(detector.cost())
-                    store.save_examples(run.examples(name), min(max(args.save_examples, args.save_maps), len(image_set)),
-                                        lambda n: detector.examples(model, image_set.images[:n], args.seed),
-                                        image_set.filenames, image_set.example_extras)  # masks, how volumes were made
+                    kept = min(max(args.save_examples, args.save_maps), len(image_set))  # with masks, how made:
+                    store.save_examples(run.examples(name, detector.folder()), kept, lambda n: detector.examples(
+                        model, image_set.images[:n], args.seed), image_set.filenames, image_set.example_extras)
     shutdown(dist)
     return written
 

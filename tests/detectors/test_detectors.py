@@ -276,13 +276,15 @@ def test_scripts_measure_fit_and_score_every_detector(detector_run, monkeypatch,
     assert "detector  score" in printed and "combo-cheap" in printed
     assert list(summary.columns[:3]) == ["ood_set", "detector", "score"]
     expected_nfe = {("recon", "mse"): 26, ("path", "path-6d"): 4, ("path", "path-1d"): 4, ("msma", "msma"): 3,
-                    ("denoise", "denoise"): 2, ("combo", "combo"): 26 + 4 + 3 + 2, ("combo", "combo-cheap"): 9}
+                    ("denoise", "denoise"): 2, ("partial", "partial"): 3, ("combo", "combo"): 26 + 4 + 3 + 2 + 3,
+                    ("combo", "combo-cheap"): 4 + 3 + 2 + 3}
     nfe = {(r.detector, r.score): r.nfe_per_image for r in summary.itertuples()}
     assert {k: v for k, v in nfe.items() if k in expected_nfe} == expected_nfe  # and every registered detector:
     assert {d for d, _ in nfe} == {*DETECTORS, *COMBINATIONS} and all(v > 0 for v in nfe.values())
     assert summary["auroc"].between(0, 1).all()
     table = pd.read_csv(ood / "scores_in.csv")
-    assert {"score", "score_path-6d", "score_path-1d", "score_msma", "score_denoise", "score_combo"} <= set(table)
+    assert {"score", "score_path-6d", "score_path-1d", "score_msma", "score_denoise", "score_partial",
+            "score_combo"} <= set(table)
     saved = pd.read_csv(ood / "summary_auroc.csv")
     assert set(saved["detector"]) == {*DETECTORS, *COMBINATIONS}
 

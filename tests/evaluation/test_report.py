@@ -88,4 +88,4 @@ def test_maps_are_drawn_only_from_the_examples_of_the_current_results(scored_cop
     reconstruct.main(tiny_reconstruct_args(out, paths, "--detectors=recon", "--save_maps=3", "--run_val=0", final))
     with caplog.at_level("WARNING", logger="ddpm_ood"):
         score_run(out, "--bootstrap=0")
-    assert "No anomaly maps: the validation set has no kept examples" in caplog.text
+    assert "No recon anomaly maps: the validation set has no kept examples" in caplog.text

@@ -68,11 +68,16 @@ def test_ood_detection_writes_the_localisation_table(tmp_path, synthetic_splits,
     reconstruct.main(reconstruct.parse_args([
         f"--output_dir={tmp_path}", "--model_name=m", f"--validation_ids={synthetic_splits['val']}",
         f"--in_ids={synthetic_splits['test']}", f"--out_ids={split}", "--num_inference_steps=10",
-        "--inference_skip_factor=5", "--metrics=mse", "--batch_size=4", "--num_workers=0", "--save_maps=8"]))
+        "--inference_skip_factor=5", "--metrics=mse", "--batch_size=4", "--num_workers=0", "--save_maps=8",
+        "--detectors=recon,partial"]))
     ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m", "--bootstrap=0"]))
     table = pd.read_csv(tmp_path / "m" / "ood" / "localisation.csv")
-    assert list(table["map"]) == ["recon_z", "recon_l1", "baseline"] and set(table["set"]) == {"Lesion"}
-    assert table["n_images"].tolist() == [6, 6, 6]
+    assert list(table["map"]) == ["recon_z", "recon_l1", "partial_z", "partial_l1", "baseline"]
+    assert set(table["set"]) == {"Lesion"} and table["n_images"].tolist() == [6] * 5
+    # the partial-diffusion detector's maps: its own examples, maps file and figure
+    partial = np.load(tmp_path / "m" / "ood" / "partial" / "maps_Lesion.npz")
+    assert partial["z"].shape == (6, 3, 28, 28) and list(partial["t"]) == [250, 500, 750]
+    assert (tmp_path / "m" / "ood" / "figures" / "maps_Lesion_partial.png").is_file()
     for column in ("pixel_auroc", "pixel_auprc", "best_dice", "dice_at_5pct"):
         assert table[column].between(0, 1).all(), column
     assert table.set_index("map").loc["baseline", "pixel_auroc"] > 0.8  # a bright square on blobs: easy

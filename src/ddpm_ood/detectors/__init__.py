@@ -15,6 +15,9 @@ msma        MSMA (Mahmood et al. 2021): norms of the score at several       msma
             noise levels at the noise-free image (:mod:`ddpm_ood.detectors.msma`)
 denoise     eps-prediction error at several t with seeded noise,            denoise_levels (10)
             z-scored per t on the validation set (:mod:`ddpm_ood.detectors.denoise`)
+partial     pDDPM / cDDPM: |x0 - x0_hat| of a one-call x0 prediction from    len(partial_t) (3)
+            t = 250, 500, 750, z-scored per t; its residuals are maps
+            (:mod:`ddpm_ood.detectors.partial`)
 combo       (scored, never measured) the sum of every measured detector's   the sum of theirs
             validation-z-scored main score; combo-cheap leaves out the
             expensive ones (:mod:`ddpm_ood.detectors.combined`)
@@ -120,6 +123,11 @@ DETECTORS = {
         Knob("--denoise_levels", 10, "Timesteps of the denoise detector (its UNet calls per image; at most the "
              "model's timesteps). Default 10.", minimum=1),
         NOISE_DRAWS,
+    )),
+    "partial": Entry("ddpm_ood.detectors.partial:PartialDetector", (
+        Knob("--partial_t", "250,500,750", "Timesteps of the partial-diffusion detector (pDDPM / cDDPM: noise to t, "
+             "predict x0 in one call, residual |x0 - x0_hat|; one UNet call per t). Default 250,500,750 (cDDPM's; "
+             "pDDPM's is 500).", kind="text"),
     )),
 }
 # Scored from the measured detectors' scores, never measured themselves.

@@ -88,7 +88,7 @@ def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by
         post_healthy = [postprocess(m, b, erosion=0) for m, b in zip(maps_by_set[healthy][kind], healthy_brains)]
         thresholds = healthy_thresholds(post_healthy, healthy_brains)
         for name, examples in examples_by_set.items():
-            if "masks" not in examples or name == healthy:
+            if "masks" not in examples or name == healthy or kind not in maps_by_set.get(name, {}):
                 continue
             inside = brains(examples)
             post = [postprocess(m, b, erosion=0) for m, b in zip(maps_by_set[name][kind], inside)]

@@ -189,65 +189,85 @@ def write_figures(evaluation: Evaluation) -> None:
     logger.info("figures in %s", run.figures)
 
 
-def kept_examples(run, name: str):
-    """``ood/examples_<set>.npz`` if the set's results were made with it (their manifest records it),
-    else None. A file the results do not record is left from an earlier reconstruction (redone with
-    --restart and no --save_examples / --save_maps): it is never drawn, and maps made from it go."""
-    from ddpm_ood.detectors import detector_class
+def kept_examples(run, name: str, folder: str = ""):
+    """A detector's ``examples_<set>.npz`` (the paper's in ``ood/``; ``folder``: another's results folder) if the
+    set's results were made with it (their manifest records it), else None. A file the results do not record is
+    left from an earlier reconstruction (redone with --restart and no --save_examples / --save_maps): it is never
+    drawn, and maps made from it go."""
     from ddpm_ood.runs.layout import read_manifest
 
-    path = run.examples(name)
+    path = run.examples(name, folder)
     if not path.exists():
         return None
-    manifest = read_manifest(run.results(detector_class("recon").folder(), name)) or {}
+    manifest = read_manifest(run.results(folder, name)) or {}
     if (manifest.get("examples") or {}).get("file") == path.name:
         return path
     logger.warning("%s was made by an earlier reconstruction than the results of %s: not drawn (re-run "
                    "reconstruct.py with --save_examples or --save_maps to keep new ones).", path, name)
-    for stale in (run.maps(name), run.maps_figure(name)):
+    for stale in (run.maps(name, folder), run.maps_figure(name, folder)):
         stale.unlink(missing_ok=True)
     shutil.rmtree(run.scan_maps(name), ignore_errors=True)
     return None
 
 
+def map_sources() -> list[tuple[str, str]]:
+    """(results folder, map name) of every registered detector that keeps examples to draw maps from: the
+    paper's reconstructions ('', 'recon') first, then e.g. the partial-diffusion detector's x0 predictions."""
+    from ddpm_ood.detectors import DETECTORS, detector_class
+    from ddpm_ood.detectors.base import Detector
+
+    classes = {name: detector_class(name) for name in DETECTORS}
+    return [(cls.folder(), name) for name, cls in classes.items() if cls.examples is not Detector.examples]
+
+
 def write_maps(run, set_names) -> None:
-    """Anomaly maps of the sets reconstruct.py kept examples of, z-scored on the validation set's
-    (``--save_maps``): ``ood/maps_<set>.npz`` and a figure each."""
+    """Anomaly maps of the sets reconstruct.py kept examples of (``--save_maps``), for every detector that keeps
+    them: the squared error z-scored on the validation set's, mean over t (``maps_<set>.npz`` in the detector's
+    results folder, a figure each, and NIfTI scans' maps on their own grid), and, for the localisation table, the
+    L1 residual and the no-model baseline."""
     from ddpm_ood.evaluation.anomaly_maps import baseline_maps, error_maps, residual_maps, zscored_maps
     from ddpm_ood.evaluation.figures import maps_figure
     from ddpm_ood.evaluation.scan_maps import write_scan_maps
     from ddpm_ood.utils.files import save_npz_atomic
 
-    wanted = [name for name in set_names if kept_examples(run, name) is not None]
-    if kept_examples(run, "val") is None:
-        if wanted:
-            logger.warning("No anomaly maps: the validation set has no kept examples to z-score them on (re-run "
-                           "reconstruct.py with --save_maps N and --run_val 1).")
-        return
-    with np.load(run.examples("val")) as val:
-        val_maps, val_inputs = error_maps(val), val["inputs"]
-    if len(val_maps) < 2:
-        logger.warning("No anomaly maps: the validation set kept %d example(s); z-scores need at least 2.",
-                       len(val_maps))
-        return
-    kept, maps = {}, {}
-    for name in wanted:
-        with np.load(run.examples(name)) as examples:
-            examples = dict(examples)
-        try:
-            z, mean = zscored_maps(error_maps(examples), val_maps)
-        except ValueError as err:
-            logger.warning("no anomaly maps for %s: %s", name, err)
+    kept, maps, scan = {}, {}, {}
+    for folder, source in map_sources():
+        wanted = [name for name in set_names if kept_examples(run, name, folder) is not None]
+        if not wanted:
             continue
-        save_npz_atomic(run.maps(name), z=z.astype(np.float32), mean=mean.astype(np.float32), t=examples["t"],
-                        filenames=examples["filenames"])
-        maps_figure(examples["inputs"], mean, run.maps_figure(name),
-                    f"{name}: where it is unusual (squared error z-scored on the validation images, mean over t)")
-        if np.asarray(examples["inputs"]).ndim == 5:  # volumes: the maps of NIfTI scans on each scan's grid
-            write_scan_maps(run.scan_maps(name), examples, {"anomaly_z": mean})
-        kept[name] = examples
-        maps[name] = {"recon_z": mean, "recon_l1": residual_maps(examples),
-                      "baseline": baseline_maps(examples["inputs"], val_inputs)}
+        if kept_examples(run, "val", folder) is None:
+            logger.warning("No %s anomaly maps: the validation set has no kept examples to z-score them on (re-run "
+                           "reconstruct.py with --save_maps N and --run_val 1).", source)
+            continue
+        with np.load(run.examples("val", folder)) as val:
+            val_maps, val_inputs = error_maps(val), val["inputs"]
+        if len(val_maps) < 2:
+            logger.warning("No %s anomaly maps: the validation set kept %d example(s); z-scores need at least 2.",
+                           source, len(val_maps))
+            continue
+        for name in wanted:
+            with np.load(run.examples(name, folder)) as examples:
+                examples = dict(examples)
+            try:
+                z, mean = zscored_maps(error_maps(examples), val_maps)
+            except ValueError as err:
+                logger.warning("no %s anomaly maps for %s: %s", source, name, err)
+                continue
+            save_npz_atomic(run.maps(name, folder), z=z.astype(np.float32), mean=mean.astype(np.float32),
+                            t=examples["t"], filenames=examples["filenames"])
+            maps_figure(examples["inputs"], mean, run.maps_figure(name, folder),
+                        f"{name}: where it is unusual ({source}: squared error z-scored on the validation images, "
+                        "mean over t)")
+            kept.setdefault(name, examples)
+            maps.setdefault(name, {})
+            maps[name].update({f"{source}_z": mean, f"{source}_l1": residual_maps(examples)})
+            maps[name].setdefault("baseline", baseline_maps(examples["inputs"], val_inputs))
+            if np.asarray(examples["inputs"]).ndim == 5:  # volumes: NIfTI scans' maps on each scan's grid
+                scan.setdefault(name, {})["anomaly_z" if source == "recon" else f"{source}_z"] = mean
+    for name, kinds in scan.items():
+        write_scan_maps(run.scan_maps(name), kept[name], kinds)
+    for name in maps:  # the baseline last: each map is shown beside it
+        maps[name]["baseline"] = maps[name].pop("baseline")
     write_localisation(run, maps, kept)
 
 

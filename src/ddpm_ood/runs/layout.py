@@ -118,21 +118,24 @@ class RunFiles:
     def scores(self, set_name: str) -> Path:
         return self.ood / f"scores_{set_name}.csv"
 
-    def examples(self, set_name: str) -> Path:
-        return self.ood / f"examples_{set_name}.npz"
+    def examples(self, set_name: str, folder: str = "") -> Path:
+        """A set's kept examples (--save_examples / --save_maps): the paper's detector's in ``ood/``, another
+        detector's in its results folder."""
+        return self.results_dir(folder) / f"examples_{set_name}.npz"
 
     def example_figure(self, set_name: str) -> Path:
         return self.figures / f"examples_{set_name}.png"
 
-    def maps(self, set_name: str) -> Path:
-        return self.ood / f"maps_{set_name}.npz"
+    def maps(self, set_name: str, folder: str = "") -> Path:
+        """A set's anomaly maps: the paper's detector's in ``ood/``, another detector's in its results folder."""
+        return self.results_dir(folder) / f"maps_{set_name}.npz"
 
     def scan_maps(self, set_name: str) -> Path:
         """The folder of a set's maps as NIfTI files on each scan's own grid (ood/maps_nifti/<set>/)."""
         return self.ood / "maps_nifti" / set_name
 
-    def maps_figure(self, set_name: str) -> Path:
-        return self.figures / f"maps_{set_name}.png"
+    def maps_figure(self, set_name: str, folder: str = "") -> Path:
+        return self.figures / (f"maps_{set_name}_{folder}.png" if folder else f"maps_{set_name}.png")
 
     def predictions(self, name: str, detector: str | None = None) -> Path:
         """``ood_detection.py --score_ids``'s verdicts: predictions_<name>.csv, or with --detector X

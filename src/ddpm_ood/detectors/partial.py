@@ -1,0 +1,112 @@
+"""Partial diffusion with a one-pass x0 prediction (pDDPM / cDDPM, Behrendt et al.): the brain-MRI
+field's low-cost way to say *where* an image is unusual.
+
+At a few timesteps t (cDDPM's 250, 500 and 750 by default; ``--partial_t``), noise the image with
+seeded noise e (the reconstructions' seeding, and the model's own noise: simplex noise for a model
+trained with it, as AnoDDPM and pDDPM use), and predict the clean image in one network call:
+
+    x0_hat_t = (x_t - sqrt(1 - a_t) eps_theta(x_t, t)) / sqrt(a_t),   x_t = sqrt(a_t) x0 + sqrt(1 - a_t) e
+
+decoded to image space (a latent model's first stage) and clamped to [0, 1]. Its residual
+|x0 - x0_hat_t| is the map (cDDPM averages the maps over t), and its mean over pixels the feature
+``partial_l1_t<t>``. One UNet call per t (all in one batch): 3 by default.
+
+Score ``partial``: each t z-scored with the fit set's mean and std (ddof = 1), the mean over t, as
+the paper's score treats its reconstruction errors. ``reconstruct.py --save_maps N`` keeps the
+x0 predictions as this detector's examples (``ood/partial/examples_<set>.npz``, in the
+reconstruction examples' layout), from which ``ood_detection.py`` draws and measures its maps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep, checked_timesteps
+from ddpm_ood.diffusion.reconstruction import NOISE, image_keys, start_noise, to_image, to_model
+from ddpm_ood.metrics.scoring import ZScore
+
+DEFAULT_T = (250, 500, 750)  # cDDPM's; pDDPM's single one is 500
+
+
+def parse_timesteps(text: str, num_timesteps: int) -> list[int]:
+    """--partial_t '250,500,750' -> [250, 500, 750], each between 1 and T - 1."""
+    try:
+        values = checked_timesteps([int(v) for v in str(text).split(",")])
+    except ValueError:
+        values = []
+    if not values or not all(1 <= t < num_timesteps for t in values):
+        raise ValueError(f"expected increasing timesteps between 1 and {num_timesteps - 1}, e.g. 250,500,750; got "
+                         f"{text!r}")
+    return values
+
+
+class PartialDetector(FeatureDetector):
+    name = "partial"
+    knob = "partial_t"
+    score_names = ("partial",)
+
+    column_prefix = "partial_l1_t"
+
+    def __init__(self, n_levels: int = 3, num_timesteps: int = 1000, timesteps=None, noise: str = NOISE):
+        super().__init__(n_levels, num_timesteps, DEFAULT_T if timesteps is None else timesteps, noise)
+        self.space = None  # the model's space, set when measuring (the residual is taken in image space)
+
+    @classmethod
+    def from_args(cls, args, model) -> "PartialDetector":
+        from ddpm_ood.utils.errors import DataError
+
+        text, steps = getattr(args, cls.knob), model.schedule.num_timesteps
+        try:
+            return cls(timesteps=parse_timesteps(text, steps))
+        except ValueError as err:
+            raise DataError(f"--{cls.knob} {text}: {err} (the model has {steps} timesteps).") from None
+
+    def measure(self, model, images, filenames, split_type, batch_size, seed, progress=True, index_offset=0):
+        self.space = model.space
+        return super().measure(model, images, filenames, split_type, batch_size, seed, progress, index_offset)
+
+    @torch.no_grad()
+    def predictions(self, model, schedule, x0: torch.Tensor, keys, seed: int) -> torch.Tensor:
+        """(B, L, C, *spatial): each image's x0 prediction from each t, in image space, clamped to [0, 1]
+        (``x0`` in model space)."""
+        n_levels, batch = len(self.timesteps), x0.shape[0]
+        x, t = at_every_timestep(x0, self.timesteps)
+        noise = start_noise(x0.shape[1:], seed, keys, self.timesteps, 0, schedule.noise).to(x0.device)
+        noise = noise.transpose(0, 1).reshape(n_levels * batch, *x0.shape[1:])  # level-major, as x and t
+        x_t = schedule.add_noise(x, noise, t)
+        sqrt_a = torch.as_tensor(schedule.sqrt_alphas_cumprod, device=x0.device)[t].reshape(-1, *[1] * (x0.dim() - 1))
+        sqrt_1m_a = torch.as_tensor(schedule.sqrt_one_minus_alphas_cumprod,
+                                    device=x0.device)[t].reshape(-1, *[1] * (x0.dim() - 1))
+        x0_hat = ((x_t.double() - sqrt_1m_a * model(x_t, t).double()) / sqrt_a).to(x0.dtype)
+        images = to_image(x0_hat, self.space).clamp(0, 1)
+        return images.reshape(n_levels, batch, *images.shape[1:]).transpose(0, 1)
+
+    def features(self, model, schedule, x0, image_keys, seed):
+        inputs = to_image(x0, self.space)
+        residual = (self.predictions(model, schedule, x0, image_keys, seed).double() - inputs[:, None].double()).abs()
+        l1 = residual.flatten(2).mean(2)  # (B, L)
+        return {column: l1[:, level] for level, column in enumerate(self.columns())}
+
+    def examples(self, model, images: torch.Tensor, seed: int) -> dict:
+        """The first images and their x0 predictions from every t, as the results were made: the
+        reconstruction examples' layout (``reconstructions`` (N, L, C, *spatial)), so the maps are drawn
+        and measured the same way."""
+        self.space = model.space
+        x0 = to_model(images.to(model.device), model.space)
+        recon = self.predictions(model.model_fn, model.schedule, x0, image_keys(images, self.noise), seed)
+        return {"inputs": images.cpu().numpy(), "reconstructions": recon.cpu().numpy(),
+                "t": np.asarray(self.timesteps)}
+
+    def fit_features(self, features: np.ndarray, seed: int = 0) -> ZScore:
+        return ZScore.fit(pd.DataFrame(features, columns=self.columns()), self.columns(), source=self.name)
+
+    def score_features(self, fitted: ZScore, features: np.ndarray) -> dict[str, np.ndarray]:
+        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns())
+        return {"partial": z.mean(axis=1).to_numpy()}
+
+    def fit_state(self, fitted: ZScore) -> dict:
+        return fitted.to_state()
+
+    def load_fit(self, state: dict) -> ZScore:
+        return ZScore.from_state(state)
