@@ -125,6 +125,16 @@ def test_mni152_volumes_from_nilearns_templates(tmp_path):
     assert masks.shape == (32, 32, 32, 32) and (sizes > 0).all() and (sizes <= 257).all()  # radius 2 to 4, some clipped
     assert all(lesion.images[i][0].numpy()[masks[i]].mean() > 0.8 for i in range(4))
     assert "mask" not in pd.read_csv(tmp_path / "data_splits" / "MNI152_test.csv").columns
+    # Every T1 set carries its brain masks (the template's brain, cropped as each volume): the noise makes the
+    # background non-zero, so 'voxels above 0' would evaluate it; the lesions lie inside the brain
+    brains = lesion.masks(32)["brain_masks"]
+    assert brains.shape == (32, 32, 32, 32) and 0.2 < brains.mean() < 0.8
+    assert (masks & ~brains).sum() <= 0.05 * masks.sum()  # a ball at the brain's edge may stick out a little
+    healthy = load_images(tmp_path / "data_splits" / "MNI152_test.csv", True, spatial_dimension=3)
+    outside = ~healthy.masks(4)["brain_masks"][0]
+    assert (healthy.images[0][0].numpy()[outside] > 0).mean() > 0.2  # background noise: foreground would take it
+    assert healthy.images[0][0].numpy()[~outside].mean() > 3 * healthy.images[0][0].numpy()[outside].mean()
+    assert "brain_mask" not in pd.read_csv(tmp_path / "data_splits" / "MNI152GM_test.csv").columns
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int16"])

@@ -149,13 +149,16 @@ def _sorted_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
 
 
-def write_split_csv(data_root: Path, name: str, files, masks=None) -> Path:
+def write_split_csv(data_root: Path, name: str, files, masks=None, brain_masks=None) -> Path:
     """``data_splits/<name>.csv``: one absolute path per row, under a ``filename`` header (and each image's
-    ground truth under ``mask``, given ``masks``), written atomically."""
+    ground truth under ``mask``, given ``masks``, and where to evaluate it under ``brain_mask``), written
+    atomically."""
     path = data_root / "data_splits" / f"{name}.csv"
     columns = {"filename": [str(Path(f).resolve()) for f in files]}
     if masks is not None:
         columns["mask"] = [str(Path(f).resolve()) for f in masks]
+    if brain_masks is not None:
+        columns["brain_mask"] = [str(Path(f).resolve()) for f in brain_masks]
     save_csv_atomic(path, pd.DataFrame(columns))
     return path
 
@@ -375,13 +378,16 @@ def read_mni152_template(template: Path) -> np.ndarray:
     return volume
 
 
-def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: int = MNI152_SIZE, masks: bool = False):
+def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: int = MNI152_SIZE, masks: bool = False,
+                   brains: bool = False):
     """``count`` uint8 size^3 volumes of a template: the brain's bounding box resampled to
     (size + 4)^3, then per volume a random size^3 crop (shifts of up to 4 voxels), a random gamma
     (0.8 to 1.25) and noise (2% of the range); ``lesion``: plus a bright ball of radius 2 to 4 voxels
     in the brain, centred on the middle slice along the first axis (a synthetic anomaly where the
     figures' mid-slices show it). ``masks``: yield each lesion's mask (uint8 0/1) instead of the volume
-    (the same draws: the k-th mask is the k-th volume's ball)."""
+    (the same draws: the k-th mask is the k-th volume's ball); ``brains``: each volume's brain mask (the
+    template's brain, above 10% of its range, cropped as the volume), where the localisation metrics look
+    (the added noise makes every volume's background non-zero)."""
     import torch
 
     volume = read_mni152_template(template)
@@ -403,7 +409,10 @@ def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: in
             ball = np.linalg.norm(grid - centre, axis=-1) <= radius
             crop = np.maximum(crop, ball * rng.uniform(0.9, 1.0))
         crop = np.clip(crop + rng.normal(0, 0.02, crop.shape), 0, 1)
-        yield ball.astype(np.uint8) if masks and lesion else np.rint(crop * 255).astype(np.uint8)
+        if brains:
+            yield (big[dz:dz + size, dy:dy + size, dx:dx + size] > 0.1).astype(np.uint8)
+        else:
+            yield ball.astype(np.uint8) if masks and lesion else np.rint(crop * 255).astype(np.uint8)
 
 
 def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
@@ -417,10 +426,14 @@ def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
         source = f"{files[template].resolve()} (seed {seed}{', lesion on the middle slice' if lesion else ''})"
         folder = convert_split(data_root, name, split, lambda t=template, n=count, s=seed, le=lesion:
                                mni152_volumes(files[t], n, s, le), count, source)
-        masks = None
+        masks = brains = None
         if lesion:  # the lesions' masks beside them, for the localisation metrics (the split's mask column)
             masks = _sorted_files(convert_split(data_root, name, f"{split}_masks", lambda t=template, n=count, s=seed:
                                                 mni152_volumes(files[t], n, s, True, masks=True), count,
                                                 f"{source}, masks"))
-        written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder), masks))
+        if template == "T1":  # where to evaluate them (the brain_mask column)
+            brains = _sorted_files(convert_split(data_root, name, f"{split}_brain_masks", lambda n=count, s=seed,
+                                                 le=lesion: mni152_volumes(files["T1"], n, s, le, brains=True), count,
+                                                 f"{source}, brain masks"))
+        written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder), masks, brains))
     return written
