@@ -53,9 +53,12 @@ def test_perfect_maps_score_one_and_the_baseline_is_an_abs_z_score():
     truths[:, 4:11] = True  # bands of 7 whole rows: the 5x5 median filter keeps them exactly
     examples = {"in": {"inputs": inputs}, "Lesion": {"inputs": inputs, "masks": truths}}
     maps = {"in": {"perfect": np.zeros((4, 16, 16))}, "Lesion": {"perfect": truths.astype(float)}}
-    (row,) = localisation_rows(maps, examples)
+    images = []
+    (row,) = localisation_rows(maps, examples, images=images)
     assert (row["set"], row["map"], row["pixel_auroc"], row["pixel_auprc"], row["best_dice"]) == \
         ("Lesion", "perfect", 1.0, 1.0, 1.0)
+    assert row["scan_auroc_mean"] == 1.0 and row["scan_auroc_p99"] == 1.0  # healthy maps are 0 everywhere
+    assert len(images) == 4 and all(i["best_dice"] == 1.0 and i["pixel_auprc"] == 1.0 for i in images)
     val = rng.random((5, 1, 16, 16))
     expected = np.abs(inputs[:, 0] - val[:, 0].mean(0)) / val[:, 0].std(0, ddof=1)
     np.testing.assert_allclose(baseline_maps(inputs, val), expected)
@@ -81,5 +84,11 @@ def test_ood_detection_writes_the_localisation_table(tmp_path, synthetic_splits,
     for column in ("pixel_auroc", "pixel_auprc", "best_dice", "dice_at_5pct"):
         assert table[column].between(0, 1).all(), column
     assert table.set_index("map").loc["baseline", "pixel_auroc"] > 0.8  # a bright square on blobs: easy
+    for column in ("scan_auroc_mean", "scan_auroc_p99"):
+        assert table[column].between(0, 1).all(), column
+    images = pd.read_csv(tmp_path / "m" / "ood" / "localisation_per_image.csv")
+    assert len(images) == 5 * 6 and set(images["map"]) == set(table["map"])
+    assert (images["lesion_voxels"] == 36).sum() >= 5 and images["best_dice"].between(0, 1).all()
+    assert {"filename", "pixel_auprc", "dice_at_5pct", "map_mean", "map_p99"} <= set(images)
     printed = capsys.readouterr().out
     assert "Localisation on Lesion (baseline, 6 images): pixel AUPRC " in printed

@@ -93,3 +93,17 @@ def test_without_a_brain_mask_the_foreground_is_evaluated():
     image = np.zeros((8, 8))
     image[2:6, 2:6] = 0.7
     assert foreground(image).sum() == 16
+
+
+def test_scan_scores_are_the_maps_mean_and_99th_percentile_inside_the_brain():
+    from ddpm_ood.metrics.localisation import per_image, scan_scores
+
+    values = np.arange(200, dtype=float).reshape(10, 20)
+    brain = np.zeros((10, 20), bool)
+    brain[:5] = True  # values 0..99
+    assert scan_scores(values, brain) == {"map_mean": 49.5, "map_p99": pytest.approx(98.01)}
+    truth = np.zeros((10, 20), bool)
+    truth[4, 10:] = True  # the 10 highest values inside the brain
+    row = per_image(values, truth, brain, threshold=90)
+    assert row["lesion_voxels"] == 10 and row["pixel_auroc"] == 1.0 and row["best_dice"] == 1.0
+    assert row["dice_at_5pct"] == 1.0  # >= 90 inside the brain is exactly the lesion

@@ -68,12 +68,16 @@ def baseline_maps(inputs: np.ndarray, val_inputs: np.ndarray) -> np.ndarray:
 
 
 def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by_set: dict[str, dict],
-                      healthy: str = "in") -> list[dict]:
+                      healthy: str = "in", images: list | None = None) -> list[dict]:
     """The field's pixel-level metrics of every map kind (``maps_by_set[set][kind]``, (N, *spatial)) on every
     set whose examples carry ``masks``: post-processed (median filter, eroded brain mask: the examples'
     ``brain_masks``, else each input's foreground), thresholds that flag 1 / 5 / 10 % of the voxels of the
-    ``healthy`` set's maps (the in-distribution test images: never lesion data). One row per (set, kind)."""
-    from ddpm_ood.metrics.localisation import eroded, foreground, healthy_thresholds, localisation, postprocess
+    ``healthy`` set's maps (the in-distribution test images: never lesion data). One row per (set, kind),
+    pooled over its images, with the scan-level AUROC of the map's mean and 99th percentile inside the brain
+    (healthy images against the set's). ``images``, if given, gets one row per (set, kind, image)."""
+    from ddpm_ood.metrics.localisation import (eroded, foreground, healthy_thresholds, localisation, per_image,
+                                               postprocess, scan_scores)
+    from ddpm_ood.metrics.scoring import auroc
 
     def brains(examples):  # where the maps are evaluated: the brain mask (else the foreground), eroded
         if "brain_masks" in examples:
@@ -87,16 +91,27 @@ def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by
     for kind in maps_by_set[healthy]:
         post_healthy = [postprocess(m, b, erosion=0) for m, b in zip(maps_by_set[healthy][kind], healthy_brains)]
         thresholds = healthy_thresholds(post_healthy, healthy_brains)
+        healthy_scans = [scan_scores(m, b) for m, b in zip(post_healthy, healthy_brains)]
         for name, examples in examples_by_set.items():
             if "masks" not in examples or name == healthy or kind not in maps_by_set.get(name, {}):
                 continue
             inside = brains(examples)
             post = [postprocess(m, b, erosion=0) for m, b in zip(maps_by_set[name][kind], inside)]
-            result = localisation(post, list(np.asarray(examples["masks"], bool)), inside, thresholds)
+            truths = list(np.asarray(examples["masks"], bool))
+            result = localisation(post, truths, inside, thresholds)
+            scans = [scan_scores(m, b) for m, b in zip(post, inside)]
             row = {"set": name, "map": kind, "n_images": len(post), "pixel_auroc": result.auroc,
                    "pixel_auprc": result.auprc, "best_dice": result.best_dice}
             for fraction, values in result.at_threshold.items():
                 for metric, value in values.items():
                     row[f"{metric}_at_{round(fraction * 100)}pct"] = value
+            for score in ("map_mean", "map_p99"):
+                row[f"scan_auroc_{score[4:]}"] = auroc(np.array([s[score] for s in healthy_scans]),
+                                                       np.array([s[score] for s in scans]))
             rows.append(row)
+            if images is not None:
+                for i, (m, truth, brain, scan) in enumerate(zip(post, truths, inside, scans)):
+                    images.append({"set": name, "map": kind, "filename": str(examples["filenames"][i])
+                                   if "filenames" in examples else str(i),
+                                   **per_image(m, truth, brain, thresholds[0.05]), **scan})
     return rows

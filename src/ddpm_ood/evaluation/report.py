@@ -272,24 +272,29 @@ def write_maps(run, set_names) -> None:
 
 
 def write_localisation(run, maps: dict, kept: dict) -> None:
-    """``ood/localisation.csv``: how well each kind of map finds the lesions of the sets whose split CSVs give
-    masks (the kept examples', ``--save_maps N``), beside the no-model baseline; one line each printed."""
+    """``ood/localisation.csv`` (pooled over each set's kept examples) and ``ood/localisation_per_image.csv``:
+    how well each kind of map finds the lesions of the sets whose split CSVs give masks (``--save_maps N``),
+    beside the no-model baseline; one line each printed."""
     from ddpm_ood.evaluation.anomaly_maps import localisation_rows
 
-    path = run.ood / "localisation.csv"
+    path, per_image = run.ood / "localisation.csv", run.ood / "localisation_per_image.csv"
     if not any("masks" in examples for examples in kept.values()):
-        path.unlink(missing_ok=True)  # none now: an older table would describe other maps
+        for stale in (path, per_image):  # none now: an older table would describe other maps
+            stale.unlink(missing_ok=True)
         return
     if "in" not in kept:
         logger.warning("No localisation metrics: the thresholds come from the in-distribution test set's maps, and "
                        "it kept none (reconstruct.py --save_maps N --run_in 1).")
         return
-    rows = localisation_rows(maps, kept)
+    images: list[dict] = []
+    rows = localisation_rows(maps, kept, images=images)
     save_csv_atomic(path, pd.DataFrame(rows))
+    save_csv_atomic(per_image, pd.DataFrame(images))
     for row in rows:
         print(f"Localisation on {row['set']} ({row['map']}, {row['n_images']} images): pixel AUPRC "
               f"{row['pixel_auprc']:.3f}, best Dice {row['best_dice']:.3f}, Dice at 5% of healthy voxels "
-              f"{row['dice_at_5pct']:.3f}, pixel AUROC {row['pixel_auroc']:.3f}")
+              f"{row['dice_at_5pct']:.3f}, pixel AUROC {row['pixel_auroc']:.3f}; scan AUROC of the map's 99th "
+              f"percentile {row['scan_auroc_p99']:.3f}")
 
 
 def log_to_tensorboard(evaluation: Evaluation) -> None:

@@ -131,3 +131,28 @@ def localisation(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], brain
                         "precision": float(hits / flagged.sum()) if flagged.any() else float("nan"),
                         "recall": float(hits / labels.sum()) if labels.any() else float("nan")}
     return Localisation(auroc, auprc, best, best_at, at)
+
+
+def scan_scores(post_map: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """A map's image-level scores (the field's scan score): the mean of the post-processed map inside the brain
+    mask, and its 99th percentile (which a small lesion moves where the mean barely does)."""
+    values = np.asarray(post_map, np.float64)[np.asarray(brain, bool)]
+    if values.size == 0:
+        return {"map_mean": float("nan"), "map_p99": float("nan")}
+    return {"map_mean": float(values.mean()), "map_p99": float(np.quantile(values, 0.99))}
+
+
+def per_image(post_map: np.ndarray, truth: np.ndarray, brain: np.ndarray, threshold: float,
+              min_component: int = MIN_COMPONENT) -> dict[str, float]:
+    """One image's pixel AUROC and AUPRC (NaN without both classes inside the brain), best Dice, and Dice at
+    ``threshold`` (small components removed), of its post-processed map; with its lesion size."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    inside = np.asarray(brain, bool)
+    scores, labels = np.asarray(post_map, np.float64)[inside], np.asarray(truth, bool)[inside]
+    both = labels.any() and not labels.all()
+    found = without_small_components((np.asarray(post_map) >= threshold) & inside, min_component)[inside]
+    return {"lesion_voxels": int(labels.sum()),
+            "pixel_auroc": float(roc_auc_score(labels, scores)) if both else float("nan"),
+            "pixel_auprc": float(average_precision_score(labels, scores)) if both else float("nan"),
+            "best_dice": best_dice(scores, labels)[0], "dice_at_5pct": dice(found, labels)}
