@@ -100,22 +100,48 @@ def examples_figure(examples: dict[str, np.ndarray], path: Path, title: str) -> 
     _save(fig, path)
 
 
-def maps_figure(inputs: np.ndarray, maps: np.ndarray, path: Path, title: str, vmax: float = 5.0) -> None:
-    """One column per image: the input (gray; mid-slice of a volume) and, under it, its anomaly map
-    (z, clipped to [0, vmax]) drawn over it."""
+MAPS_PER_ROW = 8
+MAPS_SHOWN = 48
+
+
+def shown_slice(heat: np.ndarray, mask: np.ndarray | None) -> int:
+    """The slice (along the first axis) a volume's figure shows: the one with the most lesion voxels, or, without
+    a lesion, the one holding the map's highest value."""
+    if mask is not None and np.asarray(mask).any():
+        return int(np.asarray(mask).reshape(len(mask), -1).sum(axis=1).argmax())
+    return int(np.asarray(heat).reshape(len(heat), -1).max(axis=1).argmax())
+
+
+def maps_figure(inputs: np.ndarray, maps: np.ndarray, path: Path, title: str, vmax: float = 5.0,
+                masks: np.ndarray | None = None) -> None:
+    """Per image, the input (gray) and, under it, its anomaly map (z, clipped to [0, vmax]) drawn over it,
+    MAPS_PER_ROW images a row (the first MAPS_SHOWN). A volume is shown through the slice with the most lesion,
+    else the map's highest value (its index above); the ground truth (``masks``), where given, is outlined."""
     plt = _pyplot()
-    n = len(inputs)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    n = min(len(inputs), MAPS_SHOWN)
+    columns = min(n, MAPS_PER_ROW)
+    groups = -(-n // columns)
+    fig, axes = plt.subplots(2 * groups, columns, figsize=(1.6 * columns, 1.9 * 2 * groups + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_frame_on(False)
     for i in range(n):
         image, heat = inputs[i], maps[i]
-        if image.ndim == 4:  # (C, D, H, W): the middle slice, as the map's
-            image, heat = image[:, image.shape[1] // 2], heat[heat.shape[0] // 2]
+        mask = None if masks is None else np.asarray(masks[i], bool)
+        top, bottom = axes[2 * (i // columns), i % columns], axes[2 * (i // columns) + 1, i % columns]
+        if image.ndim == 4:  # (C, D, H, W): one slice along D
+            k = shown_slice(heat, mask)
+            image, heat, mask = image[:, k], heat[k], None if mask is None else mask[k]
+            top.set_title(f"slice {k}", fontsize=6)
         gray = image.mean(axis=0)
-        axes[0, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
-        axes[1, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
-        shown = axes[1, i].imshow(np.clip(heat, 0, vmax), cmap="inferno", vmin=0, vmax=vmax, alpha=0.6)
-        for ax in axes[:, i]:
-            ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="z")
-    fig.suptitle(title, fontsize=9)
+        top.imshow(gray, cmap="gray", vmin=0, vmax=1)
+        bottom.imshow(gray, cmap="gray", vmin=0, vmax=1)
+        shown = bottom.imshow(np.clip(heat, 0, vmax), cmap="inferno", vmin=0, vmax=vmax, alpha=0.6)
+        if mask is not None and mask.any():
+            for ax in (top, bottom):
+                ax.contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    fig.colorbar(shown, ax=axes[1::2, :].ravel().tolist(), shrink=0.8, label="z")
+    more = f" (the first {n} of {len(inputs)})" if len(inputs) > n else ""
+    outlined = "; ground truth outlined" if masks is not None else ""
+    fig.suptitle(f"{title}{more}{outlined}", fontsize=9)
     _save(fig, path)

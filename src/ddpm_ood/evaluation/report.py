@@ -257,7 +257,7 @@ def write_maps(run, set_names) -> None:
                             t=examples["t"], filenames=examples["filenames"])
             maps_figure(examples["inputs"], mean, run.maps_figure(name, folder),
                         f"{name}: where it is unusual ({source}: squared error z-scored on the validation images, "
-                        "mean over t)")
+                        "mean over t)", masks=examples.get("masks"))
             kept.setdefault(name, examples)
             maps.setdefault(name, {})
             maps[name].update({f"{source}_z": mean, f"{source}_l1": residual_maps(examples)})
