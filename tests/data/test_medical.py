@@ -191,3 +191,27 @@ def test_a_damaged_mni152_template_is_refused_naming_it_and_leaves_nothing_half_
         run(tmp_path / "data", "MNI152", source)
     assert not list((tmp_path / "data").rglob("*.partial"))
     assert not (tmp_path / "data" / "data_splits").exists() or not list((tmp_path / "data" / "data_splits").iterdir())
+
+
+def test_mni152_slices_carry_lesions_where_their_masks_say_inside_their_brain_masks():
+    """The 2D lesion demo's data (issue 32, part 6): dark discs in white matter, bright ones in grey matter, each
+    with its mask (the same draws) and every T1 slice with its brain mask."""
+    from ddpm_ood.data.download import mni152_files, mni152_slices
+
+    try:
+        files = mni152_files()
+    except DownloadError:
+        pytest.skip("nilearn's wheel is not installed (make demo3d installs it)")
+    for lesion, low, high in (("dark", 0.05, 0.35), ("bright", 0.9, 1.0)):
+        images = np.stack(list(mni152_slices(files, "T1", 6, 3, lesion))) / 255.0
+        masks = np.stack(list(mni152_slices(files, "T1", 6, 3, lesion, what="mask"))).astype(bool)
+        brains = np.stack(list(mni152_slices(files, "T1", 6, 3, lesion, what="brain"))).astype(bool)
+        assert images.shape == masks.shape == brains.shape == (6, 64, 64)
+        sizes = masks.sum(axis=(1, 2))
+        assert ((sizes >= 25) & (sizes <= 120)).all()  # discs of radius 3 to 6
+        assert low < images[masks].mean() < high, lesion
+        assert (masks & ~brains).sum() <= 0.05 * masks.sum() and 0.5 < brains.mean() < 0.95
+    healthy = np.stack(list(mni152_slices(files, "T1", 6, 3, None))) / 255.0
+    assert 0.5 < healthy[brains].mean() < 0.9  # the same draws: the brain where the brain masks are
+    contrast = np.stack(list(mni152_slices(files, "GM", 2, 3, None)))
+    assert contrast.shape == (2, 64, 64) and not np.allclose(contrast / 255.0, healthy[:2], atol=0.2)

@@ -35,6 +35,10 @@ CATALOGUE = {entry.name: entry for entry in (
     Dataset("MNI152", "3D, offline: 32^3 volumes of the MNI152 T1 template nilearn's wheel ships (in-distribution) "
             "and three OOD test sets: MNI152Lesion (a bright ball added), MNI152GM and MNI152WM (the grey and "
             "white matter maps)", "download:prepare_mni152", False),
+    Dataset("MNI152Slices", "2D, offline: 64x64 axial slices of the MNI152 T1 template (in-distribution), lesion "
+            "sets with masks (MNI152SlicesDark: dark discs in white matter; MNI152SlicesBright: bright discs in grey "
+            "matter) and two other contrasts (MNI152SlicesGM, MNI152SlicesWM)", "download:prepare_mni152_slices",
+            False),
     Dataset("MedNIST", "medical: one split per class (MONAI downloads it, or --source_dir)",
             "medical:prepare_mednist", False),
     Dataset("MedMNIST3D", "medical: the six 3D MedMNIST sets (the medmnist package, or --source_dir)",

@@ -415,6 +415,87 @@ def mni152_volumes(template: Path, count: int, seed: int, lesion: bool, size: in
             yield ball.astype(np.uint8) if masks and lesion else np.rint(crop * 255).astype(np.uint8)
 
 
+# --- MNI152Slices: the 2D lesion demo's set, axial slices of the same templates ---------------------------
+
+# (name, split, template, count, seed, lesion): lesion "dark" (in white matter), "bright" (in grey matter) or None.
+MNI152_SLICE_SETS = (("MNI152Slices", "train", "T1", 800, 10, None), ("MNI152Slices", "val", "T1", 100, 11, None),
+                     ("MNI152Slices", "test", "T1", 100, 12, None),
+                     ("MNI152SlicesDark", "test", "T1", 100, 13, "dark"),
+                     ("MNI152SlicesBright", "test", "T1", 100, 14, "bright"),
+                     ("MNI152SlicesGM", "test", "GM", 100, 15, None), ("MNI152SlicesWM", "test", "WM", 100, 16, None))
+SLICE_SIZE = 64
+
+
+def mni152_slices(files: dict[str, Path], template: str, count: int, seed: int, lesion: str | None,
+                  size: int = SLICE_SIZE, what: str = "image"):
+    """``count`` uint8 size x size axial slices of a template (``files`` by "T1", "GM", "WM"): a level drawn from
+    the middle 40% of the brain's height, the brain's bounding box in that plane resampled to (size + 4)^2, a
+    random size^2 crop (shifts of up to 4 pixels), a random gamma (0.8 to 1.25) and noise (2% of the range).
+    ``lesion`` "dark": a disc of radius 3 to 6 pixels centred in white matter (the WM map above 0.9 there), its
+    pixels set to 0.1 to 0.3 (a T1-hypointense lesion); "bright": centred in grey matter (the GM map above 0.6),
+    set to 0.95 to 1.0 (white matter is T1's brightest tissue, so a bright lesion shows in grey matter). ``what``:
+    "image", or "mask" (the lesion, uint8 0/1) or "brain" (the T1 brain above 10% of its range, uint8 0/1),
+    cropped as the image: the same draws, so the k-th mask is the k-th image's."""
+    import torch
+
+    volumes = {key: read_mni152_template(files[key]) for key in ("T1", "GM", "WM")}
+    t1 = volumes["T1"]
+    inside = np.argwhere(t1 > 0.1 * t1.max())
+    low, high = inside.min(0), inside.max(0) + 1
+    levels = np.arange(low[2] + int(0.3 * (high[2] - low[2])), low[2] + int(0.7 * (high[2] - low[2])))
+
+    def plane(volume, level):  # the brain's box in the axial plane, resampled, anterior up
+        box = volume[low[0]:high[0], low[1]:high[1], level].astype(np.float32)
+        big = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(box))[None, None],
+                                              size=(size + 4, size + 4), mode="bilinear", align_corners=False)
+        return np.rot90(big[0, 0].numpy()).copy()
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(count):
+        level = int(rng.choice(levels))
+        dy, dx = rng.integers(0, 5, 2)
+        crop = {key: plane(v, level)[dy:dy + size, dx:dx + size] for key, v in volumes.items()}
+        image = np.clip(crop[template] / volumes[template].max(), 0, 1) ** rng.uniform(0.8, 1.25)
+        disc = np.zeros((size, size), bool)
+        if lesion is not None:
+            tissue = crop["WM"] / volumes["WM"].max() > 0.9 if lesion == "dark" else \
+                crop["GM"] / volumes["GM"].max() > 0.6
+            candidates = np.argwhere(tissue)
+            cy, cx = candidates[rng.integers(len(candidates))]
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(3, 6) ** 2
+            image = np.where(disc, rng.uniform(0.1, 0.3) if lesion == "dark" else rng.uniform(0.95, 1.0), image)
+        image = np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1)
+        if what == "mask":
+            yield disc.astype(np.uint8)
+        elif what == "brain":
+            yield (crop["T1"] > 0.1 * t1.max()).astype(np.uint8)
+        else:
+            yield np.rint(image * 255).astype(np.uint8)
+
+
+def prepare_mni152_slices(data_root: Path, source_dir: Path | None) -> list[Path]:
+    """MNI152Slices (in-distribution: train, val, test), two lesion sets with masks (MNI152SlicesDark,
+    MNI152SlicesBright) and two other contrasts (MNI152SlicesGM, MNI152SlicesWM): the 2D lesion demo's data."""
+    files = mni152_files(source_dir)
+    for path in files.values():
+        read_mni152_template(path)  # every template checked before any split is written
+    written = []
+    for name, split, template, count, seed, lesion in MNI152_SLICE_SETS:
+        source = f"{files[template].resolve()} (axial slices, seed {seed}, lesion {lesion})"
+        make = lambda what, t=template, n=count, s=seed, le=lesion: mni152_slices(files, t, n, s, le, what=what)
+        folder = convert_split(data_root, name, split, lambda: make("image"), count, source)
+        masks = brains = None
+        if lesion is not None:
+            masks = _sorted_files(convert_split(data_root, name, f"{split}_masks", lambda: make("mask"), count,
+                                                f"{source}, masks"))
+        if template == "T1":
+            brains = _sorted_files(convert_split(data_root, name, f"{split}_brain_masks", lambda: make("brain"), count,
+                                                 f"{source}, brain masks"))
+        written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder), masks, brains))
+    return written
+
+
 def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
     """MNI152 (in-distribution: train, val, test) and three OOD test sets: MNI152Lesion (the T1 with a
     bright ball), MNI152GM and MNI152WM (the grey and white matter maps: another contrast)."""
