@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo3d test test-fast venv clean
+.PHONY: demo demo3d demo-lesion test test-fast venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo3d: venv
 	$(BIN)/pip install --quiet --no-deps nilearn==0.14.1
 	PYTHON=$(BIN)/python bash scripts/demo_3d.sh
 
+# Where, measured: 2D MNI152 slices with lesions and masks, the localisation table; nilearn's wheel for the template.
+demo-lesion: venv
+	$(BIN)/pip install --quiet --no-deps nilearn==0.14.1
+	PYTHON=$(BIN)/python bash scripts/demo_lesion.sh
+
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
@@ -36,4 +41,4 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf demo_output demo3d_output
+	rm -rf demo_output demo3d_output demo_lesion_output

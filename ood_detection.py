@@ -45,11 +45,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score_ids", default=None, metavar="CSV_OR_FOLDER",
                         help="Score new images (a split CSV or a folder of image files) with this run's model, "
                              "settings and saved threshold; writes ood/predictions_<name>.csv (filename, score, "
-                             "is_ood). Run ood_detection.py without it first.")
+                             "is_ood, input_check). Run ood_detection.py without it first.")
     parser.add_argument("--detector", default=None, metavar="NAME",
                         help=f"For --score_ids: the detector ({detector_help(combinations=True)}; its main score) or "
                              "one of their scores (docs/detectors.md) to score with; writes "
                              "ood/predictions_<name>_<NAME>.csv. Default: the paper's score.")
+    parser.add_argument("--score_maps", action="store_true",
+                        help="For --score_ids: each image's anomaly map too (z-scored on the validation images' maps "
+                             "that reconstruct.py --save_maps kept), beside the predictions: <predictions>_maps.npz "
+                             "and, for NIfTI scans, each on its own grid in <predictions>_maps/ "
+                             "(docs/latent_and_3d.md).")
     parser.add_argument("--device", type=device_name, default="auto", help="For --score_ids: auto, cpu, cuda, ...")
     parser.add_argument("--predictions", default=None, metavar="CSV",
                         help="For --score_ids: where to write the predictions (default: the run's "
@@ -80,6 +85,9 @@ def main(args: argparse.Namespace):
     if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")):
         return None  # under torchrun: it takes seconds, on rank 0 alone (one output, one set of files)
     run = RunFiles(args.output_dir / args.model_name)
+    if args.score_maps and not args.score_ids:
+        raise ConfigError("--score_maps draws the maps of the images --score_ids scores: pass --score_ids too (the "
+                          "sets reconstruct.py measured get theirs from --save_maps).")
     if args.score_ids:
         from ddpm_ood.api import score_files
 
@@ -91,7 +99,7 @@ def main(args: argparse.Namespace):
                               "--score_ids without them.")
 
         predictions, path, scorer = score_files(run.dir, args.score_ids, args.device, args.lpips_weights, args.detector,
-                                                 args.pretrained, args.predictions)
+                                                 args.pretrained, args.predictions, args.score_maps)
         print(f"{int(predictions['is_ood'].sum())} of {len(predictions)} images flagged as OOD by {scorer.score_name} "
               f"(score above {scorer.threshold:.4g}, the threshold at {100 * scorer.tpr:.0f}% in-distribution TPR); "
               f"wrote {path}")

@@ -160,6 +160,37 @@ class OODDetector:
         """True for images whose score is above the threshold fitted on the validation scores."""
         return self.score(images, filenames) > self.threshold
 
+    def maps(self, images: torch.Tensor, filenames=None) -> np.ndarray:
+        """Where each image is unusual, (N, *spatial): its anomaly map as ood_detection.py draws the kept
+        examples' (the squared error of each start point's reconstruction, or x0 prediction, z-scored on the
+        validation images' maps, mean over t), by the first of this detector's members that keeps examples (the
+        paper's, or the partial-diffusion one). Needs the validation examples reconstruct.py --save_maps kept."""
+        from ddpm_ood.data.loading import prepare_images, to_channels
+
+        images = prepare_images(images, filenames, self.model.image_space.dims, self.intensity)
+        return self.maps_prepared(to_channels(images, self.model.channels))
+
+    def maps_prepared(self, images: torch.Tensor) -> np.ndarray:
+        """:meth:`maps` of images already made as the split loader makes them."""
+        from ddpm_ood.detectors.base import Detector
+        from ddpm_ood.evaluation.anomaly_maps import error_maps, zscored_maps
+
+        self.check_images(images)
+        mapping = [m for m, (measuring, *_) in self.detectors.items()
+                   if type(measuring).examples is not Detector.examples]
+        if not mapping:
+            raise ScoringError(f"{', '.join(self.detectors)} draws no maps: load the run with detector='recon' or "
+                               "'partial' (OODDetector.load(run, detector=...), --detector) for maps.")
+        measuring = self.detectors[mapping[0]][0]
+        val = self.run.examples("val", measuring.folder())
+        if not val.exists():
+            raise ScoringError(f"{val} does not exist: the maps are z-scored on the validation images' maps; re-run "
+                               "reconstruct.py with --save_maps N (N >= 2) and --run_val 1.")
+        with np.load(val) as kept:
+            val_maps = error_maps(kept)
+        examples = measuring.examples(self.model, images, self.settings["seed"])
+        return zscored_maps(error_maps(examples), val_maps)[1]
+
 
 def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str, dict]:
     """``name`` (a detector, or a score of one; None: the paper's) -> (detector, score, its fit record)."""
@@ -183,11 +214,12 @@ def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[
 
 
 def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_weights: str | Path | None = None,
-                detector: str | None = None, model: str | None = None,
-                output: str | Path | None = None) -> tuple[pd.DataFrame, Path, OODDetector]:
+                detector: str | None = None, model: str | None = None, output: str | Path | None = None,
+                maps: bool = False) -> tuple[pd.DataFrame, Path, OODDetector]:
     """``ood_detection.py --score_ids``: score a split CSV or a folder of image files, and write
-    ``ood/predictions_<name>.csv`` (filename, score, is_ood; ``_<detector>`` in the name with one),
-    or ``output``."""
+    ``ood/predictions_<name>.csv`` (filename, score, is_ood, input_check; ``_<detector>`` in the name with one),
+    or ``output``. ``maps`` (--score_maps): each image's anomaly map too (:meth:`OODDetector.maps`), beside the
+    predictions (``predictions_<name>_maps.npz``; NIfTI scans' on their own grid in ``predictions_<name>_maps/``)."""
     from ddpm_ood.data.loading import load_images, resolve_split
     from ddpm_ood.utils.files import check_writable, save_csv_atomic
 
@@ -205,17 +237,35 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims, image_roi=roi, image_size=size,
                          intensity=intensity)
     step = len(images) if isinstance(images.images, torch.Tensor) else scorer.batch_size  # volumes: a batch at a time
-    scores, checks = [], []
+    scores, checks, drawn = [], [], []
     for i in range(0, len(images), step):
         scores.append(scorer.score_prepared(images.images[i:i + step], images.filenames[i:i + step]))
         checks += scorer.last_input_check
+        if maps:
+            drawn.append(scorer.maps_prepared(images.images[i:i + step]))
     scores = np.concatenate(scores)
+    if maps:
+        write_new_maps(path, images, np.concatenate(drawn))
     predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold,
                                 "input_check": checks})
     if path.exists():
         logger.warning("Replacing %s.", path)  # no output replaces an earlier one without saying so
     save_csv_atomic(path, predictions)
     return predictions, path, scorer
+
+
+def write_new_maps(path: Path, images, maps: np.ndarray) -> None:
+    """New images' maps (--score_maps) beside their predictions ``path``: ``<path stem>_maps.npz`` (``mean``,
+    ``filenames``) and, for volumes read from NIfTI files, each on its scan's own grid in ``<path stem>_maps/``."""
+    from ddpm_ood.evaluation.scan_maps import write_scan_maps
+    from ddpm_ood.utils.files import save_npz_atomic
+
+    target = path.with_name(f"{path.stem}_maps.npz")
+    save_npz_atomic(target, mean=maps.astype(np.float32), filenames=np.asarray(images.filenames))
+    if maps.ndim == 4:
+        examples = {"filenames": np.asarray(images.filenames), **images.example_extras(0)}
+        write_scan_maps(path.with_name(f"{path.stem}_maps"), examples, {"anomaly_z": maps})
+    logger.info("maps of %d images in %s", len(maps), target)
 
 
 # --- one detector, any model, fitted on images you give it ------------------------------------------

@@ -153,6 +153,18 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
     assert [p.name[:6] for p in scan_maps] == ["000_s_", "001_s_", "002_s_"]
     np.testing.assert_allclose(nibabel.load(str(scan_maps[0])).get_fdata(), maps["mean"][0], rtol=1e-5, atol=1e-5)
     assert not (out / "balls" / "ood" / "maps_nifti" / "in").exists()
+    # New scans' maps (issue 32, part 5): the API's equal the maps drawn for the same kept volumes, and
+    # --score_ids --score_maps writes them, NIfTI scans' on their own grid
+    slabs = torch.stack([torch.from_numpy(nibabel.load(f).get_fdata().astype(np.float32))[None]
+                         for f in pd.read_csv(splits["ood"])["filename"][:3]])
+    np.testing.assert_allclose(detector.maps(slabs), maps["mean"], rtol=1e-4, atol=1e-4)
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=balls",
+                                                 f"--score_ids={splits['ood']}", "--score_maps"]))
+    new_maps = np.load(out / "balls" / "ood" / "predictions_Slabs_maps.npz")
+    assert new_maps["mean"].shape == (4, 12, 12, 12) and "z" in np.load(out / "balls" / "ood" / "maps_Slabs.npz")
+    written_maps = sorted((out / "balls" / "ood" / "predictions_Slabs_maps").glob("*.nii.gz"))
+    assert len(written_maps) == 4
+    np.testing.assert_allclose(nibabel.load(str(written_maps[0])).get_fdata(), new_maps["mean"][0], atol=1e-5)
     # A 2D split given to the 3D model: refused, naming the file.
     flat = root / "flat"
     flat.mkdir(exist_ok=True)
