@@ -484,16 +484,22 @@ def prepare_mni152_slices(data_root: Path, source_dir: Path | None) -> list[Path
     for name, split, template, count, seed, lesion in MNI152_SLICE_SETS:
         source = f"{files[template].resolve()} (axial slices, seed {seed}, lesion {lesion})"
         make = lambda what, t=template, n=count, s=seed, le=lesion: mni152_slices(files, t, n, s, le, what=what)
-        folder = convert_split(data_root, name, split, lambda: make("image"), count, source)
-        masks = brains = None
-        if lesion is not None:
-            masks = _sorted_files(convert_split(data_root, name, f"{split}_masks", lambda: make("mask"), count,
-                                                f"{source}, masks"))
-        if template == "T1":
-            brains = _sorted_files(convert_split(data_root, name, f"{split}_brain_masks", lambda: make("brain"), count,
-                                                 f"{source}, brain masks"))
-        written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder), masks, brains))
+        written.append(write_template_set(data_root, name, split, count, source, make, lesion is not None,
+                                          template == "T1"))
     return written
+
+
+def write_template_set(data_root: Path, name: str, split: str, count: int, source: str, make, lesion: bool,
+                       brains: bool) -> Path:
+    """One split of the sets made from nilearn's templates: its images (``make("image")``), and, written beside
+    them under the same draws, the lesions' masks (``lesion``: ``make("mask")``, the CSV's mask column) and the
+    brain masks (``brains``: ``make("brain")``, its brain_mask column)."""
+    folder = convert_split(data_root, name, split, lambda: make("image"), count, source)
+    masks = _sorted_files(convert_split(data_root, name, f"{split}_masks", lambda: make("mask"), count,
+                                        f"{source}, masks")) if lesion else None
+    brain_masks = _sorted_files(convert_split(data_root, name, f"{split}_brain_masks", lambda: make("brain"), count,
+                                              f"{source}, brain masks")) if brains else None
+    return write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder), masks, brain_masks)
 
 
 def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
@@ -505,16 +511,10 @@ def prepare_mni152(data_root: Path, source_dir: Path | None) -> list[Path]:
     written = []
     for name, split, template, count, seed, lesion in MNI152_SETS:
         source = f"{files[template].resolve()} (seed {seed}{', lesion on the middle slice' if lesion else ''})"
-        folder = convert_split(data_root, name, split, lambda t=template, n=count, s=seed, le=lesion:
-                               mni152_volumes(files[t], n, s, le), count, source)
-        masks = brains = None
-        if lesion:  # the lesions' masks beside them, for the localisation metrics (the split's mask column)
-            masks = _sorted_files(convert_split(data_root, name, f"{split}_masks", lambda t=template, n=count, s=seed:
-                                                mni152_volumes(files[t], n, s, True, masks=True), count,
-                                                f"{source}, masks"))
-        if template == "T1":  # where to evaluate them (the brain_mask column)
-            brains = _sorted_files(convert_split(data_root, name, f"{split}_brain_masks", lambda n=count, s=seed,
-                                                 le=lesion: mni152_volumes(files["T1"], n, s, le, brains=True), count,
-                                                 f"{source}, brain masks"))
-        written.append(write_split_csv(data_root, f"{name}_{split}", _sorted_files(folder), masks, brains))
+
+        def make(what, t=template, n=count, s=seed, le=lesion):
+            if what == "brain":
+                return mni152_volumes(files["T1"], n, s, le, brains=True)
+            return mni152_volumes(files[t], n, s, le or what == "mask", masks=what == "mask")
+        written.append(write_template_set(data_root, name, split, count, source, make, lesion, template == "T1"))
     return written
