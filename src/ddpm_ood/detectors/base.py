@@ -243,6 +243,29 @@ class FeatureDetector(Detector):
         raise NotImplementedError
 
 
+class ZScoredFeatureDetector(FeatureDetector):
+    """A feature detector scored as the paper scores its reconstruction errors: each feature column z-scored
+    with the fit set's mean and std (ddof = 1, the one z-score of ddpm_ood.metrics.scoring), its one score
+    (``score_names[0]``) the mean over the columns."""
+
+    def fit_features(self, features: np.ndarray, seed: int = 0):
+        from ddpm_ood.metrics.scoring import ZScore
+
+        return ZScore.fit(pd.DataFrame(features, columns=self.columns()), self.columns(), source=self.name)
+
+    def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
+        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns())
+        return {self.score_names[0]: z.mean(axis=1).to_numpy()}
+
+    def fit_state(self, fitted) -> dict:
+        return fitted.to_state()
+
+    def load_fit(self, state: dict):
+        from ddpm_ood.metrics.scoring import ZScore
+
+        return ZScore.from_state(state)
+
+
 def even_timesteps(num_timesteps: int, count: int) -> list[int]:
     """``count`` timesteps 0, c, 2c, ... with c = T // count: improved-diffusion's respacing
     (``space_timesteps(1000, "ddim10")`` -> 0, 100, ..., 900), which DiffPath uses."""

@@ -12,16 +12,13 @@ z-score of ddpm_ood.metrics.scoring) and the score is the mean over t.
 """
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import torch
 
-from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep, checked_draws, draws_setting
+from ddpm_ood.detectors.base import ZScoredFeatureDetector, at_every_timestep, checked_draws, draws_setting
 from ddpm_ood.diffusion.reconstruction import NOISE
-from ddpm_ood.metrics.scoring import ZScore
 
 
-class DenoiseDetector(FeatureDetector):
+class DenoiseDetector(ZScoredFeatureDetector):
     name = "denoise"
     knob = "denoise_levels"
     score_names = ("denoise",)
@@ -66,16 +63,3 @@ class DenoiseDetector(FeatureDetector):
             error = error + ((model(x_t, t).double() - noise.double()) ** 2).flatten(1).mean(1).reshape(n_levels, batch)
         error = error / self.noise_draws
         return {column: error[level] for level, column in enumerate(self.columns())}
-
-    def fit_features(self, features: np.ndarray, seed: int = 0) -> ZScore:
-        return ZScore.fit(pd.DataFrame(features, columns=self.columns()), self.columns(), source=self.name)
-
-    def score_features(self, fitted: ZScore, features: np.ndarray) -> dict[str, np.ndarray]:
-        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns())
-        return {"denoise": z.mean(axis=1).to_numpy()}
-
-    def fit_state(self, fitted: ZScore) -> dict:
-        return fitted.to_state()
-
-    def load_fit(self, state: dict) -> ZScore:
-        return ZScore.from_state(state)

@@ -19,12 +19,10 @@ reconstruction examples' layout), from which ``ood_detection.py`` draws and meas
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 
-from ddpm_ood.detectors.base import FeatureDetector, at_every_timestep, checked_timesteps
+from ddpm_ood.detectors.base import ZScoredFeatureDetector, at_every_timestep, checked_timesteps
 from ddpm_ood.diffusion.reconstruction import NOISE, image_keys, start_noise, to_image, to_model
-from ddpm_ood.metrics.scoring import ZScore
 
 DEFAULT_T = (250, 500, 750)  # cDDPM's; pDDPM's single one is 500
 
@@ -41,7 +39,7 @@ def parse_timesteps(text: str, num_timesteps: int) -> list[int]:
     return values
 
 
-class PartialDetector(FeatureDetector):
+class PartialDetector(ZScoredFeatureDetector):
     name = "partial"
     knob = "partial_t"
     score_names = ("partial",)
@@ -97,16 +95,3 @@ class PartialDetector(FeatureDetector):
         recon = self.predictions(model.model_fn, model.schedule, x0, image_keys(images, self.noise), seed)
         return {"inputs": images.cpu().numpy(), "reconstructions": recon.cpu().numpy(),
                 "t": np.asarray(self.timesteps)}
-
-    def fit_features(self, features: np.ndarray, seed: int = 0) -> ZScore:
-        return ZScore.fit(pd.DataFrame(features, columns=self.columns()), self.columns(), source=self.name)
-
-    def score_features(self, fitted: ZScore, features: np.ndarray) -> dict[str, np.ndarray]:
-        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns())
-        return {"partial": z.mean(axis=1).to_numpy()}
-
-    def fit_state(self, fitted: ZScore) -> dict:
-        return fitted.to_state()
-
-    def load_fit(self, state: dict) -> ZScore:
-        return ZScore.from_state(state)
