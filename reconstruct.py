@@ -81,8 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--save_examples", type=non_negative_int, default=0,
         help="Keep the first N images of each set and their reconstructions from every start point in "
              "ood/examples_<set>.npz, for the reconstruction grid of ood_detection.py. Default 0.")
-    add("--save_maps", type=map_count, default=0, help="Anomaly maps of the first N (>= 2) images of every set: "
-        "kept as --save_examples does; ood_detection.py z-scores and draws them (docs/latent_and_3d.md, '4. Anomaly maps'). Default 0.")
+    add("--save_maps", type=map_count, default=0, metavar="N|all", help="Anomaly maps of the first N (>= 2) images of "
+        "every set, or all, kept as --save_examples (docs/latent_and_3d.md, '4. Anomaly maps'). Default 0.")
     add("--restart", action=argparse.BooleanOptionalAction, default=False,
         help="Discard results (finished or partial) made with other settings instead of stopping.")
     add("--verbose", action="store_true", help="Log debug messages.")
@@ -133,6 +133,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             entries = set_entries(path, first_n, image_set.filenames, image_set.images)
             model.refuse_memorised(name, path, entries["images_sha256"], image_set.images)
             for detector in (d for d in detectors if name != "fit" or d.measures_fit_set):
+                detector.keep_examples(kept := min(max(args.save_examples, args.save_maps), len(image_set)))
                 store = ResultsStore(run, detector.folder(), name, build_manifest(
                     model.manifest(run.dir), run_settings, detector.settings(), entries, args.chunk_size), args.restart)
                 written["/".join(filter(None, (detector.folder(), name)))] = store.final
@@ -144,7 +145,6 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 if run_chunks(store, len(image_set), args.chunk_size, measure, dist, workers,
                               detector.progress_label(name)):
                     store.record_extras(detector.cost())
-                    kept = min(max(args.save_examples, args.save_maps), len(image_set))  # with masks, how made:
                     store.save_examples(run.examples(name, detector.folder()), kept, lambda n: detector.examples(
                         model, image_set.images[:n], args.seed), image_set.filenames, image_set.example_extras)
     shutdown(dist)

@@ -78,16 +78,22 @@ def test_every_setting_is_one_flag_of_its_declared_type_and_default(script):
     assert {f.name for f in settings.flags()} <= set(vars(module.parse_args(base)))
 
 
-@pytest.mark.parametrize("value,ok", [("0", True), ("1", False), ("2", True), ("-1", False)])
-def test_save_maps_is_zero_or_at_least_two(value, ok, capsys):
-    """One map cannot be z-scored on the validation set's (the help said N >= 2; the parser took 1)."""
+@pytest.mark.parametrize("value,ok", [("0", True), ("1", False), ("2", True), ("-1", False), ("all", True),
+                                      ("ALL", True), ("some", False)])
+def test_save_maps_is_zero_all_or_at_least_two(value, ok, capsys):
+    """One map cannot be z-scored on the validation set's (the help said N >= 2; the parser took 1); 'all' keeps
+    every image's, more than any set holds."""
+    from ddpm_ood.cli import EVERY_IMAGE
+
     args = ["--output_dir=o", "--model_name=m", f"--save_maps={value}"]
     if ok:
-        assert reconstruct.parse_args(args).save_maps == int(value)
+        expected = EVERY_IMAGE if value.lower() == "all" else int(value)
+        assert reconstruct.parse_args(args).save_maps == expected
+        assert min(expected, 10**9) == (10**9 if expected == EVERY_IMAGE else expected)
     else:
         with pytest.raises(SystemExit):
             reconstruct.parse_args(args)
-        assert "0 (no maps) or at least 2 images" in capsys.readouterr().err
+        assert "expected 0 (no maps), 'all', or at least 2 images" in capsys.readouterr().err
 
 
 def test_train_ddpm_is_train_under_its_later_name():

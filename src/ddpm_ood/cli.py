@@ -75,7 +75,23 @@ def _ranged(convert: Callable[[str], float], is_valid: Callable[[float], bool], 
 
 positive_int = _ranged(_integer, lambda n: n >= 1, "a positive integer")
 non_negative_int = _ranged(_integer, lambda n: n >= 0, "a non-negative integer")
-map_count = _ranged(_integer, lambda n: n == 0 or n >= 2, "0 (no maps) or at least 2 images (the maps are z-scored on the validation set's)")
+EVERY_IMAGE = 2**62  # --save_maps all: more than any set holds, so min(count, set size) is the set's size
+
+
+def map_count(value: str) -> int:
+    """--save_maps: 0 (no maps), N >= 2 (the first N images of every set), or 'all' (every image)."""
+    if value.strip().lower() == "all":
+        return EVERY_IMAGE
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count == 0 or count >= 2:
+        return count
+    raise argparse.ArgumentTypeError(f"expected 0 (no maps), 'all', or at least 2 images (the maps are z-scored on "
+                                     f"the validation set's), got {value!r}")
+
+
 volume_side = _ranged(_integer, lambda n: n >= 2, "a side of at least 2 voxels (a 1-voxel volume is one value, "
                       "which per-volume scaling makes 0 for every scan)")
 positive_float = _ranged(_number, lambda x: x > 0, "a number above 0")

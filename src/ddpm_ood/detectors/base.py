@@ -113,6 +113,11 @@ class Detector(ABC):
         """Arrays to keep for a figure of the first images (reconstruct.py --save_examples), or None."""
         return None
 
+    def keep_examples(self, n: int) -> None:
+        """Before measuring a set: keep what :meth:`examples` of its first ``n`` images needs as they are
+        measured, so it need not be measured twice (the paper's detector); what an earlier set kept goes.
+        Default: nothing kept (:meth:`examples` measures them again, cheap for one-pass detectors)."""
+
     @abstractmethod
     def read(self, path: Path) -> pd.DataFrame:
         """A results file of this detector, checked."""

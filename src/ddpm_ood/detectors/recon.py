@@ -85,6 +85,7 @@ class ReconDetector(Detector):
         self.score_names = tuple(available_scores(self.metrics))
         self.lpips = None  # the LPIPS metric, once loaded (load_lpips)
         self._sampler = None
+        self._keep, self._kept = 0, {}  # keep_examples: (first image, draw) -> its batch's reconstructions
 
     # --- settings ------------------------------------------------------------------------
 
@@ -175,12 +176,47 @@ class ReconDetector(Detector):
         return measure_split(model.model_fn, model.schedule, self._sampler, images, filenames, split_type,
                              self.start_indices, batch_size, seed, model.device, self.lpips, fused=self.fused,
                              progress=progress, index_offset=index_offset, clamp_for_lpips=self.clamp_for_lpips,
-                             space=model.space, noise=self.noise, draws=self.noise_draws)
+                             space=model.space, noise=self.noise, draws=self.noise_draws,
+                             reconstructed=self._keep_batch if self._keep else None)
+
+    def keep_examples(self, n: int) -> None:
+        self._keep, self._kept = int(n), {}
+
+    def _keep_batch(self, first: int, draw: int, reconstructions) -> None:
+        """measure_split's hook: a batch's reconstructions (B, K, C, *spatial), clamped, kept for its images
+        among the set's first ``keep``."""
+        if first < self._keep:
+            self._kept[first, draw] = reconstructions[:self._keep - first].cpu().numpy()
+
+    def _kept_examples(self, images) -> dict | None:
+        """The examples of ``images`` (the set's first n) from what measuring kept, if it kept all of them (a
+        resumed run measured some before; another rank or --shard job measured others: then None)."""
+        n = len(images)
+        draws = []
+        for draw in range(self.noise_draws):
+            parts, expected = [], 0
+            for first in sorted(f for f, d in self._kept if d == draw):
+                if first != expected:
+                    return None
+                parts.append(self._kept[first, draw])
+                expected += len(parts[-1])
+            if expected < n:
+                return None
+            draws.append(np.concatenate(parts)[:n])
+        examples = {"inputs": images.cpu().numpy(), "reconstructions": draws[0],
+                    "t": np.asarray(self.start_t)}
+        if self.noise_draws > 1:
+            examples["more_reconstructions"] = np.stack(draws[1:], axis=1)
+        return examples
 
     def examples(self, model, images, seed) -> dict:
-        """The first images and their reconstructions from every start point, as the results were made."""
+        """The first images and their reconstructions from every start point, as the results were made: those
+        measuring kept (:meth:`keep_examples`), else made again with the same noise."""
         from ddpm_ood.diffusion.reconstruction import reconstruction_examples
 
+        kept = self._kept_examples(images)
+        if kept is not None:
+            return kept
         self.bind(model.schedule)
         return reconstruction_examples(model.model_fn, model.schedule, self._sampler, images, self.start_indices,
                                        seed, model.device, model.space, self.noise, self.noise_draws)

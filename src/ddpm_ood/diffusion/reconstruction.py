@@ -140,7 +140,8 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
                   filenames: Sequence[str], split_type: str, start_indices: Sequence[int], batch_size: int,
                   seed: int, device: torch.device, lpips_metric=None, fused: bool = True,
                   progress: bool | Callable[[int], object] = True, index_offset: int = 0,
-                  clamp_for_lpips: bool = False, space=None, noise: str = NOISE, draws: int = 1) -> pd.DataFrame:
+                  clamp_for_lpips: bool = False, space=None, noise: str = NOISE, draws: int = 1,
+                  reconstructed: Callable[[int, int, torch.Tensor], object] | None = None) -> pd.DataFrame:
     """Reconstruct every image from every start and measure MSE (and LPIPS) to the input.
 
     As the paper's code: MSE compares the input with the reconstruction clamped to [0, 1];
@@ -153,7 +154,9 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
     ``space`` (a model space, :class:`ddpm_ood.models.spaces.PixelSpace`): images are encoded to it, noised and
     reconstructed there, and decoded; the images and metrics stay in [0, 1]. None: the images themselves.
     ``noise``: the seeding scheme (:func:`image_keys`); ``draws``: each metric is the mean over that
-    many independent noise draws (draw 0 alone by default). Returns one row per (image, start t).
+    many independent noise draws (draw 0 alone by default). ``reconstructed(first, draw, recons)``, if
+    given, sees each batch's reconstructions clamped to [0, 1], (B, K, C, *spatial), with the split index
+    of its first image: the examples kept without measuring again. Returns one row per (image, start t).
     """
     reconstruct = reconstruct_fused if fused else reconstruct_sequential
     timesteps = [int(sampler.grid[j]) for j in start_indices]
@@ -173,6 +176,8 @@ def measure_split(model: ModelFn, schedule: DDPMSchedule, sampler: PLMSSampler, 
             inputs = x0[:, None].expand_as(raw).reshape(-1, *x0.shape[1:])  # (B*K, C, H, W), image-major
             raw = raw.reshape(-1, *x0.shape[1:])
             clamped = raw.clamp(0, 1)
+            if reconstructed is not None:
+                reconstructed(index_offset + first, draw, clamped.reshape(len(x0), n_starts, *x0.shape[1:]))
             mse = mse + mse_per_image(inputs, clamped).cpu()
             if lpips_metric is not None:
                 clamp_lpips = clamp_for_lpips or x0.shape[1] == 1
