@@ -191,6 +191,27 @@ class OODDetector:
         examples = measuring.examples(self.model, images, self.settings["seed"])
         return zscored_maps(error_maps(examples), val_maps)[1]
 
+    def flagged(self, images: torch.Tensor, maps: np.ndarray, fraction: float = 0.05) -> np.ndarray | None:
+        """Thresholded masks of :meth:`maps_prepared`'s ``maps`` of ``images`` (uint8, 1 = flagged): each map
+        median-filtered inside the image's foreground (a new scan has no brain mask), 1 where it reaches the
+        value that flags ``fraction`` of the in-distribution test images' voxels (their kept maps, as the
+        localisation table's thresholds), small components removed. None when the in-distribution test set
+        kept no maps (reconstruct.py --save_maps N --run_in 1)."""
+        from ddpm_ood.detectors.base import Detector
+        from ddpm_ood.evaluation.anomaly_maps import error_maps, flag, map_threshold, zscored_maps
+
+        member = next(m for m, (measuring, *_) in self.detectors.items()
+                      if type(measuring).examples is not Detector.examples)
+        folder = self.detectors[member][0].folder()
+        healthy, val = self.run.examples("in", folder), self.run.examples("val", folder)
+        if not healthy.exists() or not val.exists():
+            return None
+        with np.load(healthy) as kept, np.load(val) as val_kept:
+            kept = dict(kept)
+            healthy_maps = zscored_maps(error_maps(kept), error_maps(val_kept))[1]
+        threshold = map_threshold(healthy_maps, kept, fraction)
+        return flag(maps, {"inputs": images.cpu().numpy()}, threshold)
+
 
 def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str, dict]:
     """``name`` (a detector, or a score of one; None: the paper's) -> (detector, score, its fit record)."""
@@ -237,15 +258,16 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     images = load_images(split, scorer.model.channels == 1, scorer.model.spatial_dims, image_roi=roi, image_size=size,
                          intensity=intensity)
     step = len(images) if isinstance(images.images, torch.Tensor) else scorer.batch_size  # volumes: a batch at a time
-    scores, checks, drawn = [], [], []
+    scores, checks, drawn, flagged = [], [], [], []
     for i in range(0, len(images), step):
         scores.append(scorer.score_prepared(images.images[i:i + step], images.filenames[i:i + step]))
         checks += scorer.last_input_check
         if maps:
             drawn.append(scorer.maps_prepared(images.images[i:i + step]))
+            flagged.append(scorer.flagged(images.images[i:i + step], drawn[-1]))
     scores = np.concatenate(scores)
     if maps:
-        write_new_maps(path, images, np.concatenate(drawn))
+        write_new_maps(path, images, np.concatenate(drawn), None if flagged[0] is None else np.concatenate(flagged))
     predictions = pd.DataFrame({"filename": images.filenames, "score": scores, "is_ood": scores > scorer.threshold,
                                 "input_check": checks})
     if path.exists():
@@ -254,17 +276,20 @@ def score_files(run_dir: Path, split: str | Path, device: str = "auto", lpips_we
     return predictions, path, scorer
 
 
-def write_new_maps(path: Path, images, maps: np.ndarray) -> None:
+def write_new_maps(path: Path, images, maps: np.ndarray, flagged: np.ndarray | None = None) -> None:
     """New images' maps (--score_maps) beside their predictions ``path``: ``<path stem>_maps.npz`` (``mean``,
-    ``filenames``) and, for volumes read from NIfTI files, each on its scan's own grid in ``<path stem>_maps/``."""
+    ``filenames``, and ``flagged``: :meth:`OODDetector.flagged`, when the run has a threshold) and, for volumes
+    read from NIfTI files, each on its scan's own grid in ``<path stem>_maps/`` (``anomaly_z``, ``flagged``)."""
     from ddpm_ood.evaluation.scan_maps import write_scan_maps
     from ddpm_ood.utils.files import save_npz_atomic
 
     target = path.with_name(f"{path.stem}_maps.npz")
-    save_npz_atomic(target, mean=maps.astype(np.float32), filenames=np.asarray(images.filenames))
+    both = {"anomaly_z": maps, **({"flagged": flagged} if flagged is not None else {})}
+    save_npz_atomic(target, mean=maps.astype(np.float32), filenames=np.asarray(images.filenames),
+                    **({"flagged": flagged} if flagged is not None else {}))
     if maps.ndim == 4:
         examples = {"filenames": np.asarray(images.filenames), **images.example_extras(0)}
-        write_scan_maps(path.with_name(f"{path.stem}_maps"), examples, {"anomaly_z": maps})
+        write_scan_maps(path.with_name(f"{path.stem}_maps"), examples, both)
     logger.info("maps of %d images in %s", len(maps), target)
 
 

@@ -149,9 +149,12 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
     assert maps["z"].shape == (3, 3, 12, 12, 12) and maps["mean"].shape == (3, 12, 12, 12)
     assert (out / "balls" / "ood" / "figures" / "maps_Slabs.png").is_file()
     # the NIfTI scans' maps on their own grid (issue 32, part 5); the .npy volumes of the in-set get none
-    scan_maps = sorted((out / "balls" / "ood" / "maps_nifti" / "Slabs").glob("*.nii.gz"))
+    scan_maps = sorted((out / "balls" / "ood" / "maps_nifti" / "Slabs").glob("*_anomaly_z.nii.gz"))
     assert [p.name[:6] for p in scan_maps] == ["000_s_", "001_s_", "002_s_"]
     np.testing.assert_allclose(nibabel.load(str(scan_maps[0])).get_fdata(), maps["mean"][0], rtol=1e-5, atol=1e-5)
+    masks = sorted((out / "balls" / "ood" / "maps_nifti" / "Slabs").glob("*_flagged.nii.gz"))  # at 5 % of healthy
+    assert len(masks) == 3 and nibabel.load(str(masks[0])).get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(nibabel.load(str(masks[0])).dataobj))) <= {0, 1}
     assert not (out / "balls" / "ood" / "maps_nifti" / "in").exists()
     # New scans' maps (issue 32, part 5): the API's equal the maps drawn for the same kept volumes, and
     # --score_ids --score_maps writes them, NIfTI scans' on their own grid
@@ -162,8 +165,9 @@ def test_3d_pixel_pipeline_end_to_end(volume_splits, random_alexnet_home, capsys
                                                  f"--score_ids={splits['ood']}", "--score_maps"]))
     new_maps = np.load(out / "balls" / "ood" / "predictions_Slabs_maps.npz")
     assert new_maps["mean"].shape == (4, 12, 12, 12) and "z" in np.load(out / "balls" / "ood" / "maps_Slabs.npz")
-    written_maps = sorted((out / "balls" / "ood" / "predictions_Slabs_maps").glob("*.nii.gz"))
-    assert len(written_maps) == 4
+    written_maps = sorted((out / "balls" / "ood" / "predictions_Slabs_maps").glob("*_anomaly_z.nii.gz"))
+    assert len(written_maps) == 4 and len(list(written_maps[0].parent.glob("*_flagged.nii.gz"))) == 4
+    assert new_maps["flagged"].shape == (4, 12, 12, 12) and set(np.unique(new_maps["flagged"])) <= {0, 1}
     np.testing.assert_allclose(nibabel.load(str(written_maps[0])).get_fdata(), new_maps["mean"][0], atol=1e-5)
     # A 2D split given to the 3D model: refused, naming the file.
     flat = root / "flat"

@@ -78,3 +78,22 @@ def test_a_map_of_a_cropped_and_resized_nifti_scan_overlays_it_voxel_for_voxel(t
 def test_scan_names_lose_their_suffix_and_odd_characters():
     assert scan_name("/data/sub-01 T1w.nii.gz") == "sub-01_T1w"
     assert scan_name("x/Brain.NII") == "Brain"
+
+
+def test_a_flagged_mask_goes_back_to_the_scan_as_uint8_zeros_and_ones_over_the_lesion(tmp_path):
+    """A thresholded mask on the model's grid (the volume the model saw, above 0.7: the bright ball) is written
+    as a uint8 NIfTI on the scan's grid, 0/1 only, 1 at the lesion's centre and 0 outside the crop."""
+    files = [tmp_path / "sub-01_T1w.nii.gz"]
+    scan_with_a_lesion(files[0], (8, 7, 9))
+    image_set = load_images(write_split(tmp_path / "Lesion_test.csv", files), True, spatial_dimension=3,
+                            image_roi=[14, 12, 10], image_size=8)
+    examples = {"inputs": image_set.images[:].numpy(), "filenames": np.asarray(image_set.filenames),
+                **image_set.example_extras(1)}
+    mask = (examples["inputs"][:, 0] > 0.7).astype(np.uint8)
+    assert 0 < mask.sum() < mask.size // 4
+    written = write_scan_maps(tmp_path / "maps", examples, {"flagged": mask})
+    stored = nibabel.load(str(written[0]))
+    assert stored.get_data_dtype() == np.uint8 and stored.shape == SHAPE
+    np.testing.assert_allclose(stored.affine, AFFINE)
+    values = np.asarray(stored.dataobj)
+    assert set(np.unique(values)) == {0, 1} and values[8, 7, 9] == 1 and (values[:3] == 0).all()

@@ -67,6 +67,41 @@ def baseline_maps(inputs: np.ndarray, val_inputs: np.ndarray) -> np.ndarray:
     return np.abs(z[:, 0])
 
 
+def brains(examples: dict) -> list[np.ndarray]:
+    """Where the maps of kept examples are evaluated: each one's brain mask (else its foreground), eroded."""
+    from ddpm_ood.metrics.localisation import eroded, foreground
+
+    if "brain_masks" in examples:
+        return [eroded(b) for b in np.asarray(examples["brain_masks"], bool)]
+    return [eroded(foreground(np.asarray(x).mean(axis=0))) for x in examples["inputs"]]
+
+
+def flagged_maps(maps: np.ndarray, examples: dict, healthy_maps: np.ndarray, healthy_examples: dict,
+                 fraction: float = 0.05) -> np.ndarray:
+    """Thresholded masks of ``maps`` (N, *spatial): each post-processed as the metrics see it, 1 where it reaches
+    the threshold that flags ``fraction`` of the healthy images' evaluated voxels (``healthy_maps``, the
+    in-distribution test images': never lesion data), components of 7 voxels or fewer removed; uint8."""
+    return flag(maps, examples, map_threshold(healthy_maps, healthy_examples, fraction))
+
+
+def map_threshold(healthy_maps: np.ndarray, healthy_examples: dict, fraction: float = 0.05) -> float:
+    """The value of the post-processed maps that flags ``fraction`` of the healthy images' evaluated voxels."""
+    from ddpm_ood.metrics.localisation import healthy_thresholds, postprocess
+
+    healthy_brains = brains(healthy_examples)
+    post_healthy = [postprocess(m, b, erosion=0) for m, b in zip(healthy_maps, healthy_brains)]
+    return healthy_thresholds(post_healthy, healthy_brains, (fraction,))[fraction]
+
+
+def flag(maps: np.ndarray, examples: dict, threshold: float) -> np.ndarray:
+    """uint8 masks: each map post-processed inside its evaluated region (:func:`brains` of ``examples``), 1 where
+    it reaches ``threshold``, components of 7 voxels or fewer removed (as the Dice at a threshold counts them)."""
+    from ddpm_ood.metrics.localisation import postprocess, without_small_components
+
+    return np.stack([without_small_components((postprocess(m, b, erosion=0) >= threshold) & b)
+                     for m, b in zip(maps, brains(examples))]).astype(np.uint8)
+
+
 def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by_set: dict[str, dict],
                       healthy: str = "in", images: list | None = None) -> list[dict]:
     """The field's pixel-level metrics of every map kind (``maps_by_set[set][kind]``, (N, *spatial)) on every
@@ -75,14 +110,8 @@ def localisation_rows(maps_by_set: dict[str, dict[str, np.ndarray]], examples_by
     ``healthy`` set's maps (the in-distribution test images: never lesion data). One row per (set, kind),
     pooled over its images, with the scan-level AUROC of the map's mean and 99th percentile inside the brain
     (healthy images against the set's). ``images``, if given, gets one row per (set, kind, image)."""
-    from ddpm_ood.metrics.localisation import (eroded, foreground, healthy_thresholds, localisation, per_image,
-                                               postprocess, scan_scores)
+    from ddpm_ood.metrics.localisation import healthy_thresholds, localisation, per_image, postprocess, scan_scores
     from ddpm_ood.metrics.scoring import auroc
-
-    def brains(examples):  # where the maps are evaluated: the brain mask (else the foreground), eroded
-        if "brain_masks" in examples:
-            return [eroded(b) for b in np.asarray(examples["brain_masks"], bool)]
-        return [eroded(foreground(np.asarray(x).mean(axis=0))) for x in examples["inputs"]]
 
     if healthy not in maps_by_set:
         return []

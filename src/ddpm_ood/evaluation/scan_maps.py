@@ -11,8 +11,11 @@ header, so it overlays the scan voxel for voxel:
     ood/maps_nifti/<set>/<index>_<scan name>_<map>.nii.gz
 
 ``<map>`` is ``anomaly_z`` (the z-scored squared error, mean over the start points: the maps of
-``maps_<set>.npz``) and, where a threshold is given, ``flagged`` (1 where the map is above the
-threshold that flags 5 % of the in-distribution test images' voxels, else 0).
+``maps_<set>.npz``) and, where the in-distribution test set kept maps, ``flagged`` (uint8: 1 where the
+post-processed map reaches the threshold that flags 5 % of the in-distribution test images' voxels,
+components of 7 voxels or fewer removed, as the localisation table's Dice at 5 % counts them); the
+partial-diffusion detector's are ``partial_z`` and ``partial_flagged``. A mask is brought back by the
+same trilinear resize, then taken where it is at least 0.5.
 """
 from __future__ import annotations
 
@@ -34,19 +37,20 @@ def scan_name(filename: str) -> str:
 
 def nifti_like(values: np.ndarray, scan) -> bytes:
     """``values`` on ``scan``'s grid as a gzip-compressed NIfTI-1 file: the scan's affine and header (its
-    data type and scaling replaced by float32, unscaled)."""
+    data type and scaling replaced by the values' own, float32 or uint8 for a mask, unscaled)."""
     import nibabel
 
+    dtype = np.uint8 if values.dtype in (np.uint8, np.bool_) else np.float32
     header = scan.header.copy()
-    header.set_data_dtype(np.float32)
-    image = nibabel.Nifti1Image(values.astype(np.float32), scan.affine, header)
+    header.set_data_dtype(dtype)
+    image = nibabel.Nifti1Image(values.astype(dtype), scan.affine, header)
     image.header.set_slope_inter(1.0, 0.0)
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
 def write_scan_maps(folder: Path, examples: dict, maps: dict[str, np.ndarray]) -> list[Path]:
-    """Each kept NIfTI scan's ``maps`` (by name, each (N, D, H, W) on the model's grid) on the scan's grid,
-    in ``folder``; files there from an earlier run that were not written now are removed. Scans that are not
+    """Each kept NIfTI scan's ``maps`` (by name, each (N, D, H, W) on the model's grid; uint8 or bool ones are
+    masks, written as uint8 0/1) on the scan's grid, in ``folder``; files there from an earlier run that were not written now are removed. Scans that are not
     NIfTI files, or that no longer exist, get none. Returns the files written."""
     import nibabel
 
@@ -68,7 +72,10 @@ def write_scan_maps(folder: Path, examples: dict, maps: dict[str, np.ndarray]) -
         scan = nibabel.load(str(path))
         spatial = tuple(int(d) for d in scan.shape[:3])
         for kind, values in maps.items():
-            grid = to_scan_grid(np.asarray(values[i]), spatial, roi, size, flip)
+            values = np.asarray(values[i])
+            grid = to_scan_grid(values, spatial, roi, size, flip)
+            if values.dtype in (np.uint8, np.bool_):
+                grid = (grid >= 0.5).astype(np.uint8)
             target = folder / f"{i:03d}_{scan_name(filename)}_{kind}.nii.gz"
             write_bytes_atomic(target, nifti_like(grid, scan))
             written.append(target)
