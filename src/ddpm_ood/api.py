@@ -71,6 +71,7 @@ class OODDetector:
                                f"({different} differ): re-run reconstruct.py (with --restart) and ood_detection.py, or "
                                "pass the model that made them (model=..., or --pretrained).")
         self.model.is_grayscale(manifest["is_grayscale"])
+        self.model.adopt_preprocessing(manifest.get("preprocessing"))  # another library's: as its sets were read
         self.detectors = {}
         for member, part in self.parts.items():
             cls = detector_class(member)

@@ -229,6 +229,42 @@ def test_a_pretrained_model_that_changed_is_refused_for_new_images(pretrained_ru
         OODDetector.load(copy / "p", device="cpu")
 
 
+@pytest.mark.slow
+def test_an_imported_models_intensity_is_recorded_and_new_images_are_made_with_it(model_dirs, tmp_path):
+    """Another library's model records no preprocessing: the --intensity its sets were read with goes into the
+    results manifest, and new images (--score_ids, the API) are scaled the same way (they were min-max scaled,
+    so their scores differed from the pipeline's). Resuming with another --intensity is refused, naming it."""
+    splits = {"val": colour_split(tmp_path / "val", "Blobs_val", 8, 0, "blobs"),
+              "in": colour_split(tmp_path / "in", "Blobs_test", 4, 1, "blobs"),
+              "ood": colour_split(tmp_path / "ood", "Stripes_test", 4, 2, "stripes")}
+    out = tmp_path / "runs"
+
+    def run(intensity):
+        return reconstruct.main(reconstruct.parse_args([
+            f"--output_dir={out}", "--model_name=p", f"--pretrained={model_dirs['pipeline']}",
+            f"--validation_ids={splits['val']}", f"--in_ids={splits['in']}", f"--out_ids={splits['ood']}",
+            "--num_inference_steps=10", "--inference_skip_factor=5", "--metrics=mse", "--batch_size=4",
+            "--num_workers=0", f"--intensity={intensity}"]))
+
+    run("percentile:5,95")
+    ood = out / "p" / "ood"
+    manifest = json.loads((ood / "results_val.settings.json").read_text())
+    assert manifest["preprocessing"] == {"intensity": "percentile:5,95"}
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=p", "--bootstrap=0",
+                                                 "--no-figures"]))
+    from ddpm_ood.api import OODDetector
+
+    assert OODDetector.load(out / "p", device="cpu").intensity == "percentile:5,95"
+    predictions = ood_detection.main(ood_detection.parse_args([f"--output_dir={out}", "--model_name=p",
+                                                               f"--score_ids={splits['ood']}"]))
+    np.testing.assert_allclose(predictions["score"], pd.read_csv(ood / "scores_Stripes.csv")["score"], rtol=1e-5,
+                               atol=1e-6)
+    from ddpm_ood.utils.errors import DataError
+
+    with pytest.raises(DataError, match="another library's model's --image_roi, --image_size, --intensity"):
+        run("minmax")
+
+
 # --- refusals ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow

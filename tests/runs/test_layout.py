@@ -82,7 +82,8 @@ def test_the_manifest_groups_and_what_each_comparison_sees(tmp_path):
                                set_entries(tmp_path / "b.csv", None, ["z.npy"]), 512)
     assert scored_settings(with_extras) == scored_settings(other_set)
     # ... and a detector's results are compared with another detector's on the model and run only.
-    assert model_settings(manifest) == {"model_id": None, **RUN}  # identity by content, not by location
+    # identity by content, not by location (and how another library's model's images were made, if recorded)
+    assert model_settings(manifest) == {"model_id": None, "preprocessing": None, **RUN}
 
 
 def test_differences_name_each_setting_and_both_values():

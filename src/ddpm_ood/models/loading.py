@@ -421,8 +421,17 @@ class LoadedModel:
         self.check_diffusion_flags({name: flags[name] for name in DIFFUSION_FLAGS if flags.get(name) is not None},
                                    flags.get("vqvae_checkpoint"))
         preprocessing = self.preprocessing(flags.get("image_roi"), flags.get("image_size"), flags.get("intensity"))
+        self.adopt_preprocessing(preprocessing_record(*preprocessing))
         self.refuse_test_splits(sets)
         return preprocessing
+
+    def adopt_preprocessing(self, record: dict | None) -> None:
+        """Another library's model records no preprocessing: the --image_roi, --image_size and --intensity its
+        sets were read with (``record``, non-defaults only) become its own, so the results manifest records them
+        (:meth:`manifest`) and new images are made the same way when the run is scored later
+        (``OODDetector``, ``--score_ids``). A model of this project records its own: nothing to adopt."""
+        if record and self.source.kind != "run" and self.info.get("preprocessing") is None:
+            self.info = {**self.info, "preprocessing": dict(record)}
 
     def check_spatial_dimension(self, flag: int | None) -> None:
         """--spatial_dimension, if given, must be the model's."""
@@ -482,7 +491,9 @@ class LoadedModel:
             path = Path(files["model_file"])
             if path.parent == Path(run_dir).resolve():
                 files["model_file"] = path.name
-        return {"model_id": self.identity, "model_parts": self.parts, "model_source": self.source.kind, **files}
+        imported = self.info.get("preprocessing") if self.source.kind != "run" else None  # adopted: recorded
+        return {"model_id": self.identity, "model_parts": self.parts, "model_source": self.source.kind, **files,
+                **({"preprocessing": imported} if imported else {})}
 
     def differs_from(self, manifest: dict) -> str | None:
         """None if ``manifest`` (of results, or a fit) was made with this model; else what differs, in words."""
@@ -542,6 +553,15 @@ class LoadedModel:
         if "image_roi" not in recorded:  # a 2D run, or a 3D one from before 0.5.1: the flags as given
             return image_roi, image_size, record_intensity(recorded)
         return recorded["image_roi"], recorded["image_size"], record_intensity(recorded)
+
+
+def preprocessing_record(image_roi=None, image_size: int | None = None, intensity: str | None = None) -> dict:
+    """The preprocessing record of these flags, their non-defaults only (as train.py's model files record it)."""
+    from ddpm_ood.data.loading import MINMAX
+
+    record = {"image_roi": list(image_roi) if image_roi else None, "image_size": image_size or None,
+              "intensity": intensity if intensity not in (None, MINMAX) else None}
+    return {key: value for key, value in record.items() if value is not None}
 
 
 def load_model(source: ModelSource | str | Path, device: torch.device | str = "cpu", precision: str = "fp32",

@@ -155,7 +155,8 @@ class RunFiles:
 # Key groups, each key with the label an error message gives it. The model's identity (a digest
 # of its weights' values, network config, schedule, prediction type and spaces: see
 # ddpm_ood.models.spaces) and the run settings every detector shares, compared wherever results meet:
-MODEL_KEYS = {"model_id": "model identity"}
+MODEL_KEYS = {"model_id": "model identity",
+              "preprocessing": "another library's model's --image_roi, --image_size, --intensity"}
 RUN_KEYS = {"seed": "seed", "precision": "precision", "is_grayscale": "channels", "noise": "noise seeding"}
 # What the model was and where: recorded, never compared (a run folder may be moved or copied, a
 # model re-saved in another format; the identity says whether it is the same model). A run's own
