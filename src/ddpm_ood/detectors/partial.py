@@ -12,7 +12,11 @@ decoded to image space (a latent model's first stage) and clamped to [0, 1]. Its
 ``partial_l1_t<t>``. One UNet call per t (all in one batch): 3 by default.
 
 Score ``partial``: each t z-scored with the fit set's mean and std (ddof = 1), the mean over t, as
-the paper's score treats its reconstruction errors. ``reconstruct.py --save_maps N`` keeps the
+the paper's score treats its reconstruction errors. Score ``partial-p99``, the map's own image score
+(pDDPM / cDDPM's scan-level use of the map, for lesions too small to move a mean): per t, the 99th
+percentile of the residual map (mean over channels) after a median filter of 5 pixels (voxels), as
+the localisation metrics post-process the maps (``partial_p99_t<t>``); z-scored and averaged the same
+way. ``reconstruct.py --save_maps N`` keeps the
 x0 predictions as this detector's examples (``ood/partial/examples_<set>.npz``, in the
 reconstruction examples' layout), from which ``ood_detection.py`` draws and measures its maps.
 """
@@ -39,12 +43,16 @@ def parse_timesteps(text: str, num_timesteps: int) -> list[int]:
     return values
 
 
+MAP_SCORE = "p99_median5"  # recorded in the settings: results made before the map score lack its columns
+
+
 class PartialDetector(ZScoredFeatureDetector):
     name = "partial"
     knob = "partial_t"
-    score_names = ("partial",)
+    score_names = ("partial", "partial-p99")
 
     column_prefix = "partial_l1_t"
+    map_prefix = "partial_p99_t"
 
     def __init__(self, n_levels: int = 3, num_timesteps: int = 1000, timesteps=None, noise: str = NOISE):
         super().__init__(n_levels, num_timesteps, DEFAULT_T if timesteps is None else timesteps, noise)
@@ -59,6 +67,30 @@ class PartialDetector(ZScoredFeatureDetector):
             return cls(timesteps=parse_timesteps(text, steps))
         except ValueError as err:
             raise DataError(f"--{cls.knob} {text}: {err} (the model has {steps} timesteps).") from None
+
+    def columns(self) -> list[str]:
+        return [f"{prefix}{t}" for prefix in (self.column_prefix, self.map_prefix) for t in self.timesteps]
+
+    def settings(self) -> dict:
+        return {**super().settings(), "map_score": MAP_SCORE}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "PartialDetector":
+        if settings.get("map_score") != MAP_SCORE:
+            from ddpm_ood.utils.errors import ScoringError
+
+            raise ScoringError("These partial results were made before its map score (partial-p99) and lack its "
+                               "columns: re-run reconstruct.py --detectors partial --restart.")
+        return super().from_settings(settings)
+
+    def score_features(self, fitted, features: np.ndarray) -> dict[str, np.ndarray]:
+        """``partial``: the mean z-score of the L1 residuals over t; ``partial-p99``: of the maps' 99th
+        percentiles."""
+        import pandas as pd
+
+        z = fitted.apply(pd.DataFrame(features, columns=self.columns()), self.columns()).to_numpy()
+        levels = len(self.timesteps)
+        return {"partial": z[:, :levels].mean(axis=1), "partial-p99": z[:, levels:].mean(axis=1)}
 
     def measure(self, model, images, filenames, split_type, batch_size, seed, progress=True, index_offset=0):
         self.space = model.space
@@ -84,7 +116,9 @@ class PartialDetector(ZScoredFeatureDetector):
         inputs = to_image(x0, self.space)
         residual = (self.predictions(model, schedule, x0, image_keys, seed).double() - inputs[:, None].double()).abs()
         l1 = residual.flatten(2).mean(2)  # (B, L)
-        return {column: l1[:, level] for level, column in enumerate(self.columns())}
+        p99 = map_percentile(residual.mean(dim=2))  # (B, L): of each map, mean over channels
+        levels = len(self.timesteps)
+        return {column: (l1 if i < levels else p99)[:, i % levels] for i, column in enumerate(self.columns())}
 
     def examples(self, model, images: torch.Tensor, seed: int) -> dict:
         """The first images and their x0 predictions from every t, as the results were made: the
@@ -95,3 +129,17 @@ class PartialDetector(ZScoredFeatureDetector):
         recon = self.predictions(model.model_fn, model.schedule, x0, image_keys(images, self.noise), seed)
         return {"inputs": images.cpu().numpy(), "reconstructions": recon.cpu().numpy(),
                 "t": np.asarray(self.timesteps)}
+
+
+def map_percentile(maps: torch.Tensor, q: float = 0.99) -> torch.Tensor:
+    """(B, L, *spatial) maps -> (B, L): the ``q`` quantile of each after a median filter of
+    MEDIAN_SIZE over its spatial axes (``ddpm_ood.metrics.localisation.postprocess``'s, without a brain
+    mask: a new image has none), so that one odd pixel does not make the score."""
+    from scipy import ndimage
+
+    from ddpm_ood.metrics.localisation import MEDIAN_SIZE
+
+    values = maps.detach().cpu().numpy()
+    size = (1, 1) + (MEDIAN_SIZE,) * (values.ndim - 2)
+    smoothed = ndimage.median_filter(values, size=size)
+    return torch.from_numpy(np.quantile(smoothed.reshape(*values.shape[:2], -1), q, axis=-1))
