@@ -49,6 +49,7 @@ class OODDetector:
                  model: str | Path | ModelSource | None = None):
         self.run, self.device, self.batch_size = RunFiles(run_dir), device, batch_size
         self.progress = False  # True: progress bars while measuring (--score_ids turns them on)
+        self._map_thresholds: dict[float, float] = {}  # flagged(): healthy thresholds by fraction, once read
         if not self.run.dir.is_dir():
             raise ScoringError(f"{self.run.dir} does not exist: pass a run's folder (OUTPUT_DIR/MODEL_NAME, scored by "
                                "ood_detection.py).")
@@ -201,17 +202,19 @@ class OODDetector:
         from ddpm_ood.detectors.base import Detector
         from ddpm_ood.evaluation.anomaly_maps import error_maps, flag, map_threshold, zscored_maps
 
-        member = next(m for m, (measuring, *_) in self.detectors.items()
-                      if type(measuring).examples is not Detector.examples)
-        folder = self.detectors[member][0].folder()
-        healthy, val = self.run.examples("in", folder), self.run.examples("val", folder)
-        if not healthy.exists() or not val.exists():
-            return None
-        with np.load(healthy) as kept, np.load(val) as val_kept:
-            kept = dict(kept)
-            healthy_maps = zscored_maps(error_maps(kept), error_maps(val_kept))[1]
-        threshold = map_threshold(healthy_maps, kept, fraction)
-        return flag(maps, {"inputs": images.cpu().numpy()}, threshold)
+        thresholds = self._map_thresholds  # read once, however many batches
+        if fraction not in thresholds:
+            member = next(m for m, (measuring, *_) in self.detectors.items()
+                          if type(measuring).examples is not Detector.examples)
+            folder = self.detectors[member][0].folder()
+            healthy, val = self.run.examples("in", folder), self.run.examples("val", folder)
+            if not healthy.exists() or not val.exists():
+                return None
+            with np.load(healthy) as kept, np.load(val) as val_kept:
+                kept = dict(kept)
+                healthy_maps = zscored_maps(error_maps(kept), error_maps(val_kept))[1]
+            thresholds[fraction] = map_threshold(healthy_maps, kept, fraction)
+        return flag(maps, {"inputs": images.cpu().numpy()}, thresholds[fraction])
 
 
 def resolve(run: RunFiles, records: dict[str, Path], name: str | None) -> tuple[str, str, dict]:

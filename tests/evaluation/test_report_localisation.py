@@ -92,3 +92,15 @@ def test_ood_detection_writes_the_localisation_table(tmp_path, synthetic_splits,
     assert {"filename", "pixel_auprc", "dice_at_5pct", "map_mean", "map_p99"} <= set(images)
     printed = capsys.readouterr().out
     assert "Localisation on Lesion (baseline, 6 images): pixel AUPRC " in printed
+    # A run that measured partial alone (no paper's detector: 3 UNet calls an image) has its maps and table too.
+    import shutil
+
+    shutil.rmtree(tmp_path / "m" / "ood")
+    reconstruct.main(reconstruct.parse_args([
+        f"--output_dir={tmp_path}", "--model_name=m", f"--validation_ids={synthetic_splits['val']}",
+        f"--in_ids={synthetic_splits['test']}", f"--out_ids={split}", "--batch_size=4", "--num_workers=0",
+        "--save_maps=all", "--detectors=partial"]))
+    ood_detection.main(ood_detection.parse_args([f"--output_dir={tmp_path}", "--model_name=m", "--bootstrap=0"]))
+    table = pd.read_csv(tmp_path / "m" / "ood" / "localisation.csv")
+    assert list(table["map"]) == ["partial_z", "partial_l1", "baseline"] and table["n_images"].tolist() == [6] * 3
+    assert (tmp_path / "m" / "ood" / "figures" / "maps_Lesion_partial.png").is_file()

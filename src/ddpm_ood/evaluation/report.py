@@ -49,6 +49,9 @@ def write_report(evaluation: Evaluation, figures: bool = True) -> None:
         if figures:
             write_figures(evaluation)
         log_to_tensorboard(evaluation)
+    if figures:  # every detector's maps, the paper's among them or not (a partial-only run has its own)
+        write_maps(run, ["in", *evaluation.ood_sets])
+        logger.info("figures in %s", run.figures)
     save_csv_atomic(run.summary, evaluation.summary())
     logger.info("wrote %s and scores_<set>.csv for %s", run.summary, ", ".join(tables))
 
@@ -185,8 +188,6 @@ def write_figures(evaluation: Evaluation) -> None:
             with np.load(run.examples(name)) as examples:
                 examples_figure(dict(examples), run.example_figure(name),
                                 f"{name}: input, then its reconstruction from each start point")
-    write_maps(run, ["in", *evaluation.ood_sets])
-    logger.info("figures in %s", run.figures)
 
 
 def kept_examples(run, name: str, folder: str = ""):
