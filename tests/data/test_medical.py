@@ -103,6 +103,16 @@ def test_decathlon_tasks_from_their_folders_first_modality_of_multimodal_ones(tm
     first = original[..., 0]
     np.testing.assert_allclose(brats.images[0][0].numpy(), (first - first.min()) / (first.max() - first.min()),
                                atol=1e-6)
+    # labelsTr are the training and validation splits' masks (any label is abnormal); imagesTs has none
+    label = source / "Task01_BrainTumour" / "labelsTr" / name
+    tumour = np.zeros((10, 12, 8), np.uint8)
+    tumour[2:4, 3:6, 1:3] = 2  # BraTS's labels are 1, 2, 3
+    nibabel.save(nibabel.Nifti1Image(tumour, np.eye(4)), str(label))
+    assert pd.read_csv(splits / "Task01_BrainTumour_train.csv")["mask"].map(lambda f: Path(f).name).tolist() == \
+        [Path(f).name for f in brats.filenames]
+    assert "mask" not in pd.read_csv(splits / "Task01_BrainTumour_test.csv").columns
+    masks = load_images(splits / "Task01_BrainTumour_train.csv", True, spatial_dimension=3).masks(len(brats))["masks"]
+    np.testing.assert_array_equal(masks[0], tumour > 0)
 
 
 @pytest.mark.slow

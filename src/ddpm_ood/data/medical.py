@@ -131,9 +131,10 @@ def prepare_medmnist3d(data_root: Path, source_dir: Path | None) -> list[Path]:
 
 # --- Medical Decathlon ------------------------------------------------------------------------------
 
-def decathlon_lists(root: Path, task: str, download: bool) -> dict[str, list[str]]:
-    """The image files of a task's training, validation and test sections, as MONAI's DecathlonDataset
-    (seed 0, validation 20%) lists them."""
+def decathlon_lists(root: Path, task: str, download: bool) -> dict[str, list[dict]]:
+    """The image files (``image``) of a task's training, validation and test sections, as MONAI's
+    DecathlonDataset (seed 0, validation 20%) lists them, each with its label file (``label``) where the
+    task gives one (``labelsTr``: training and validation)."""
     from monai.apps import DecathlonDataset
 
     lists = {}
@@ -144,7 +145,7 @@ def decathlon_lists(root: Path, task: str, download: bool) -> dict[str, list[str
         except Exception as err:  # missing folder, no network, a damaged dataset.json
             how = f"pass --source_dir Decathlon=DIR with {task}/ (dataset.json, imagesTr/, imagesTs/) in DIR"
             raise DownloadError(f"{task}: {type(err).__name__}: {err}; {how}.") from None
-        lists[SPLIT_NAMES[section]] = [item["image"] if isinstance(item, dict) else item for item in dataset.data]
+        lists[SPLIT_NAMES[section]] = [item if isinstance(item, dict) else {"image": item} for item in dataset.data]
     return lists
 
 
@@ -173,8 +174,10 @@ def prepare_decathlon(data_root: Path, source_dir: Path | None, tasks=DECATHLON_
     written = []
     for task in present:
         lists = decathlon_lists(root, task, download=source_dir is None)
-        for split, files in lists.items():
-            volumes = [first_modality(Path(f), data_root / "Decathlon" / task / "modality0") for f in files]
-            written.append(write_split_csv(data_root, f"{task}_{split}", volumes))
-            logger.info("%s %s: %d volumes", task, split, len(volumes))
+        for split, items in lists.items():
+            volumes = [first_modality(Path(i["image"]), data_root / "Decathlon" / task / "modality0") for i in items]
+            labels = [i.get("label") for i in items]  # labelsTr: the split's mask column (any label = abnormal)
+            masks = labels if labels and all(labels) and all(Path(f).is_file() for f in labels) else None
+            written.append(write_split_csv(data_root, f"{task}_{split}", volumes, masks))
+            logger.info("%s %s: %d volumes%s", task, split, len(volumes), ", with their labels" if masks else "")
     return written
