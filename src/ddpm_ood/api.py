@@ -174,16 +174,10 @@ class OODDetector:
 
     def maps_prepared(self, images: torch.Tensor) -> np.ndarray:
         """:meth:`maps` of images already made as the split loader makes them."""
-        from ddpm_ood.detectors.base import Detector
         from ddpm_ood.evaluation.anomaly_maps import error_maps, zscored_maps
 
         self.check_images(images)
-        mapping = [m for m, (measuring, *_) in self.detectors.items()
-                   if type(measuring).examples is not Detector.examples]
-        if not mapping:
-            raise ScoringError(f"{', '.join(self.detectors)} draws no maps: load the run with detector='recon' or "
-                               "'partial' (OODDetector.load(run, detector=...), --detector) for maps.")
-        measuring = self.detectors[mapping[0]][0]
+        measuring = self._map_detector()
         val = self.run.examples("val", measuring.folder())
         if not val.exists():
             raise ScoringError(f"{val} does not exist: the maps are z-scored on the validation images' maps; re-run "
@@ -193,20 +187,27 @@ class OODDetector:
         examples = measuring.examples(self.model, images, self.settings["seed"])
         return zscored_maps(error_maps(examples), val_maps)[1]
 
+    def _map_detector(self):
+        """The first of this detector's members that keeps examples (draws maps), as measured."""
+        from ddpm_ood.detectors.base import Detector
+
+        for measuring, *_ in self.detectors.values():
+            if type(measuring).examples is not Detector.examples:
+                return measuring
+        raise ScoringError(f"{', '.join(self.detectors)} draws no maps: load the run with detector='recon' or "
+                           "'partial' (OODDetector.load(run, detector=...), --detector) for maps.")
+
     def flagged(self, images: torch.Tensor, maps: np.ndarray, fraction: float = 0.05) -> np.ndarray | None:
         """Thresholded masks of :meth:`maps_prepared`'s ``maps`` of ``images`` (uint8, 1 = flagged): each map
         median-filtered inside the image's foreground (a new scan has no brain mask), 1 where it reaches the
         value that flags ``fraction`` of the in-distribution test images' voxels (their kept maps, as the
         localisation table's thresholds), small components removed. None when the in-distribution test set
         kept no maps (reconstruct.py --save_maps N --run_in 1)."""
-        from ddpm_ood.detectors.base import Detector
         from ddpm_ood.evaluation.anomaly_maps import error_maps, flag, map_threshold, zscored_maps
 
         thresholds = self._map_thresholds  # read once, however many batches
         if fraction not in thresholds:
-            member = next(m for m, (measuring, *_) in self.detectors.items()
-                          if type(measuring).examples is not Detector.examples)
-            folder = self.detectors[member][0].folder()
+            folder = self._map_detector().folder()
             healthy, val = self.run.examples("in", folder), self.run.examples("val", folder)
             if not healthy.exists() or not val.exists():
                 return None
@@ -288,12 +289,11 @@ def write_new_maps(path: Path, images, maps: np.ndarray, flagged: np.ndarray | N
     from ddpm_ood.utils.files import save_npz_atomic
 
     target = path.with_name(f"{path.stem}_maps.npz")
-    both = {"anomaly_z": maps, **({"flagged": flagged} if flagged is not None else {})}
-    save_npz_atomic(target, mean=maps.astype(np.float32), filenames=np.asarray(images.filenames),
-                    **({"flagged": flagged} if flagged is not None else {}))
+    masks = {"flagged": flagged} if flagged is not None else {}
+    save_npz_atomic(target, mean=maps.astype(np.float32), filenames=np.asarray(images.filenames), **masks)
     if maps.ndim == 4:
         examples = {"filenames": np.asarray(images.filenames), **images.example_extras(0)}
-        write_scan_maps(path.with_name(f"{path.stem}_maps"), examples, both)
+        write_scan_maps(path.with_name(f"{path.stem}_maps"), examples, {"anomaly_z": maps, **masks})
     logger.info("maps of %d images in %s", len(maps), target)
 
 

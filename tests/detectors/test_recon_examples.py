@@ -7,30 +7,23 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from conftest import TINY_CONFIG
 from ddpm_ood.detectors.recon import ReconDetector
 from ddpm_ood.diffusion.reconstruction import reconstruction_examples
-from ddpm_ood.models.config import build_schedule, build_unet, load_config
+from helpers.oracles import tiny_unet_with_weights
 
 CPU = torch.device("cpu")
 
 
 def counted_model():
     """A tiny UNet with weights in its last layers (eps not 0), and a count of its calls."""
-    cfg = load_config(TINY_CONFIG)
-    torch.manual_seed(0)
-    unet = build_unet(cfg).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            if p.abs().sum() == 0 and p.dim() > 1:
-                p.normal_(0, 0.05)
+    unet, schedule = tiny_unet_with_weights()
     calls = []
 
     def model_fn(x, t):
         calls.append(len(x))
         with torch.no_grad():
             return unet(x, t)
-    return SimpleNamespace(model_fn=model_fn, schedule=build_schedule(cfg), device=CPU, space=None), calls
+    return SimpleNamespace(model_fn=model_fn, schedule=schedule, device=CPU, space=None), calls
 
 
 def measured(detector, model, images, chunks):

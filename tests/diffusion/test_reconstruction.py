@@ -15,20 +15,13 @@ from ddpm_ood.diffusion.reconstruction import (
     reconstruct_sequential,
     start_noise,
 )
-from ddpm_ood.models.config import build_schedule, build_unet, load_config
+from ddpm_ood.models.config import build_schedule, load_config
+from helpers.oracles import tiny_unet_with_weights
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    cfg = load_config(TINY_CONFIG)
-    torch.manual_seed(0)
-    model = build_unet(cfg).eval()
-    # The UNet's last layers start at zero (eps = 0); give them weights so the test has teeth.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0 and p.dim() > 1:
-                p.normal_(0, 0.05)
-    return model, build_schedule(cfg)
+    return tiny_unet_with_weights()
 
 
 def reconstruction_case(schedule, n_steps, skip, batch, seed):

@@ -43,7 +43,10 @@ def test_flagged_maps_mark_what_reaches_the_healthy_threshold_inside_the_brain()
     8x8 block of 10s is flagged where the median filter of 5 keeps it: every pixel whose 5x5 window holds at
     least 13 of the block's, i.e. the block less 3 pixels at each corner (52); one hot pixel is not, nor a
     strip of 10s outside the brain mask."""
-    from ddpm_ood.evaluation.anomaly_maps import flagged_maps
+    from ddpm_ood.evaluation.anomaly_maps import flag, map_threshold
+
+    def flagged_maps(maps, examples, healthy_maps, healthy_examples):
+        return flag(maps, examples, map_threshold(healthy_maps, healthy_examples))
 
     rng = np.random.default_rng(0)
     brain = np.zeros((24, 24), np.uint8)

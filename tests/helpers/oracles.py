@@ -1,4 +1,5 @@
-"""Models whose eps is known in closed form: the oracle cases of the sampler and the detectors."""
+"""Models whose eps is known in closed form: the oracle cases of the sampler and the detectors; and the tiny
+UNet with weights that the reconstruction tests run."""
 from __future__ import annotations
 
 import torch
@@ -27,3 +28,19 @@ def gaussian_oracle(schedule: DDPMSchedule, variance: float = 1.0):
         return (1 - a).sqrt() * x / (a * variance + 1 - a)
 
     return model
+
+
+def tiny_unet_with_weights():
+    """The tiny config's UNet (seed 0) and schedule, its zero-initialised last layers given weights so that
+    eps is not 0 and reconstruction tests have teeth."""
+    from conftest import TINY_CONFIG
+    from ddpm_ood.models.config import build_schedule, build_unet, load_config
+
+    cfg = load_config(TINY_CONFIG)
+    torch.manual_seed(0)
+    model = build_unet(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0 and p.dim() > 1:
+                p.normal_(0, 0.05)
+    return model, build_schedule(cfg)

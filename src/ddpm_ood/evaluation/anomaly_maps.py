@@ -76,16 +76,9 @@ def brains(examples: dict) -> list[np.ndarray]:
     return [eroded(foreground(np.asarray(x).mean(axis=0))) for x in examples["inputs"]]
 
 
-def flagged_maps(maps: np.ndarray, examples: dict, healthy_maps: np.ndarray, healthy_examples: dict,
-                 fraction: float = 0.05) -> np.ndarray:
-    """Thresholded masks of ``maps`` (N, *spatial): each post-processed as the metrics see it, 1 where it reaches
-    the threshold that flags ``fraction`` of the healthy images' evaluated voxels (``healthy_maps``, the
-    in-distribution test images': never lesion data), components of 7 voxels or fewer removed; uint8."""
-    return flag(maps, examples, map_threshold(healthy_maps, healthy_examples, fraction))
-
-
 def map_threshold(healthy_maps: np.ndarray, healthy_examples: dict, fraction: float = 0.05) -> float:
-    """The value of the post-processed maps that flags ``fraction`` of the healthy images' evaluated voxels."""
+    """The value of the post-processed maps that flags ``fraction`` of the healthy images' evaluated voxels
+    (``healthy_maps``: the in-distribution test images', never lesion data); :func:`flag` takes it."""
     from ddpm_ood.metrics.localisation import healthy_thresholds, postprocess
 
     healthy_brains = brains(healthy_examples)

@@ -226,7 +226,8 @@ def write_maps(run, set_names) -> None:
     them: the squared error z-scored on the validation set's, mean over t (``maps_<set>.npz`` in the detector's
     results folder, a figure each, and NIfTI scans' maps on their own grid), and, for the localisation table, the
     L1 residual and the no-model baseline."""
-    from ddpm_ood.evaluation.anomaly_maps import baseline_maps, error_maps, flagged_maps, residual_maps, zscored_maps
+    from ddpm_ood.evaluation.anomaly_maps import (baseline_maps, error_maps, flag, map_threshold, residual_maps,
+                                                  zscored_maps)
     from ddpm_ood.evaluation.figures import maps_figure
     from ddpm_ood.evaluation.scan_maps import write_scan_maps
     from ddpm_ood.utils.files import save_npz_atomic
@@ -265,12 +266,15 @@ def write_maps(run, set_names) -> None:
             maps[name].setdefault("baseline", baseline_maps(examples["inputs"], val_inputs))
             if np.asarray(examples["inputs"]).ndim == 5:  # volumes: NIfTI scans' maps on each scan's grid
                 scan.setdefault(name, {})["anomaly_z" if source == "recon" else f"{source}_z"] = mean
-    for name, kinds in scan.items():  # with each map's mask at the 5 % healthy threshold, when there is one
+    thresholds = {}  # each map kind's 5 % healthy threshold, computed once for every set
+    for name, kinds in scan.items():  # with each map's mask at that threshold, when there is one
         for kind in list(kinds):
             key = "recon_z" if kind == "anomaly_z" else kind
             if key in maps.get("in", {}):
+                if key not in thresholds:
+                    thresholds[key] = map_threshold(maps["in"][key], kept["in"])
                 mask_name = "flagged" if kind == "anomaly_z" else kind.removesuffix("_z") + "_flagged"
-                kinds[mask_name] = flagged_maps(maps[name][key], kept[name], maps["in"][key], kept["in"])
+                kinds[mask_name] = flag(maps[name][key], kept[name], thresholds[key])
         write_scan_maps(run.scan_maps(name), kept[name], kinds)
     for name in maps:  # the baseline last: each map is shown beside it
         maps[name]["baseline"] = maps[name].pop("baseline")
