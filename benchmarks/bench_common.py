@@ -10,11 +10,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_flops(model: torch.nn.Module, channels: int, size: int, device: torch.device, backward: bool = False) -> int:
-    """FLOPs of one image through the UNet (torch.utils.flop_counter): forward, plus backward if asked."""
+def count_flops(model: torch.nn.Module, channels: int, size: int, device: torch.device, backward: bool = False,
+                dims: int = 2) -> int:
+    """FLOPs of one image (``dims`` 3: volume) through the UNet (torch.utils.flop_counter): forward, plus backward
+    if asked."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x, t = torch.rand(1, channels, size, size, device=device), torch.full((1,), 500, device=device)
+    x, t = torch.rand(1, channels, *(size,) * dims, device=device), torch.full((1,), 500, device=device)
     counter = FlopCounterMode(display=False)
     with counter, torch.set_grad_enabled(backward):
         out = model(x, t)

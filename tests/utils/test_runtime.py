@@ -79,3 +79,24 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused_naming_it():
 
     with pytest.raises(ConfigError, match="--device cuda:1 was asked for but CUDA is not available"):
         pick_device("cuda:1")
+
+
+def test_channels_last_takes_the_layout_of_each_rank():
+    import torch
+
+    from ddpm_ood.utils.runtime import memory_format, to_channels_last
+
+    assert memory_format(False, 5) == torch.contiguous_format
+    assert memory_format(True, 4) == torch.channels_last and memory_format(True, 5) == torch.channels_last_3d
+    assert memory_format(True, 3) == torch.contiguous_format  # no channels-last layout for other ranks
+    torch.manual_seed(0)
+    mixed = torch.nn.ModuleDict({"2d": torch.nn.Conv2d(3, 4, 3), "3d": torch.nn.Conv3d(3, 4, 3),
+                                 "norm": torch.nn.GroupNorm(2, 4)})
+    before = {k: v.clone() for k, v in mixed.state_dict().items()}
+    assert to_channels_last(mixed) is mixed
+    assert mixed["2d"].weight.is_contiguous(memory_format=torch.channels_last)
+    assert mixed["3d"].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not mixed["3d"].weight.is_contiguous()  # really re-laid, not only a no-op that passes the checks
+    assert isinstance(mixed["3d"].weight, torch.nn.Parameter)
+    for key, value in mixed.state_dict().items():
+        assert torch.equal(value, before[key])  # the same values, only laid out otherwise

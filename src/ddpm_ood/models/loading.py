@@ -40,7 +40,7 @@ from ddpm_ood.models.spaces import (IMAGE_RANGE, ImageSpace, ModelSpace, Network
                                     identity_parts, model_identity)
 from ddpm_ood.runs.layout import identity_differences
 from ddpm_ood.utils.errors import CheckpointError, ConfigError
-from ddpm_ood.utils.runtime import autocast, resolve_precision
+from ddpm_ood.utils.runtime import autocast, memory_format, resolve_precision, to_channels_last
 from ddpm_ood.models.unet import compile_unet
 
 logger = logging.getLogger("ddpm_ood")
@@ -52,13 +52,13 @@ def unet_caller(model: torch.nn.Module, device: torch.device, precision: str = "
                 compile_model: bool = False) -> ModelFn:
     """``model`` as the sampler calls it: autocast to ``precision``, optional channels_last and
     torch.compile, float32 output."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    if channels_last:
+        to_channels_last(model)
     net = compile_unet(model) if compile_model else model
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device):
-            return net(x.contiguous(memory_format=memory_format), t).float()
+            return net(x.contiguous(memory_format=memory_format(channels_last, x.dim())), t).float()
 
     return call
 

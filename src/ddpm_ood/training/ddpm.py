@@ -37,7 +37,7 @@ from ddpm_ood.training.loop import (StepResult, TrainingRun, check_finite, check
 from ddpm_ood.training.settings import FIXED_SETTINGS, TrainSettings, data_differences
 from ddpm_ood.utils.distributed import Dist
 from ddpm_ood.utils.errors import ConfigError
-from ddpm_ood.utils.runtime import autocast, resolve_precision
+from ddpm_ood.utils.runtime import autocast, memory_format, resolve_precision, to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +196,10 @@ class TrainLoop(TrainingRun):
         self.data = data or {}  # each split's digest (training.settings.data_record), kept in every checkpoint
         self.first_stage = first_stage  # a latent model's LatentSpace: its entry goes into every file
         self.precision = resolve_precision(settings.precision, device)
-        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-        self.model = model.to(device, memory_format=self.memory_format)
+        self.memory_format = memory_format(settings.channels_last, len(train_images.shape))
+        self.model = model.to(device)
+        if settings.channels_last:
+            to_channels_last(self.model)
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
 

@@ -33,6 +33,31 @@ def autocast(precision: str, device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def memory_format(channels_last: bool, ndim: int):
+    """The layout of an ``ndim``-dimensional batch: contiguous, or with ``channels_last`` the channels-last
+    layout of its rank (``torch.channels_last`` for 4D image batches, ``channels_last_3d`` for 5D volumes;
+    torch refuses either on the other rank)."""
+    import torch
+
+    if not channels_last or ndim not in (4, 5):
+        return torch.contiguous_format
+    return torch.channels_last if ndim == 4 else torch.channels_last_3d
+
+
+def to_channels_last(module):
+    """``module`` (in place, returned) with each 4D parameter and buffer in ``channels_last`` and each 5D one in
+    ``channels_last_3d``: ``Module.to(memory_format=...)`` takes one layout, which fails on a 3D model."""
+    import itertools
+
+    import torch
+
+    with torch.no_grad():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if tensor.dim() in (4, 5):
+                tensor.data = tensor.data.contiguous(memory_format=memory_format(True, tensor.dim()))
+    return module
+
+
 def pick_device(name: str):
     """``auto``: CUDA when present, else CPU. An unavailable device is refused, naming it."""
     import torch
