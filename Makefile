@@ -33,7 +33,7 @@ demo-lesion: venv
 
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25  # the 25 slowest, to keep the suite within about 15 minutes
 
 # Without the tests marked slow (training, subprocesses, torchrun, benchmarks, kills): for the edit-test loop.
 test-fast: venv

@@ -29,12 +29,13 @@ run_all() {
   fi
   PEAK=${PEAK_TFLOPS:-989}
   if [[ "${SMOKE:-0}" == 1 ]]; then
-    SETTING=(--setting cpu --device cpu); TRAIN_STEPS=(2 2); BATCHES=(4 4,8); RECON=(--steps 4 --skip 2)
+    SETTING=(--setting cpu --device cpu); TRAIN_STEPS=(2 2); TRAIN_BATCH=(--batch_size 8); BATCHES=(4 4,8)
+    RECON=(--steps 4 --skip 2)
     PRETRAINED_BENCH=(--architecture tiny --device cpu --n 4 --batch_size 4 --steps 10 --skip 3)
     LATENT=(--device cpu --steps 2); LATENT_IMAGES=2
     "$PYTHON" -c "import torch; print('torch', torch.__version__, '(smoke run on the CPU)')"
   else
-    SETTING=(--setting paper); TRAIN_STEPS=(20 40); BATCHES=(64 64,256); RECON=()
+    SETTING=(--setting paper); TRAIN_STEPS=(20 40); TRAIN_BATCH=(); BATCHES=(64 64,256); RECON=()
     PRETRAINED_BENCH=(--architecture ddpm-cifar10-32 --device cuda --n 256 --batch_size 64)
     LATENT=(--device cuda --steps 10); LATENT_IMAGES=${LATENT_IMAGES:-64}
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
@@ -49,9 +50,10 @@ run_all() {
   COMMON=(--flops --peak_tflops "$PEAK")
 
   echo "== [${SECONDS}s] training, fp32 eager =="
-  "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision fp32 --steps "${TRAIN_STEPS[0]}" "${COMMON[@]}"
+  "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision fp32 --steps "${TRAIN_STEPS[0]}" "${TRAIN_BATCH[@]}" "${COMMON[@]}"
   echo "== [${SECONDS}s] training, bf16 + compile =="
-  "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision bf16 --compile --steps "${TRAIN_STEPS[1]}" "${COMMON[@]}"
+  "$PYTHON" benchmarks/train_bench.py "${SETTING[@]}" --precision bf16 --compile --steps "${TRAIN_STEPS[1]}" "${TRAIN_BATCH[@]}" \
+    "${COMMON[@]}"
   echo "== [${SECONDS}s] reconstruction, fp32 eager: fused vs sequential =="
   "$PYTHON" benchmarks/reconstruct_bench.py "${SETTING[@]}" "${RECON[@]}" "${LPIPS[@]}" --batch_size "${BATCHES[0]}" \
     --precision fp32 --repeats 1 "${COMMON[@]}"

@@ -46,6 +46,18 @@ def test_train_bench_prints_throughput_and_data_wait(capsys):
     assert re.search(r"UNet forward\+backward: 1\.1\d GFLOP/image", out)
 
 
+def test_train_bench_compares_the_layouts_on_volumes(capsys):
+    train_bench.main(train_bench.parse_args(["--setting", "cpu_3d", "--device", "cpu", "--batch_size", "1",
+                                             "--steps", "1", "--n_images", "2", "--compare_channels_last", "--flops"]))
+    out = capsys.readouterr().out
+    assert "32x32x32x1, batch 1, cpu, fp32" in out
+    for layout in ("contiguous", "channels_last"):
+        assert re.search(rf"training \({layout}\): {FLOAT} images/s", out)
+    assert re.search(rf"channels_last speed-up: {FLOAT}x", out)
+    # The 3D demo UNet on one 32^3 volume: 24.9 GFLOP forward + backward (torch.utils.flop_counter).
+    assert re.search(r"UNet forward\+backward: 24\.9\d GFLOP/image", out)
+
+
 def test_gpu_check_script_runs_in_smoke_mode(tmp_path):
     """benchmarks/gpu_check.sh gets one short run on a lent GPU: its plumbing (wheel install,
     every flag of both benchmarks, bf16 + torch.compile, the log under $OUT) is checked here on

@@ -50,6 +50,7 @@ class OODDetector:
         self.run, self.device, self.batch_size = RunFiles(run_dir), device, batch_size
         self.progress = False  # True: progress bars while measuring (--score_ids turns them on)
         self._map_thresholds: dict[float, float] = {}  # flagged(): healthy thresholds by fraction, once read
+        self._val_maps: np.ndarray | None = None  # the validation images' error maps, once read
         if not self.run.dir.is_dir():
             raise ScoringError(f"{self.run.dir} does not exist: pass a run's folder (OUTPUT_DIR/MODEL_NAME, scored by "
                                "ood_detection.py).")
@@ -177,15 +178,21 @@ class OODDetector:
         from ddpm_ood.evaluation.anomaly_maps import error_maps, zscored_maps
 
         self.check_images(images)
-        measuring = self._map_detector()
-        val = self.run.examples("val", measuring.folder())
-        if not val.exists():
-            raise ScoringError(f"{val} does not exist: the maps are z-scored on the validation images' maps; re-run "
-                               "reconstruct.py with --save_maps N (N >= 2) and --run_val 1.")
-        with np.load(val) as kept:
-            val_maps = error_maps(kept)
-        examples = measuring.examples(self.model, images, self.settings["seed"])
-        return zscored_maps(error_maps(examples), val_maps)[1]
+        examples = self._map_detector().examples(self.model, images, self.settings["seed"])
+        return zscored_maps(error_maps(examples), self._validation_maps())[1]
+
+    def _validation_maps(self) -> np.ndarray:
+        """The validation images' error maps, which the maps are z-scored on: read once, however many batches."""
+        from ddpm_ood.evaluation.anomaly_maps import error_maps
+
+        if self._val_maps is None:
+            val = self.run.examples("val", self._map_detector().folder())
+            if not val.exists():
+                raise ScoringError(f"{val} does not exist: the maps are z-scored on the validation images' maps; "
+                                   "re-run reconstruct.py with --save_maps N (N >= 2) and --run_val 1.")
+            with np.load(val) as kept:
+                self._val_maps = error_maps(kept)
+        return self._val_maps
 
     def _map_detector(self):
         """The first of this detector's members that keeps examples (draws maps), as measured."""
@@ -211,9 +218,9 @@ class OODDetector:
             healthy, val = self.run.examples("in", folder), self.run.examples("val", folder)
             if not healthy.exists() or not val.exists():
                 return None
-            with np.load(healthy) as kept, np.load(val) as val_kept:
+            with np.load(healthy) as kept:
                 kept = dict(kept)
-                healthy_maps = zscored_maps(error_maps(kept), error_maps(val_kept))[1]
+            healthy_maps = zscored_maps(error_maps(kept), self._validation_maps())[1]
             thresholds[fraction] = map_threshold(healthy_maps, kept, fraction)
         return flag(maps, {"inputs": images.cpu().numpy()}, thresholds[fraction])
 
