@@ -49,7 +49,7 @@ class TrainSettings(Settings):
     compile: bool = setting(False, "torch.compile the UNet for training (pays off on GPUs).", "switch")
     channels_last: bool = setting(False, "Train in the channels-last memory layout (channels_last_3d for volumes): "
                                          "faster convolutions on GPUs, and for 3D on CPUs (1.24x per step of the 3D "
-                                         "demo here; 2D was 0.8x).", "switch")
+                                         "demo here; 2D was 0.86x).", "switch")
     ema_decay: float = setting(0.0, "EMA decay in [0, 1) of the weights used for validation and scoring; 0 (default, "
                                     "as the paper) is off.", "decay")
     num_sample_images: int = setting(16, "Images sampled to TensorBoard at each validation; 0 disables. Default 16.",
