@@ -54,8 +54,10 @@ class ZScore(NamedTuple):
                 at = f" at {by} = {show_value(flat.index[0])}" if by else ""
                 raise ScoringError(
                     f"{source}: {column} has standard deviation {show_value(flat.iloc[0])}{at} over the fit images "
-                    "(no spread), so it cannot be z-scored. Use more (and different) fit images: the validation set, or "
-                    "reconstruct.py --fit_ids.")
+                    "(no spread: every fit image gives it the same value), so it cannot be z-scored. Either the fit "
+                    "images are alike (use more, and different, ones: the validation set, or reconstruct.py "
+                    "--fit_ids) or the model treats every image alike (a model, or a latent model's first stage, "
+                    "trained too briefly: train it longer).")
         return cls(mean, std, by)
 
     def keys(self) -> list:
