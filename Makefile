@@ -1,4 +1,4 @@
-# Quick start:  make demo       (the whole pipeline and every detector on the embedded data, CPU, 9 to 18 minutes)
+# Quick start:  make demo       (the whole pipeline and every detector on the embedded data, CPU, 9 to 19 minutes)
 #               make test       (the linter, then the whole test suite: what CI runs)
 #               make test-fast  (the linter, then the tests not marked slow: a few minutes)
 # Both create the virtual environment .venv and install the pinned requirements first.

@@ -15,7 +15,7 @@ TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-4}
 # as the paper averages over all of its grid's starts (up to t = 961). Measured on one 4-minute model
 # of this demo (MNIST5k, paper's score): all ten starts 96.3; t < 500 (20 evaluations) 94.4; every
 # second start, t = 1, 201, ..., 801 (30) 92.5. Keeping only t < 500 leans on t = 1, where a barely
-# noised digit is rebuilt better than a garment (inverted: AUROC 5 there). To stay within 10 minutes on a bf16 CPU (18 on an AVX2-only one)
+# noised digit is rebuilt better than a garment (inverted: AUROC 5 there). To stay within 10 minutes on a bf16 CPU (19 on an AVX2-only one)
 # with all ten, the demo scores 150 images of each set rather than 200.
 STEPS=${DEMO_STEPS:-10}
 SKIP=${DEMO_SKIP:-1}
